@@ -1,0 +1,104 @@
+"""Reference implementations for parity tests, loaded without their heavy side effects.
+
+- OpenAI's ``clip/model.py`` and ``clip/simple_tokenizer.py`` ship in the PyPI package
+  clip-anytorch; they import only torch/numpy (ftfy/regex for the tokenizer), so we load the
+  files by path instead of importing ``clip`` (whose ``__init__`` needs torchvision).
+- torchvision's PyPI wheel is a CUDA build whose compiled ops cannot load against the CPU
+  torch used here. Its transforms are pure Python, so we register ``torchvision`` as a bare
+  package (skipping its ``__init__``, which registers the compiled ops) and import
+  ``torchvision.transforms`` from it. OpenCLIP then imports on top of that.
+
+Each loader calls ``pytest.importorskip``-style skips only when the reference package is not
+installed at all; ``make test`` installs all of them (requirements/reference.txt).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"reference package {name!r} is not installed (make test installs it)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _load_file(module_name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def openai_model_module() -> ModuleType:
+    """OpenAI's ``clip/model.py`` (CLIP, ModifiedResNet, VisionTransformer, build_model)."""
+    return _load_file("_ref_openai_clip_model", _package_dir("clip") / "model.py")
+
+
+@cache
+def openai_tokenizer_module() -> ModuleType:
+    """OpenAI's ``clip/simple_tokenizer.py`` (SimpleTokenizer)."""
+    return _load_file("_ref_openai_simple_tokenizer", _package_dir("clip") / "simple_tokenizer.py")
+
+
+@cache
+def torchvision_transforms() -> ModuleType:
+    """``torchvision.transforms`` imported without torchvision's compiled extension."""
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None:
+            pytest.skip("torchvision is not installed (make test installs it, --no-deps)")
+        shim = types.ModuleType("torchvision")
+        shim.__path__ = list(spec.submodule_search_locations or [])
+        shim.__spec__ = spec
+        shim.__version__ = "0.28.0"
+        sys.modules["torchvision"] = shim
+    import torchvision.transforms as T
+
+    return T
+
+
+@cache
+def open_clip() -> ModuleType:
+    """The ``open_clip`` package, imported on top of the torchvision shim."""
+    torchvision_transforms()
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip_torch is not installed (make test installs it, --no-deps)")
+    import open_clip as oc
+
+    return oc
+
+
+@cache
+def openai_clip() -> ModuleType:
+    """OpenAI's ``clip`` package itself (``clip.load``, ``clip.clip._transform``).
+
+    ``clip/clip.py`` imports ``packaging`` through ``pkg_resources``, which setuptools >= 81
+    no longer ships; a stand-in module that exposes ``packaging`` is enough for it.
+    """
+    torchvision_transforms()
+    if importlib.util.find_spec("pkg_resources") is None:
+        import packaging.version
+
+        shim = types.ModuleType("pkg_resources")
+        shim.packaging = packaging
+        sys.modules["pkg_resources"] = shim
+    _package_dir("clip")
+    import clip
+
+    return clip
+
+
+def openai_preprocess(n_px: int):
+    """OpenAI's eval preprocessing: the real ``clip.clip._transform(n_px)``."""
+    return openai_clip().clip._transform(n_px)
