@@ -9,6 +9,10 @@ import torch
 # tests/refs.py is imported as a plain module by the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
+import refs  # noqa: E402
+
+refs.install_torchvision_shim()
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -51,18 +51,31 @@ def openai_tokenizer_module() -> ModuleType:
     return _load_file("_ref_openai_simple_tokenizer", _package_dir("clip") / "simple_tokenizer.py")
 
 
+def install_torchvision_shim() -> bool:
+    """Register ``torchvision`` as a bare package so its pure-Python parts import.
+
+    Called by conftest before any test runs: transformers and OpenCLIP import torchvision
+    themselves, and the real ``torchvision/__init__`` fails on the CPU build of torch.
+    Returns False when torchvision is not installed.
+    """
+    if "torchvision" in sys.modules:
+        return True
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None:
+        return False
+    shim = types.ModuleType("torchvision")
+    shim.__path__ = list(spec.submodule_search_locations or [])
+    shim.__spec__ = spec
+    shim.__version__ = "0.28.0"
+    sys.modules["torchvision"] = shim
+    return True
+
+
 @cache
 def torchvision_transforms() -> ModuleType:
     """``torchvision.transforms`` imported without torchvision's compiled extension."""
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None:
-            pytest.skip("torchvision is not installed (make test installs it, --no-deps)")
-        shim = types.ModuleType("torchvision")
-        shim.__path__ = list(spec.submodule_search_locations or [])
-        shim.__spec__ = spec
-        shim.__version__ = "0.28.0"
-        sys.modules["torchvision"] = shim
+    if not install_torchvision_shim():
+        pytest.skip("torchvision is not installed (make test installs it, --no-deps)")
     import torchvision.transforms as T
 
     return T
@@ -102,3 +115,14 @@ def openai_clip() -> ModuleType:
 def openai_preprocess(n_px: int):
     """OpenAI's eval preprocessing: the real ``clip.clip._transform(n_px)``."""
     return openai_clip().clip._transform(n_px)
+
+
+@cache
+def transformers() -> ModuleType:
+    """Hugging Face ``transformers`` (imported after the torchvision shim)."""
+    install_torchvision_shim()
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed (make test installs it)")
+    import transformers as tf
+
+    return tf

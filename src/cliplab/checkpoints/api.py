@@ -1,0 +1,341 @@
+"""``load``, ``save`` and ``convert``: every checkpoint format in and out of cliplab.
+
+Recognised inputs (by content, not by file name):
+- cliplab: a directory with ``config.json`` (``"format": "cliplab"``) and
+  ``model.safetensors``, or one ``.safetensors`` file whose metadata holds the config;
+- OpenAI: released TorchScript archives (``RN50.pt``, ``ViT-B-32.pt``...; read by a
+  restricted reader that never runs TorchScript code) and plain state dicts;
+- OpenCLIP: state dicts, training checkpoints (``{"state_dict": ...}``, ``module.``
+  prefixes), and hub directories (``open_clip_config.json`` + weights);
+- Hugging Face: ``CLIPModel`` directories (``config.json`` + ``model.safetensors`` or
+  ``pytorch_model.bin``).
+Pickled files are read with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cliplab.checkpoints import hf, openai
+from cliplab.checkpoints.errors import CheckpointError
+from cliplab.checkpoints.io import read_file, read_json, read_safetensors, read_torch_file, unwrap_state_dict
+from cliplab.config import PRESETS, CLIPConfig, canonical_name
+from cliplab.models import CLIP
+
+FORMAT_VERSION = 1
+
+#: File names of OpenAI's released checkpoints, as ``clip.load`` caches them.
+OPENAI_FILES = {
+    "RN50": "RN50.pt",
+    "RN101": "RN101.pt",
+    "RN50x4": "RN50x4.pt",
+    "RN50x16": "RN50x16.pt",
+    "RN50x64": "RN50x64.pt",
+    "ViT-B-32": "ViT-B-32.pt",
+    "ViT-B-16": "ViT-B-16.pt",
+    "ViT-L-14": "ViT-L-14.pt",
+    "ViT-L-14-336": "ViT-L-14-336px.pt",
+}
+
+# OpenCLIP config features cliplab's architectures do not have.
+_OPENCLIP_UNSUPPORTED = {
+    "vision_cfg": ("timm_model_name", "attentional_pool", "no_ln_pre", "pool_type", "final_ln_after_pool", "ls_init_value", "patch_dropout_keep"),
+    "text_cfg": ("hf_model_name", "pool_type", "no_causal_mask", "proj_bias", "ls_init_value", "embed_cls", "pad_id"),
+}
+_OPENCLIP_DEFAULT_POOL = {"vision_cfg": "tok", "text_cfg": "argmax"}
+
+
+def _cache_dirs() -> list[Path]:
+    dirs = []
+    if env := os.environ.get("CLIPLAB_CHECKPOINTS"):
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip")
+    return dirs
+
+
+def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A checkpoint path; an OpenAI model name is looked up in local caches (no download)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    try:
+        name = canonical_name(str(name_or_path))
+    except ValueError:
+        raise CheckpointError(f"no such checkpoint file or directory: {path}") from None
+    if name not in OPENAI_FILES:
+        raise CheckpointError(
+            f"{name!r} is an architecture without released weights; build it with "
+            f"cliplab.create_model({name!r}) or pass the path of a checkpoint"
+        )
+    searched = [d / OPENAI_FILES[name] for d in _cache_dirs()]
+    for candidate in searched:
+        if candidate.exists():
+            return candidate
+    raise CheckpointError(
+        f"OpenAI's {name} weights were not found locally (looked for "
+        f"{', '.join(str(p) for p in searched)}). cliplab never downloads at run time: copy "
+        f"the file there (as OpenAI's clip.load caches it), set CLIPLAB_CHECKPOINTS, or pass its path."
+    )
+
+
+def load_weights(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Copy cliplab-keyed weights into ``model``, with an error listing every mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                parts.append(f"{len(items)} {title}: {items[:6]}{' ...' if len(items) > 6 else ''}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    for k, v in expected.items():
+        if k not in state_dict:  # only num_batches_tracked can be absent
+            state_dict[k] = torch.zeros_like(v)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _from_openai_layout(sd: dict[str, torch.Tensor], source: str, **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    try:
+        config = openai.infer_config(sd, **overrides)
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise CheckpointError(f"{source}: {e}") from e
+        raise CheckpointError(f"{source}: cannot build a model from its shapes ({e})") from e
+    return config, openai.from_openai(sd)
+
+
+def _from_state_dict(sd: dict[str, torch.Tensor], source: str, config: CLIPConfig | None, **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Config and cliplab-keyed weights from a state dict in any known layout."""
+    sd = openai.strip_wrapper_prefixes(sd)
+    if openai.is_openai_layout(sd):
+        return _from_openai_layout(sd, source, **overrides)
+    if hf.is_hf_layout(sd):
+        converted = hf.from_hf(sd)
+        return _from_openai_layout(openai.to_openai(converted), source, **overrides) if config is None else (config.replace(**overrides), converted)
+    if openai.is_cliplab_layout(sd):
+        if config is None:
+            return _from_openai_layout(openai.to_openai(sd), source, **overrides)
+        return config.replace(**overrides), sd
+    raise CheckpointError(
+        f"{source}: unrecognised weights: expected CLIP keys in cliplab, OpenAI/OpenCLIP or "
+        f"Hugging Face layout (first keys: {list(sd)[:5]})"
+    )
+
+
+def _read_directory(path: Path, **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Config, weights and preprocessing hints of a cliplab, HF or OpenCLIP directory."""
+    preprocess: dict[str, Any] = {}
+    if (path / "open_clip_config.json").exists():
+        cfg = read_json(path / "open_clip_config.json")
+        model_cfg = cfg.get("model_cfg", {})
+        for tower, keys in _OPENCLIP_UNSUPPORTED.items():
+            for key in keys:
+                value = model_cfg.get(tower, {}).get(key)
+                if value not in (None, False, _OPENCLIP_DEFAULT_POOL.get(tower) if key == "pool_type" else None):
+                    raise CheckpointError(f"{path}: OpenCLIP {tower}.{key}={value!r} is not supported by cliplab's architectures")
+        weights = _first_existing(path, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+        sd = _read_weights(weights)
+        activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+        pp = cfg.get("preprocess_cfg", {})
+        preprocess = {k: tuple(pp[k]) for k in ("mean", "std") if k in pp}
+        config, sd = _from_state_dict(sd, str(weights), None, **{"activation": activation, **overrides})
+        return config, sd, preprocess
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{path}: a checkpoint directory needs config.json (cliplab or Hugging Face) or open_clip_config.json")
+    data = read_json(config_path)
+    if data.get("format") == "cliplab":
+        config = CLIPConfig.from_dict(data["config"])
+        weights = _first_existing(path, ("model.safetensors",))
+        sd = _read_weights(weights)
+        preprocess = {k: tuple(data["preprocess"][k]) for k in ("mean", "std") if k in data.get("preprocess", {})}
+        return config.replace(**overrides) if overrides else config, sd, preprocess
+    if data.get("model_type") == "clip" or "CLIPModel" in data.get("architectures", []):
+        config = hf.config_from_hf(data, **overrides)
+        weights = _first_existing(path, ("model.safetensors", "pytorch_model.bin"))
+        sd = hf.from_hf(openai.strip_wrapper_prefixes(_read_weights(weights)))
+        pp_path = path / "preprocessor_config.json"
+        if pp_path.exists():
+            pp = read_json(pp_path)
+            preprocess = {k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp}
+        return config, sd, preprocess
+    raise CheckpointError(f"{config_path}: neither a cliplab config (format: cliplab) nor a Hugging Face CLIPModel config (model_type: clip)")
+
+
+def _first_existing(directory: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (directory / name).exists():
+            return directory / name
+    raise CheckpointError(f"{directory}: no weights file (expected one of {', '.join(names)})")
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    obj, _, _ = read_file(path)
+    return unwrap_state_dict(obj, path)
+
+
+def load_checkpoint(name_or_path: str | os.PathLike[str], **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """(config, cliplab-keyed weights, preprocessing hints) of any supported checkpoint."""
+    path = resolve_path(name_or_path)
+    if path.is_dir():
+        return _read_directory(path, **overrides)
+    obj, metadata, _ = read_file(path)
+    config = None
+    if metadata.get("format") == "cliplab" and "config" in metadata:
+        try:
+            config = CLIPConfig.from_dict(json.loads(metadata["config"]))
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{path}: invalid cliplab config in metadata ({e})") from e
+    sd = unwrap_state_dict(obj, path)
+    config, sd = _from_state_dict(sd, str(path), config, **overrides)
+    preprocess = json.loads(metadata["preprocess"]) if "preprocess" in metadata else {}
+    return config, sd, preprocess
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    **overrides: Any,
+) -> tuple[CLIP, Callable[[Any], torch.Tensor]]:
+    """Load any supported checkpoint: ``model, preprocess = cliplab.load(path)``.
+
+    ``overrides`` change what the file cannot say (``activation="gelu"`` for OpenCLIP's GELU
+    models, ``vision_heads=...``); the model is returned in eval mode, float32 unless
+    ``dtype`` is given, with its eval preprocessing.
+    """
+    from cliplab.transforms import EvalTransform
+
+    config, sd, preprocess = load_checkpoint(name_or_path, **overrides)
+    with torch.device("meta"):
+        model = CLIP(config)
+    model = model.to_empty(device="cpu")
+    load_weights(model, sd, str(name_or_path))
+    model = model.to(device=device, dtype=dtype) if (device or dtype) else model
+    return model.eval(), EvalTransform(config.vision.image_size, **preprocess)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with tmp_path.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def _write_safetensors(path: Path, sd: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    _atomic_write(path, lambda tmp: save_file(_cpu_contiguous(sd), str(tmp), metadata=metadata))
+
+
+def save(model: CLIP, path: str | os.PathLike[str], preprocess: dict[str, Any] | None = None) -> Path:
+    """Save in cliplab's format: ``path.safetensors`` (one file) or a directory.
+
+    A directory gets ``config.json`` and ``model.safetensors``; a ``.safetensors`` path
+    gets one file with the config in its metadata. No pickle either way.
+    """
+    path = Path(path)
+    config_json = json.dumps(model.config.to_dict())
+    metadata = {"format": "cliplab", "version": str(FORMAT_VERSION), "config": config_json}
+    if preprocess:
+        metadata["preprocess"] = json.dumps(preprocess)
+    sd = model.state_dict()
+    if path.suffix == ".safetensors":
+        _write_safetensors(path, sd, metadata)
+        return path
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} exists and is not a directory (use a .safetensors name for one file)")
+    path.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(path / "model.safetensors", sd, metadata)
+    doc = {"format": "cliplab", "version": FORMAT_VERSION, "config": model.config.to_dict()}
+    if preprocess:
+        doc["preprocess"] = preprocess
+    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+    return path
+
+
+def export_openai(model: CLIP, path: str | os.PathLike[str]) -> Path:
+    """OpenAI's layout as a ``torch.save`` state dict, readable by OpenAI's ``clip.load``."""
+    path = Path(path)
+    for note in openai.openai_compatibility_warnings(model.config):
+        warnings.warn(f"OpenAI format: {note}", stacklevel=2)
+    sd = _cpu_contiguous(openai.to_openai(model.state_dict()))
+    _atomic_write(path, lambda tmp: torch.save(sd, tmp))
+    return path
+
+
+def export_hf(model: CLIP, path: str | os.PathLike[str]) -> Path:
+    """A Hugging Face ``CLIPModel`` directory (weights, config, tokenizer, preprocessor)."""
+    from cliplab.transforms import OPENAI_MEAN, OPENAI_STD
+
+    path = Path(path)
+    hf_config = hf.config_to_hf(model.config)
+    path.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(path / "model.safetensors", hf.to_hf(model.state_dict()), {"format": "pt"})
+    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n"))
+    hf.write_hf_tokenizer_files(path, model.config.text.context_length)
+    hf.write_hf_preprocessor_config(path, model.config.vision.image_size, OPENAI_MEAN, OPENAI_STD)
+    return path
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    to: Literal["cliplab", "openai", "hf"] = "cliplab",
+    **overrides: Any,
+) -> Path:
+    """Read ``src`` in any supported format and write it as ``to``; the weights are unchanged."""
+    config, sd, preprocess = load_checkpoint(src, **overrides)
+    with torch.device("meta"):
+        model = CLIP(config)
+    model = model.to_empty(device="cpu")
+    load_weights(model, sd, str(src))
+    if to == "cliplab":
+        return save(model, dst, preprocess=preprocess or None)
+    if to == "openai":
+        return export_openai(model, dst)
+    if to == "hf":
+        return export_hf(model, dst)
+    raise ValueError(f"unknown target format {to!r}; expected 'cliplab', 'openai' or 'hf'")
+
+
+__all__ = [
+    "OPENAI_FILES",
+    "PRESETS",
+    "convert",
+    "export_hf",
+    "export_openai",
+    "load",
+    "load_checkpoint",
+    "load_weights",
+    "read_safetensors",
+    "read_torch_file",
+    "resolve_path",
+    "save",
+]

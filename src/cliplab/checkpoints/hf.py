@@ -1,0 +1,277 @@
+"""Hugging Face ``transformers`` CLIPModel: config and weight conversion, both directions.
+
+HF's CLIP supports only ViT image towers. Its attention has separate q/k/v projections
+(cliplab and OpenAI fuse them into ``in_proj_weight``) and its projections are ``nn.Linear``
+weights (the transpose of OpenAI's ``proj`` / ``text_projection`` matrices).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cliplab.checkpoints.errors import CheckpointError
+from cliplab.config import CLIPConfig, TextConfig, ViTConfig
+
+# HF's defaults (CLIPTextConfig / CLIPVisionConfig), for config.json files that omit fields.
+_HF_TEXT_DEFAULTS = {
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+_HF_VISION_DEFAULTS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 32,
+    "num_channels": 3,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+_HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+# Per-block renames: HF name -> cliplab name (q/k/v handled separately).
+_BLOCK_MAP = {
+    "self_attn.out_proj.weight": "attn.out_proj.weight",
+    "self_attn.out_proj.bias": "attn.out_proj.bias",
+    "layer_norm1.weight": "ln_1.weight",
+    "layer_norm1.bias": "ln_1.bias",
+    "layer_norm2.weight": "ln_2.weight",
+    "layer_norm2.bias": "ln_2.bias",
+    "mlp.fc1.weight": "mlp.c_fc.weight",
+    "mlp.fc1.bias": "mlp.c_fc.bias",
+    "mlp.fc2.weight": "mlp.c_proj.weight",
+    "mlp.fc2.bias": "mlp.c_proj.bias",
+}
+_FLAT_MAP = {
+    "text_model.embeddings.token_embedding.weight": "text.token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "text.positional_embedding",
+    "text_model.final_layer_norm.weight": "text.ln_final.weight",
+    "text_model.final_layer_norm.bias": "text.ln_final.bias",
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "logit_scale": "logit_scale",
+}
+_TRANSPOSED = {"text_projection.weight": "text.text_projection", "visual_projection.weight": "visual.proj"}
+_TOWERS = {"text_model.encoder.layers.": "text.transformer.resblocks.", "vision_model.encoder.layers.": "visual.transformer.resblocks."}
+_IGNORED = re.compile(r"^(text_model|vision_model)\.embeddings\.position_ids$")
+_BLOCK = re.compile(r"^(text_model|vision_model)\.encoder\.layers\.(\d+)\.(.+)$")
+
+
+def is_hf_layout(state_dict: Mapping[str, Any]) -> bool:
+    return "text_model.embeddings.token_embedding.weight" in state_dict
+
+
+def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
+    """A ``CLIPConfig`` from the dict in a HF CLIPModel's ``config.json``."""
+    model_type = hf.get("model_type", "clip")
+    if model_type != "clip":
+        raise CheckpointError(f"config.json has model_type {model_type!r}; only 'clip' (CLIPModel) is supported")
+    tc = {**_HF_TEXT_DEFAULTS, **(hf.get("text_config") or hf.get("text_config_dict") or {})}
+    vc = {**_HF_VISION_DEFAULTS, **(hf.get("vision_config") or hf.get("vision_config_dict") or {})}
+    for name, c in (("text_config", tc), ("vision_config", vc)):
+        if c["hidden_act"] not in _HF_ACTIVATIONS:
+            raise CheckpointError(f"{name}.hidden_act {c['hidden_act']!r} is not supported (quick_gelu or gelu)")
+        if abs(float(c["layer_norm_eps"]) - 1e-5) > 1e-12:
+            raise CheckpointError(f"{name}.layer_norm_eps {c['layer_norm_eps']} is not supported (1e-5)")
+    if int(vc.get("num_channels", 3)) != 3:
+        raise CheckpointError(f"vision_config.num_channels {vc['num_channels']} is not supported (3)")
+    text = TextConfig(
+        context_length=int(tc["max_position_embeddings"]),
+        vocab_size=int(tc["vocab_size"]),
+        width=int(tc["hidden_size"]),
+        heads=int(tc["num_attention_heads"]),
+        layers=int(tc["num_hidden_layers"]),
+        mlp_ratio=int(tc["intermediate_size"]) / int(tc["hidden_size"]),
+        activation=_HF_ACTIVATIONS[tc["hidden_act"]],
+    )
+    vision = ViTConfig(
+        image_size=int(vc["image_size"]),
+        patch_size=int(vc["patch_size"]),
+        width=int(vc["hidden_size"]),
+        layers=int(vc["num_hidden_layers"]),
+        heads=int(vc["num_attention_heads"]),
+        mlp_ratio=int(vc["intermediate_size"]) / int(vc["hidden_size"]),
+        activation=_HF_ACTIVATIONS[vc["hidden_act"]],
+    )
+    config = CLIPConfig(
+        embed_dim=int(hf.get("projection_dim", 512)),
+        vision=vision,
+        text=text,
+        logit_scale_init=float(hf.get("logit_scale_init_value", 2.6592)),
+    )
+    return config.replace(**overrides) if overrides else config
+
+
+def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of a HF CLIPModel equivalent to ``config``."""
+    if not isinstance(config.vision, ViTConfig):
+        raise CheckpointError("Hugging Face's CLIPModel has no ResNet image tower; only ViT models convert to 'hf'")
+    t, v = config.text, config.vision
+    return {
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": config.embed_dim,
+        "logit_scale_init_value": config.logit_scale_init,
+        "initializer_factor": 1.0,
+        "torch_dtype": "float32",
+        "text_config": {
+            "model_type": "clip_text_model",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.width,
+            "intermediate_size": t.mlp_width,
+            "num_hidden_layers": t.layers,
+            "num_attention_heads": t.heads,
+            "max_position_embeddings": t.context_length,
+            "hidden_act": t.activation,
+            "layer_norm_eps": 1e-5,
+            "projection_dim": config.embed_dim,
+            # OpenAI's tokens: SOT 49406, EOT 49407. HF pools at the first EOT, OpenAI at the
+            # highest id: the same position for every sequence cliplab's tokenizer makes.
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 0,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": v.width,
+            "intermediate_size": v.mlp_width,
+            "num_hidden_layers": v.layers,
+            "num_attention_heads": v.heads,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "num_channels": 3,
+            "hidden_act": v.activation,
+            "layer_norm_eps": 1e-5,
+            "projection_dim": config.embed_dim,
+        },
+    }
+
+
+def from_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF CLIPModel weights -> cliplab keys (q/k/v fused, projections transposed)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if _IGNORED.match(key):
+            continue
+        if key in _FLAT_MAP:
+            out[_FLAT_MAP[key]] = value
+        elif key in _TRANSPOSED:
+            out[_TRANSPOSED[key]] = value.t().contiguous()
+        elif m := _BLOCK.match(key):
+            tower, index, rest = m.groups()
+            prefix = _TOWERS[f"{tower}.encoder.layers."] + f"{index}."
+            if rest in _BLOCK_MAP:
+                out[prefix + _BLOCK_MAP[rest]] = value
+            elif q := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
+                qkv.setdefault((prefix, q.group(2)), {})[q.group(1)] = value
+            else:
+                unknown.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"unexpected keys for a HF CLIPModel: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+    for (prefix, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointError(f"{prefix}: attention {kind} needs q, k and v projections, found {sorted(parts)}")
+        name = "attn.in_proj_weight" if kind == "weight" else "attn.in_proj_bias"
+        out[prefix + name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """cliplab weights (ViT) -> HF CLIPModel keys."""
+    flat = {v: k for k, v in _FLAT_MAP.items()}
+    transposed = {v: k for k, v in _TRANSPOSED.items()}
+    block_map = {v: k for k, v in _BLOCK_MAP.items()}
+    towers = {v: k for k, v in _TOWERS.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key in flat:
+            out[flat[key]] = value
+        elif key in transposed:
+            out[transposed[key]] = value.t().contiguous()
+        else:
+            m = re.match(r"^(text\.transformer\.resblocks\.|visual\.transformer\.resblocks\.)(\d+)\.(.+)$", key)
+            if not m:
+                raise CheckpointError(f"key {key!r} has no Hugging Face CLIPModel equivalent")
+            prefix = towers[m.group(1)] + f"{m.group(2)}."
+            rest = m.group(3)
+            if rest in block_map:
+                out[prefix + block_map[rest]] = value
+            elif rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = "weight" if rest.endswith("weight") else "bias"
+                for name, part in zip("qkv", value.chunk(3, dim=0)):
+                    out[f"{prefix}self_attn.{name}_proj.{kind}"] = part.contiguous()
+            else:
+                raise CheckpointError(f"key {key!r} has no Hugging Face CLIPModel equivalent")
+    return out
+
+
+def write_hf_tokenizer_files(directory: Path, context_length: int) -> None:
+    """vocab.json, merges.txt and tokenizer config for HF's CLIPTokenizer (OpenAI's BPE)."""
+    bpe = resources.files("cliplab") / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = _bytes_to_unicode()
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special))
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "do_lower_case": True, **special}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_hf_preprocessor_config(directory: Path, image_size: int, mean: tuple, std: tuple) -> None:
+    """preprocessor_config.json for HF's CLIPImageProcessor (resize, center crop, normalise)."""
+    config = {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "do_convert_rgb": True,
+    }
+    (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+
+
+def _bytes_to_unicode() -> list[str]:
+    """OpenAI's byte -> printable-unicode table, in vocabulary order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]

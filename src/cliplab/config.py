@@ -1,0 +1,329 @@
+"""Model configurations: frozen dataclasses with explicit kinds, and the named presets.
+
+A CLIP model is an image tower (``kind="vit"`` or ``kind="resnet"``), a text tower
+(``kind="transformer"``) and a shared embedding size. The presets reproduce OpenAI's released
+models exactly (dimensions from OpenAI's ``build_model``); the tiny and small presets are for
+tests and CPU training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Activation = Literal["quick_gelu", "gelu"]
+ACTIVATIONS: tuple[str, ...] = ("quick_gelu", "gelu")
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _check_positive(owner: str, **values: int | float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """GPT-2 style causal text transformer; the feature is taken at the EOT token."""
+
+    kind: Literal["transformer"] = "transformer"
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    activation: Activation = "quick_gelu"
+
+    def __post_init__(self) -> None:
+        if self.kind != "transformer":
+            raise ValueError(f"TextConfig.kind must be 'transformer', got {self.kind!r}")
+        _check_positive(
+            "TextConfig",
+            context_length=self.context_length,
+            vocab_size=self.vocab_size,
+            width=self.width,
+            heads=self.heads,
+            layers=self.layers,
+            mlp_ratio=self.mlp_ratio,
+        )
+        if self.width % self.heads:
+            raise ValueError(f"TextConfig.width {self.width} not divisible by heads {self.heads}")
+        _check_activation(self.activation)
+
+    @property
+    def mlp_width(self) -> int:
+        return round(self.width * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Vision Transformer with the paper's extra LayerNorm (``ln_pre``) before the blocks."""
+
+    kind: Literal["vit"] = "vit"
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    activation: Activation = "quick_gelu"
+
+    def __post_init__(self) -> None:
+        if self.kind != "vit":
+            raise ValueError(f"ViTConfig.kind must be 'vit', got {self.kind!r}")
+        _check_positive(
+            "ViTConfig",
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            width=self.width,
+            layers=self.layers,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+        )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ViTConfig.image_size {self.image_size} is not a multiple of "
+                f"patch_size {self.patch_size}"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"ViTConfig.width {self.width} not divisible by heads {self.heads}")
+        _check_activation(self.activation)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def mlp_width(self) -> int:
+        return round(self.width * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """OpenAI's ModifiedResNet: 3-conv stem, anti-aliased strides, attention pooling.
+
+    ``heads`` are the attention-pool heads (OpenAI uses ``width * 32 // 64``).
+    """
+
+    kind: Literal["resnet"] = "resnet"
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64
+    heads: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind != "resnet":
+            raise ValueError(f"ResNetConfig.kind must be 'resnet', got {self.kind!r}")
+        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
+        if len(self.layers) != 4 or min(self.layers) < 1:
+            raise ValueError(f"ResNetConfig.layers must be 4 positive ints, got {self.layers}")
+        _check_positive("ResNetConfig", image_size=self.image_size, width=self.width, heads=self.heads)
+        if self.image_size % 32:
+            raise ValueError(
+                f"ResNetConfig.image_size must be a multiple of 32 (the stride), got {self.image_size}"
+            )
+        if self.width % 2:
+            raise ValueError(f"ResNetConfig.width must be even (stem uses width/2), got {self.width}")
+        if (self.width * 32) % self.heads:
+            raise ValueError(
+                f"ResNetConfig: feature width {self.width * 32} not divisible by heads {self.heads}"
+            )
+
+    @property
+    def feature_width(self) -> int:
+        """Channels entering the attention pool: ``width * 8`` planes times expansion 4."""
+        return self.width * 32
+
+
+VisionConfig = ViTConfig | ResNetConfig
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A whole CLIP model: two towers projected into a shared ``embed_dim`` space."""
+
+    embed_dim: int
+    vision: VisionConfig
+    text: TextConfig = field(default_factory=TextConfig)
+    logit_scale_init: float = math.log(1 / 0.07)
+
+    def __post_init__(self) -> None:
+        _check_positive("CLIPConfig", embed_dim=self.embed_dim)
+        if not isinstance(self.vision, ViTConfig | ResNetConfig):
+            raise TypeError(f"CLIPConfig.vision must be a ViTConfig or ResNetConfig, got {self.vision!r}")
+        if not isinstance(self.text, TextConfig):
+            raise TypeError(f"CLIPConfig.text must be a TextConfig, got {self.text!r}")
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` inverts it (the vision ``kind`` picks the class)."""
+        d = dataclasses.asdict(self)
+        if isinstance(self.vision, ResNetConfig):
+            d["vision"]["layers"] = list(self.vision.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CLIPConfig:
+        d = dict(d)
+        vision = dict(d.pop("vision"))
+        kind = vision.get("kind")
+        if kind == "vit":
+            vision_cfg: VisionConfig = _build(ViTConfig, vision, "vision")
+        elif kind == "resnet":
+            vision_cfg = _build(ResNetConfig, vision, "vision")
+        else:
+            raise ValueError(f"vision.kind must be 'vit' or 'resnet', got {kind!r}")
+        text_cfg = _build(TextConfig, dict(d.pop("text", {})), "text")
+        return _build(cls, {**d, "vision": vision_cfg, "text": text_cfg}, "config")
+
+    # -- overrides -----------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> CLIPConfig:
+        """A copy with fields changed.
+
+        Accepts top-level fields (``embed_dim``), ``vision_<field>`` and ``text_<field>``, and
+        shortcuts: ``activation`` (both towers), ``image_size`` (vision), ``context_length``
+        and ``vocab_size`` (text).
+        """
+        shortcuts = {
+            "image_size": "vision_image_size",
+            "context_length": "text_context_length",
+            "vocab_size": "text_vocab_size",
+        }
+        top: dict[str, Any] = {}
+        vision: dict[str, Any] = {}
+        text: dict[str, Any] = {}
+        vision_fields = {f.name for f in dataclasses.fields(self.vision)} - {"kind"}
+        text_fields = {f.name for f in dataclasses.fields(self.text)} - {"kind"}
+        top_fields = {"embed_dim", "logit_scale_init"}
+        for key, value in overrides.items():
+            key = shortcuts.get(key, key)
+            if key == "activation":
+                text["activation"] = value
+                if "activation" in vision_fields:
+                    vision["activation"] = value
+            elif key in top_fields:
+                top[key] = value
+            elif key.startswith("vision_") and key[7:] in vision_fields:
+                vision[key[7:]] = value
+            elif key.startswith("text_") and key[5:] in text_fields:
+                text[key[5:]] = value
+            else:
+                valid = sorted(
+                    top_fields
+                    | {"activation", *shortcuts}
+                    | {f"vision_{f}" for f in vision_fields}
+                    | {f"text_{f}" for f in text_fields}
+                )
+                raise ValueError(f"unknown override {key!r}; valid overrides: {', '.join(valid)}")
+        return dataclasses.replace(
+            self,
+            vision=dataclasses.replace(self.vision, **vision),
+            text=dataclasses.replace(self.text, **text),
+            **top,
+        )
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {where} field(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------
+# Presets. OpenAI's models use 64-wide attention heads in both towers (heads = width // 64)
+# and the text tower's width grows with the image tower (its depth stays at 12).
+# ---------------------------------------------------------------------------------------
+
+
+def _openai_text(width: int) -> TextConfig:
+    return TextConfig(width=width, heads=width // 64, layers=12)
+
+
+def _openai_vit(embed_dim: int, image: int, patch: int, width: int, layers: int, text: int) -> CLIPConfig:
+    vision = ViTConfig(image_size=image, patch_size=patch, width=width, layers=layers, heads=width // 64)
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=_openai_text(text))
+
+
+def _openai_rn(embed_dim: int, image: int, layers: tuple[int, int, int, int], width: int, text: int) -> CLIPConfig:
+    vision = ResNetConfig(image_size=image, layers=layers, width=width, heads=width * 32 // 64)
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=_openai_text(text))
+
+
+_TINY_TEXT = TextConfig(width=64, heads=2, layers=2)
+
+PRESETS: dict[str, CLIPConfig] = {
+    # OpenAI's released models (Radford et al. 2021, Table 19/20; OpenAI's build_model).
+    "RN50": _openai_rn(1024, 224, (3, 4, 6, 3), 64, 512),
+    "RN101": _openai_rn(512, 224, (3, 4, 23, 3), 64, 512),
+    "RN50x4": _openai_rn(640, 288, (4, 6, 10, 6), 80, 640),
+    "RN50x16": _openai_rn(768, 384, (6, 8, 18, 8), 96, 768),
+    "RN50x64": _openai_rn(1024, 448, (3, 15, 36, 10), 128, 1024),
+    "ViT-B-32": _openai_vit(512, 224, 32, 768, 12, 512),
+    "ViT-B-16": _openai_vit(512, 224, 16, 768, 12, 512),
+    "ViT-L-14": _openai_vit(768, 224, 14, 1024, 24, 768),
+    "ViT-L-14-336": _openai_vit(768, 336, 14, 1024, 24, 768),
+    # Tiny models for tests: seconds on a CPU.
+    "tiny-vit": CLIPConfig(
+        embed_dim=32,
+        vision=ViTConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2),
+        text=_TINY_TEXT,
+    ),
+    "tiny-rn": CLIPConfig(
+        embed_dim=32,
+        vision=ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=16, heads=8),
+        text=_TINY_TEXT,
+    ),
+    # Small models for CPU training (minutes on 2 cores).
+    "small-vit": CLIPConfig(
+        embed_dim=256,
+        vision=ViTConfig(image_size=64, patch_size=8, width=256, layers=6, heads=4),
+        text=TextConfig(width=256, heads=4, layers=4),
+    ),
+    "small-rn": CLIPConfig(
+        embed_dim=256,
+        vision=ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=32, heads=8),
+        text=TextConfig(width=256, heads=4, layers=4),
+    ),
+}
+
+_ALIASES = {
+    "vit-b/32": "ViT-B-32",
+    "vit-b/16": "ViT-B-16",
+    "vit-l/14": "ViT-L-14",
+    "vit-l/14@336px": "ViT-L-14-336",
+    "vit-l/14-336": "ViT-L-14-336",
+    "vit-l-14@336px": "ViT-L-14-336",
+    "vit-l-14-336px": "ViT-L-14-336",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Map ``ViT-B/32``, ``vit-b-32``, ``ViT-L/14@336px``... to the preset key."""
+    key = name.strip()
+    lowered = key.lower()
+    if lowered in _ALIASES:
+        return _ALIASES[lowered]
+    for preset in PRESETS:
+        if preset.lower() == lowered or preset.lower() == lowered.replace("/", "-"):
+            return preset
+    raise ValueError(f"unknown model {name!r}; available: {', '.join(PRESETS)}")
+
+
+def list_models() -> list[str]:
+    """Names of the presets, OpenAI's models first."""
+    return list(PRESETS)
+
+
+def get_config(name: str, **overrides: Any) -> CLIPConfig:
+    """The preset's config, with overrides applied (see ``CLIPConfig.replace``)."""
+    config = PRESETS[canonical_name(name)]
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,262 @@
+"""Architectures: every preset builds with the references' parameter counts, and outputs
+equal OpenAI's, OpenCLIP's and Hugging Face's implementations for the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import refs
+import torch
+
+from cliplab.checkpoints import hf, openai
+from cliplab.config import PRESETS, CLIPConfig, ResNetConfig, TextConfig, ViTConfig, canonical_name, get_config
+from cliplab.models import CLIP
+
+# Parameter counts of OpenAI's released models, as OpenCLIP reports them.
+KNOWN_COUNTS = {"RN50": 102_007_137, "ViT-B-32": 151_277_313, "ViT-B-16": 149_620_737, "ViT-L-14": 427_616_513}
+
+OPENAI_PRESETS = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"]
+
+
+def openai_args(config: CLIPConfig) -> tuple:
+    """The positional arguments of OpenAI's ``CLIP(...)`` for a cliplab config."""
+    v, t = config.vision, config.text
+    # OpenAI's CLIP class derives the vision heads from the width and always uses QuickGELU
+    rule = v.width // 64 if isinstance(v, ViTConfig) else v.width * 32 // 64
+    assert v.heads == rule and t.activation == "quick_gelu", "OpenAI's CLIP cannot express this"
+    if isinstance(v, ViTConfig):
+        vision = (v.image_size, v.layers, v.width, v.patch_size)
+    else:
+        vision = (v.image_size, v.layers, v.width, None)
+    return (config.embed_dim, *vision, t.context_length, t.vocab_size, t.width, t.heads, t.layers)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def random_tokens(n: int, context: int = 77, vocab: int = 49408, seed: int = 0) -> torch.Tensor:
+    """Rows of SOT, random ids, EOT at varied positions, then zero padding."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(n, context, dtype=torch.long)
+    for i in range(n):
+        length = int(torch.randint(1, context - 1, (1,), generator=g)) if i else context - 2
+        tokens[i, 0] = vocab - 2
+        tokens[i, 1 : length + 1] = torch.randint(1, vocab - 2, (length,), generator=g)
+        tokens[i, length + 1] = vocab - 1
+    return tokens
+
+
+@pytest.mark.parametrize("name", OPENAI_PRESETS)
+def test_openai_presets_match_openai_parameter_counts(name: str) -> None:
+    config = PRESETS[name]
+    with torch.device("meta"):
+        ours = CLIP(config)
+        ref = refs.openai_model_module().CLIP(*openai_args(config))
+    ref_count = sum(p.numel() for p in ref.parameters())
+    assert ours.num_parameters() == ref_count
+    if name in KNOWN_COUNTS:
+        assert ref_count == KNOWN_COUNTS[name]
+    # Same keys and shapes as OpenAI's model (cliplab keeps the text tower under "text.").
+    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    our_shapes = {k: tuple(v.shape) for k, v in openai.to_openai(ours.state_dict()).items()}
+    assert our_shapes == ref_shapes
+
+
+def test_vit_b32_text_encoder_is_the_papers_63m() -> None:
+    with torch.device("meta"):
+        model = CLIP(PRESETS["ViT-B-32"])
+    text_params = sum(p.numel() for p in model.text.parameters())
+    assert 63_000_000 <= text_params < 64_000_000, text_params
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_and_infers_back_from_its_shapes(name: str) -> None:
+    with torch.device("meta"):
+        model = CLIP(PRESETS[name])
+    inferred = openai.infer_config(openai.to_openai(model.state_dict()))
+    expected = PRESETS[name]
+    assert inferred.embed_dim == expected.embed_dim
+    assert inferred.vision.image_size == expected.vision.image_size
+    assert inferred.text.layers == expected.text.layers
+    if name in OPENAI_PRESETS:  # OpenAI's conventions hold for its own models
+        assert inferred == expected
+
+
+TINY_PRESETS = [n for n in PRESETS if n.startswith(("tiny", "small"))]
+
+
+@pytest.mark.parametrize("name", TINY_PRESETS)
+def test_tiny_presets_forward_backward(name: str) -> None:
+    model = CLIP(PRESETS[name])
+    size = model.image_size
+    images = torch.randn(3, 3, size, size)
+    tokens = random_tokens(3)
+    logits_per_image, logits_per_text = model(images, tokens)
+    assert logits_per_image.shape == (3, 3)
+    assert torch.equal(logits_per_image, logits_per_text.t())
+    loss = torch.nn.functional.cross_entropy(logits_per_image, torch.arange(3))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
+
+
+def test_logit_scale_initialised_to_temperature_0_07() -> None:
+    model = CLIP(PRESETS["tiny-vit"])
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+@pytest.mark.parametrize("half_text", [False, True])
+def test_parity_with_openai_model_code(kind: str, half_text: bool) -> None:
+    """Same weights in OpenAI's clip/model.py and in cliplab give the same features."""
+    # OpenAI's code fixes the vision heads at width / 64 (one head for tiny-vit's width 64)
+    config = get_config("tiny-vit", vision_heads=1) if kind == "vit" else PRESETS["tiny-rn"]
+    ref = refs.openai_model_module().CLIP(*openai_args(config)).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for module in ref.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.normal_(1, 0.1)
+    ours = CLIP(config).eval()
+    ours.load_state_dict(openai.from_openai(ref.state_dict()))
+    images = torch.randn(4, 3, config.vision.image_size, config.vision.image_size)
+    # half_text: a shorter context than the model's; positions are sliced as OpenAI does
+    tokens = random_tokens(4, context=40 if half_text else 77)
+    with torch.no_grad():
+        image_err = relative_error(ours.encode_image(images), ref.encode_image(images))
+        text_err = relative_error(ours.encode_text(tokens), ref.encode_text(tokens))
+        ours_logits = ours(images, tokens)[0]
+        ref_logits = ref(images, tokens)[0]
+    assert image_err <= 1e-5, image_err
+    assert text_err <= 1e-5, text_err
+    assert relative_error(ours_logits, ref_logits) <= 1e-5
+
+
+def test_trim_padding_is_exact() -> None:
+    model = CLIP(PRESETS["tiny-vit"]).eval()
+    tokens = random_tokens(5)
+    tokens[0] = 0  # all rows end early except...
+    tokens[0, 0], tokens[0, 1], tokens[0, 2] = 49406, 320, 49407
+    with torch.no_grad():
+        trimmed = model.encode_text(tokens)
+        model.text.trim_padding = False
+        full = model.encode_text(tokens)
+    assert relative_error(trimmed, full) <= 1e-6
+
+
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_parity_with_open_clip(kind: str, activation: str) -> None:
+    oc = refs.open_clip()
+    if kind == "vit":
+        vision_cfg = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
+        config = CLIPConfig(
+            embed_dim=32,
+            vision=ViTConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, activation=activation),
+            text=TextConfig(width=64, heads=2, layers=2, activation=activation),
+        )
+    else:
+        vision_cfg = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 64}
+        config = CLIPConfig(
+            embed_dim=32,
+            vision=ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=16, heads=8),
+            text=TextConfig(width=64, heads=2, layers=2, activation=activation),
+        )
+    text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    ref = oc.model.CLIP(32, vision_cfg, text_cfg, quick_gelu=activation == "quick_gelu").eval()
+    ours = CLIP(config).eval()
+    ours.load_state_dict(openai.from_openai(ref.state_dict()))
+    size = config.vision.image_size
+    images = torch.randn(3, 3, size, size)
+    tokens = random_tokens(3)
+    with torch.no_grad():
+        assert relative_error(ours.encode_image(images), ref.encode_image(images)) <= 1e-5
+        assert relative_error(ours.encode_text(tokens), ref.encode_text(tokens)) <= 1e-5
+
+
+def _features(output: object) -> torch.Tensor:
+    """transformers 4 returns a tensor; transformers 5 an output whose pooler_output it is."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+def test_parity_with_transformers_clipmodel(activation: str) -> None:
+    tf = refs.transformers()
+    hf_config = tf.CLIPConfig(
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+            "hidden_act": activation,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_act": activation,
+        },
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    ref = tf.CLIPModel(hf_config).eval()
+    config = hf.config_from_hf(hf_config.to_dict())
+    assert config.text.activation == activation and config.vision.heads == 2
+    ours = CLIP(config).eval()
+    ours.load_state_dict(hf.from_hf(ref.state_dict()))
+    images = torch.randn(3, 3, 32, 32)
+    tokens = random_tokens(3)
+    with torch.no_grad():
+        ref_image = _features(ref.get_image_features(pixel_values=images))
+        ref_text = _features(ref.get_text_features(input_ids=tokens))
+        assert relative_error(ours.encode_image(images), ref_image) <= 1e-5
+        assert relative_error(ours.encode_text(tokens), ref_text) <= 1e-5
+    # and back: cliplab -> HF keys reproduce HF's state dict exactly
+    back = hf.to_hf(ours.state_dict())
+    ref_sd = {k: v for k, v in ref.state_dict().items() if not k.endswith("position_ids")}
+    assert back.keys() == ref_sd.keys()
+    assert all(torch.equal(back[k], ref_sd[k]) for k in ref_sd)
+
+
+def test_names_and_aliases() -> None:
+    assert canonical_name("ViT-B/32") == "ViT-B-32"
+    assert canonical_name("vit-l/14@336px") == "ViT-L-14-336"
+    assert canonical_name("rn50x4") == "RN50x4"
+    with pytest.raises(ValueError, match="unknown model 'ViT-Z/9'"):
+        canonical_name("ViT-Z/9")
+
+
+def test_overrides_and_config_validation() -> None:
+    config = get_config("ViT-B/32", activation="gelu", context_length=64, vision_layers=3)
+    assert config.text.activation == config.vision.activation == "gelu"
+    assert config.text.context_length == 64 and config.vision.layers == 3
+    assert CLIPConfig.from_dict(config.to_dict()) == config
+    rn = get_config("RN50", image_size=256)
+    assert CLIPConfig.from_dict(rn.to_dict()) == rn and rn.vision.image_size == 256
+    with pytest.raises(ValueError, match="unknown override 'depth'"):
+        get_config("RN50", depth=3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        get_config("RN50", image_size=100)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        get_config("ViT-B-32", image_size=100)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        get_config("tiny-vit", activation="relu")
+    with pytest.raises(ValueError, match="vision.kind must be"):
+        CLIPConfig.from_dict({"embed_dim": 8, "vision": {"kind": "convnext"}, "text": {}})
+
+
+def test_bad_inputs_give_clear_errors() -> None:
+    model = CLIP(PRESETS["tiny-vit"])
+    with pytest.raises(ValueError, match=r"images must have shape \(batch, 3, 32, 32\)"):
+        model.encode_image(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="context length is 77"):
+        model.encode_text(torch.zeros(2, 100, dtype=torch.long))
+    with pytest.raises(ValueError, match="token ids of shape"):
+        model.encode_text(torch.zeros(77, dtype=torch.long))
