@@ -1,0 +1,38 @@
+"""The ``cliplab`` command line. Each subcommand lives in its own module with
+``add_parser(subparsers)`` and ``run(args) -> int``; ``main(argv)`` dispatches.
+
+The library (everything outside ``cliplab.cli`` and the application packages) never
+imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cliplab import __version__
+from cliplab.checkpoints.errors import CheckpointError
+from cliplab.cli import convert, models
+
+COMMANDS = (models, convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cliplab", description="CLIP models: train, convert, evaluate, classify.")
+    parser.add_argument("--version", action="version", version=f"cliplab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"cliplab {args.command}: error: {e}", file=sys.stderr)
+        return 2
