@@ -1,0 +1,23 @@
+"""Image-text data: deterministic resumable streaming, sources, and the synthetic set."""
+
+from cliplab.data.stream import (
+    Batch,
+    BadSample,
+    ImageTextStream,
+    RawSample,
+    Source,
+    StreamingLoader,
+    stable_seed,
+)
+from cliplab.data.synthetic import SyntheticSource
+
+__all__ = [
+    "BadSample",
+    "Batch",
+    "ImageTextStream",
+    "RawSample",
+    "Source",
+    "StreamingLoader",
+    "SyntheticSource",
+    "stable_seed",
+]

@@ -1,0 +1,261 @@
+"""Deterministic, resumable streaming of image-text batches to training.
+
+The design, in four rules:
+1. A *source* turns (seed, epoch, stream, num_streams) into an endless, deterministic
+   iterator of raw samples (undecoded bytes and text). A stream is one data-loader worker of
+   one rank: ``stream = rank * workers + worker``; sources split their shards by stream.
+2. Each worker builds whole batches: it mixes sources by weight, passes raw samples through
+   a shuffle buffer, decodes (skipping and counting bad samples), transforms and tokenizes.
+   All randomness is seeded from (seed, epoch, stream) or (seed, epoch, sample key), so a
+   batch never depends on timing or on how many workers ran before.
+3. Every batch carries its stream's raw read position. The loader records, in the main
+   process, the position of the last *consumed* batch of each stream; that is the state a
+   checkpoint stores. Resuming fast-forwards each stream by raw records, without decoding,
+   so it is exact even when bad samples were skipped.
+4. Every stream yields exactly ``batches_per_epoch // num_streams`` batches per epoch (raw
+   streams are endless), so ranks stay in step and workers interleave in a fixed order;
+   on resume, workers are rotated so the round-robin order continues where it stopped.
+
+An epoch is therefore a number of batches (one pass's worth), not an exact permutation:
+with a shuffle buffer, the end of one pass mixes with the start of the next, as in every
+streaming loader. With ``shuffle_buffer=1`` and one source, an epoch is exactly one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from any printable parts; identical across processes and runs."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``reason`` is a short counter name ("truncated-image")."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """An undecoded sample: WebDataset-style members by extension (``{"png": b"..", "txt": b".."}``)."""
+
+    key: str
+    members: dict[str, bytes]
+    source: str = ""
+
+
+class Source(Protocol):
+    """Where raw samples come from (shards, manifests, folders, a generator)."""
+
+    name: str
+
+    def num_samples(self) -> int:
+        """Samples in one pass over the source (sets the epoch length)."""
+        ...
+
+    def iter_raw(self, seed: int, epoch: int, stream: int, num_streams: int) -> Iterator[RawSample]:
+        """This stream's disjoint share of the source, endless (reshuffled on each pass)."""
+        ...
+
+
+#: Turns a raw sample into (PIL image, caption); raises BadSample. The ``random.Random`` is
+#: seeded per sample from (seed, epoch, source, key): captions can be drawn afresh each epoch.
+Decoder = Callable[[RawSample, random.Random], tuple[Any, str]]
+#: PIL image -> (3, S, S) tensor; the generator (seeded like the decoder's) drives augmentation.
+Transform = Callable[[Any, torch.Generator], torch.Tensor]
+Tokenize = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, S, S) float
+    tokens: torch.Tensor  # (B, L) long
+    keys: list[str]
+    stream: int = 0
+    position: int = 0  # raw samples this stream had read when the batch was complete
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples since the last batch
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class ImageTextStream(IterableDataset):
+    """The per-worker batch builder (an ``IterableDataset`` yielding ``Batch`` objects)."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        decode: Decoder,
+        transform: Transform,
+        tokenize: Tokenize,
+        batch_size: int,
+        *,
+        weights: Sequence[float] | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        if not sources:
+            raise ValueError("ImageTextStream needs at least one source")
+        if weights is not None and (len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"weights must be {len(sources)} non-negative numbers with a positive sum, got {weights}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.sources = list(sources)
+        self.weights = list(weights) if weights is not None else [float(s.num_samples()) for s in self.sources]
+        self.decode = decode
+        self.transform = transform
+        self.tokenize = tokenize
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+        total = sum(s.num_samples() for s in self.sources)
+        self.batches_per_epoch = batches_per_epoch or max(1, total // (batch_size * world_size))
+        # set by the loader before each epoch's iterator is created
+        self.epoch = 0
+        self.num_workers = 1
+        self.start_batch = 0  # batches of this epoch already consumed on this rank
+        self.start_positions: dict[int, int] = {}  # stream -> raw samples already consumed
+
+    # -- the stream a worker serves ------------------------------------------------------
+    def streams_per_rank(self) -> int:
+        return max(1, self.num_workers)
+
+    def batches_for(self, local_stream: int) -> int:
+        """Batches that local stream ``local_stream`` yields in one epoch (rank-local split)."""
+        per, extra = divmod(self.batches_per_epoch, self.streams_per_rank())
+        return per + (1 if local_stream < extra else 0)
+
+    def _raw_stream(self, stream: int, num_streams: int) -> Iterator[RawSample]:
+        """Sources mixed by weight, then a shuffle buffer; deterministic for (seed, epoch, stream)."""
+        rng = random.Random(stable_seed(self.seed, self.epoch, stream, "mix"))
+        iters = [s.iter_raw(self.seed, self.epoch, stream, num_streams) for s in self.sources]
+        buffer: list[RawSample] = []
+        while True:
+            i = rng.choices(range(len(iters)), weights=self.weights)[0] if len(iters) > 1 else 0
+            buffer.append(next(iters[i]))
+            if len(buffer) >= max(1, self.shuffle_buffer):
+                j = rng.randrange(len(buffer))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                yield buffer.pop()
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        workers = self.streams_per_rank()
+        # rotation: after resuming at batch b, the first worker to yield must be stream b % W
+        local = (worker + self.start_batch) % workers
+        stream = self.rank * workers + local
+        num_streams = self.world_size * workers
+        consumed_batches = sum(1 for j in range(self.start_batch) if j % workers == local)
+        remaining = self.batches_for(local) - consumed_batches
+        raw = self._raw_stream(stream, num_streams)
+        # a source may decode its own samples (a generator needs no image codec)
+        decoders = {src.name: src.decode for src in self.sources if callable(getattr(src, "decode", None))}
+        position = self.start_positions.get(stream, 0)
+        for _ in itertools.islice(raw, position):  # fast-forward without decoding
+            pass
+        for _ in range(max(0, remaining)):
+            images, captions, keys = [], [], []
+            skipped: Counter[str] = Counter()
+            while len(keys) < self.batch_size:
+                sample = next(raw)
+                position += 1
+                sample_seed = stable_seed(self.seed, self.epoch, sample.source, sample.key)
+                decode = decoders.get(sample.source, self.decode)
+                try:
+                    image, caption = decode(sample, random.Random(sample_seed))
+                    images.append(self.transform(image, torch.Generator().manual_seed(sample_seed)))
+                except BadSample as e:
+                    skipped[e.reason] += 1
+                    continue
+                captions.append(caption)
+                keys.append(sample.key)
+            tokens = self.tokenize(captions)
+            yield Batch(torch.stack(images), tokens, keys, stream=stream, position=position, skipped=dict(skipped))
+
+
+class StreamingLoader:
+    """Iterates ``ImageTextStream`` batches through worker processes, and remembers where
+    it is: ``state_dict()`` after any batch, ``load_state_dict()`` to continue exactly there.
+    """
+
+    def __init__(self, stream: ImageTextStream, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False) -> None:
+        self.stream = stream
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        stream.num_workers = max(1, num_workers)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.positions: dict[int, int] = {}
+        self.skipped: Counter[str] = Counter()  # this epoch's bad samples, by reason
+
+    def __len__(self) -> int:
+        return self.stream.batches_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "positions": {str(k): v for k, v in self.positions.items()},
+            "skipped": dict(self.skipped),
+            "num_workers": self.num_workers,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("num_workers", self.num_workers) != self.num_workers:
+            raise ValueError(
+                f"data position was saved with {state['num_workers']} workers; resume with the same "
+                f"number (got {self.num_workers}) for an exact continuation"
+            )
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.positions = {int(k): int(v) for k, v in state.get("positions", {}).items()}
+        self.skipped = Counter(state.get("skipped", {}))
+
+    def iter_epoch(self) -> Iterator[Batch]:
+        """The rest of the current epoch (all of it unless resuming); then advances the epoch."""
+        s = self.stream
+        s.epoch, s.start_batch, s.start_positions = self.epoch, self.batch_in_epoch, dict(self.positions)
+        loader = DataLoader(
+            s,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+        for batch in loader:
+            self.batch_in_epoch += 1
+            self.positions[batch.stream] = batch.position
+            self.skipped.update(batch.skipped)
+            yield batch
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.positions = {}
+        self.skipped = Counter()
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Endless: epoch after epoch."""
+        while True:
+            yield from self.iter_epoch()
