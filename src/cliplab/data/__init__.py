@@ -9,6 +9,7 @@ from cliplab.data.stream import (
     StreamingLoader,
     stable_seed,
 )
+from cliplab.data.sources import build_source
 from cliplab.data.synthetic import SyntheticSource
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "Source",
     "StreamingLoader",
     "SyntheticSource",
+    "build_source",
     "stable_seed",
 ]
