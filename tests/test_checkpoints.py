@@ -10,15 +10,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import refs
 import torch
-from test_models import openai_args, random_tokens, relative_error
 
 import cliplab
+import refs
 from cliplab.checkpoints import api, openai
 from cliplab.checkpoints.errors import CheckpointError
 from cliplab.config import PRESETS, get_config
 from cliplab.models import CLIP
+from test_models import openai_args, random_tokens, relative_error
 
 # Tiny models within OpenAI's conventions (64-wide heads), so its loader infers them exactly.
 VIT = get_config("tiny-vit", vision_heads=1, text_heads=1)
@@ -32,7 +32,9 @@ def features(model: torch.nn.Module, size: int) -> tuple[torch.Tensor, torch.Ten
         return model.encode_image(images), model.encode_text(random_tokens(3, seed=1))
 
 
-def assert_same_features(ours: torch.nn.Module, ref: torch.nn.Module, size: int, tol: float = 1e-5) -> None:
+def assert_same_features(
+    ours: torch.nn.Module, ref: torch.nn.Module, size: int, tol: float = 1e-5
+) -> None:
     (ours_img, ours_txt), (ref_img, ref_txt) = features(ours, size), features(ref, size)
     assert relative_error(ours_img, ref_img) <= tol
     assert relative_error(ours_txt, ref_txt) <= tol
@@ -119,13 +121,19 @@ def test_openai_state_dict_fp16(tmp_path: Path, config) -> None:
 def test_openai_torchscript_archive(tmp_path: Path, config) -> None:
     """Archives made as OpenAI made theirs (traced, fp16) load without running TorchScript."""
     ref = openai_reference(config, fp16=False)
-    for name, value in (("input_resolution", config.vision.image_size), ("context_length", 77), ("vocab_size", 49408)):
+    for name, value in (
+        ("input_resolution", config.vision.image_size),
+        ("context_length", 77),
+        ("vocab_size", 49408),
+    ):
         if hasattr(ref, name):  # plain int attributes in OpenAI's code, buffers in its archives
             delattr(ref, name)
         ref.register_buffer(name, torch.tensor(value))
     size = config.vision.image_size
     image, text = torch.randn(1, 3, size, size), random_tokens(1)
-    traced = torch.jit.trace_module(ref, {"forward": (image, text), "encode_image": image, "encode_text": text})
+    traced = torch.jit.trace_module(
+        ref, {"forward": (image, text), "encode_image": image, "encode_text": text}
+    )
     path = tmp_path / "archive.pt"
     torch.jit.save(traced, str(path))
     ours, _ = cliplab.load(path)
@@ -185,7 +193,10 @@ def test_open_clip_hub_directory(tmp_path: Path) -> None:
     vision_cfg = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16}
     text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2}
     ref = oc.model.CLIP(32, vision_cfg, text_cfg, quick_gelu=False).eval()
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in ref.state_dict().items()},
+        str(tmp_path / "open_clip_model.safetensors"),
+    )
     config = {
         "model_cfg": {"embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": text_cfg},
         "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
@@ -203,8 +214,22 @@ def test_open_clip_hub_directory(tmp_path: Path) -> None:
 def hf_reference(tmp_path: Path):
     tf = refs.transformers()
     config = tf.CLIPConfig(
-        text_config={"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2, "num_hidden_layers": 2, "bos_token_id": 49406, "eos_token_id": 49407},
-        vision_config={"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8},
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=32,
     )
     return tf.CLIPModel(config).eval()
@@ -287,11 +312,25 @@ def test_cli_convert_and_list_models(tmp_path: Path, capsys) -> None:
 
     ref = openai_reference(VIT, fp16=True)
     torch.save(ref.state_dict(), tmp_path / "openai.pt")
-    assert main(["convert", str(tmp_path / "openai.pt"), str(tmp_path / "out"), "--to", "cliplab"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "openai.pt"), str(tmp_path / "out"), "--to", "cliplab"])
+        == 0
+    )
     assert "wrote cliplab checkpoint" in capsys.readouterr().out
     loaded, _ = cliplab.load(tmp_path / "out")
     assert_same_features(loaded, ref.float(), 32)
-    assert main(["convert", str(tmp_path / "openai.pt"), str(tmp_path / "g"), "--set", "activation=gelu"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "openai.pt"),
+                str(tmp_path / "g"),
+                "--set",
+                "activation=gelu",
+            ]
+        )
+        == 0
+    )
     assert cliplab.load(tmp_path / "g")[0].config.text.activation == "gelu"
     assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
@@ -351,7 +390,15 @@ def test_bad_files_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         cliplab.load(tmp_path / "other.zip")
     # tensors that are not CLIP
-    torch.save({"conv.weight": torch.zeros(3, 3), "fc.weight": torch.zeros(2), "a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "other.pt")
+    torch.save(
+        {
+            "conv.weight": torch.zeros(3, 3),
+            "fc.weight": torch.zeros(2),
+            "a": torch.zeros(1),
+            "b": torch.zeros(1),
+        },
+        tmp_path / "other.pt",
+    )
     with pytest.raises(CheckpointError, match="unrecognised weights"):
         cliplab.load(tmp_path / "other.pt")
 

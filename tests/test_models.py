@@ -4,17 +4,40 @@ equal OpenAI's, OpenCLIP's and Hugging Face's implementations for the same weigh
 from __future__ import annotations
 
 import pytest
-import refs
 import torch
 
+import refs
 from cliplab.checkpoints import hf, openai
-from cliplab.config import PRESETS, CLIPConfig, ResNetConfig, TextConfig, ViTConfig, canonical_name, get_config
+from cliplab.config import (
+    PRESETS,
+    CLIPConfig,
+    ResNetConfig,
+    TextConfig,
+    ViTConfig,
+    canonical_name,
+    get_config,
+)
 from cliplab.models import CLIP
 
 # Parameter counts of OpenAI's released models, as OpenCLIP reports them.
-KNOWN_COUNTS = {"RN50": 102_007_137, "ViT-B-32": 151_277_313, "ViT-B-16": 149_620_737, "ViT-L-14": 427_616_513}
+KNOWN_COUNTS = {
+    "RN50": 102_007_137,
+    "ViT-B-32": 151_277_313,
+    "ViT-B-16": 149_620_737,
+    "ViT-L-14": 427_616_513,
+}
 
-OPENAI_PRESETS = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"]
+OPENAI_PRESETS = [
+    "RN50",
+    "RN101",
+    "RN50x4",
+    "RN50x16",
+    "RN50x64",
+    "ViT-B-32",
+    "ViT-B-16",
+    "ViT-L-14",
+    "ViT-L-14-336",
+]
 
 
 def openai_args(config: CLIPConfig) -> tuple:
@@ -154,7 +177,9 @@ def test_parity_with_open_clip(kind: str, activation: str) -> None:
         vision_cfg = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
         config = CLIPConfig(
             embed_dim=32,
-            vision=ViTConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, activation=activation),
+            vision=ViTConfig(
+                image_size=32, patch_size=8, width=64, layers=2, heads=2, activation=activation
+            ),
             text=TextConfig(width=64, heads=2, layers=2, activation=activation),
         )
     else:

@@ -44,10 +44,21 @@ class FlakySource:
         return self.inner.decode(sample, rng)
 
 
-def make_loader(workers: int = 0, rank: int = 0, world: int = 1, sources=None, weights=None, batch=8, seed=0):
+def make_loader(
+    workers: int = 0, rank: int = 0, world: int = 1, sources=None, weights=None, batch=8, seed=0
+):
     sources = sources or [SyntheticSource(400, image_size=16), FlakySource()]
     stream = ImageTextStream(
-        sources, decode=None, transform=to_tensor, tokenize=tokenize, batch_size=batch, weights=weights, seed=seed, rank=rank, world_size=world, shuffle_buffer=16
+        sources,
+        decode=None,
+        transform=to_tensor,
+        tokenize=tokenize,
+        batch_size=batch,
+        weights=weights,
+        seed=seed,
+        rank=rank,
+        world_size=world,
+        shuffle_buffer=16,
     )
     return StreamingLoader(stream, num_workers=workers)
 
@@ -69,7 +80,9 @@ def test_deterministic_for_a_seed_and_different_across_seeds() -> None:
     a, b, c = take(make_loader(), 5), take(make_loader(), 5), take(make_loader(seed=1), 5)
     assert all(same(x, y) for x, y in zip(a, b))
     assert not all(same(x, y) for x, y in zip(a, c))
-    assert all(len(x) == 8 and x.images.shape == (8, 3, 16, 16) and x.tokens.shape == (8, 16) for x in a)
+    assert all(
+        len(x) == 8 and x.images.shape == (8, 3, 16, 16) and x.tokens.shape == (8, 16) for x in a
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -149,7 +162,10 @@ def test_synthetic_captions_describe_the_images() -> None:
     source = SyntheticSource(50, image_size=32)
     for image, caption in source.pairs(10):
         assert image.size == (32, 32)
-        assert any(color in caption for color in ("red", "green", "blue", "yellow", "purple", "orange", "black", "white"))
+        assert any(
+            color in caption
+            for color in ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
+        )
     # disjoint splits
     val = SyntheticSource(50, split="val")
     assert [source.scene(i) for i in range(50)] != [val.scene(i) for i in range(50)]

@@ -124,13 +124,17 @@ class ResNetConfig:
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
         if len(self.layers) != 4 or min(self.layers) < 1:
             raise ValueError(f"ResNetConfig.layers must be 4 positive ints, got {self.layers}")
-        _check_positive("ResNetConfig", image_size=self.image_size, width=self.width, heads=self.heads)
+        _check_positive(
+            "ResNetConfig", image_size=self.image_size, width=self.width, heads=self.heads
+        )
         if self.image_size % 32:
             raise ValueError(
                 f"ResNetConfig.image_size must be a multiple of 32 (the stride), got {self.image_size}"
             )
         if self.width % 2:
-            raise ValueError(f"ResNetConfig.width must be even (stem uses width/2), got {self.width}")
+            raise ValueError(
+                f"ResNetConfig.width must be even (stem uses width/2), got {self.width}"
+            )
         if (self.width * 32) % self.heads:
             raise ValueError(
                 f"ResNetConfig: feature width {self.width * 32} not divisible by heads {self.heads}"
@@ -157,7 +161,9 @@ class CLIPConfig:
     def __post_init__(self) -> None:
         _check_positive("CLIPConfig", embed_dim=self.embed_dim)
         if not isinstance(self.vision, ViTConfig | ResNetConfig):
-            raise TypeError(f"CLIPConfig.vision must be a ViTConfig or ResNetConfig, got {self.vision!r}")
+            raise TypeError(
+                f"CLIPConfig.vision must be a ViTConfig or ResNetConfig, got {self.vision!r}"
+            )
         if not isinstance(self.text, TextConfig):
             raise TypeError(f"CLIPConfig.text must be a TextConfig, got {self.text!r}")
 
@@ -248,12 +254,18 @@ def _openai_text(width: int) -> TextConfig:
     return TextConfig(width=width, heads=width // 64, layers=12)
 
 
-def _openai_vit(embed_dim: int, image: int, patch: int, width: int, layers: int, text: int) -> CLIPConfig:
-    vision = ViTConfig(image_size=image, patch_size=patch, width=width, layers=layers, heads=width // 64)
+def _openai_vit(
+    embed_dim: int, image: int, patch: int, width: int, layers: int, text: int
+) -> CLIPConfig:
+    vision = ViTConfig(
+        image_size=image, patch_size=patch, width=width, layers=layers, heads=width // 64
+    )
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=_openai_text(text))
 
 
-def _openai_rn(embed_dim: int, image: int, layers: tuple[int, int, int, int], width: int, text: int) -> CLIPConfig:
+def _openai_rn(
+    embed_dim: int, image: int, layers: tuple[int, int, int, int], width: int, text: int
+) -> CLIPConfig:
     vision = ResNetConfig(image_size=image, layers=layers, width=width, heads=width * 32 // 64)
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=_openai_text(text))
 

@@ -26,7 +26,13 @@ import torch
 
 from cliplab.checkpoints import hf, openai
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.checkpoints.io import read_file, read_json, read_safetensors, read_torch_file, unwrap_state_dict
+from cliplab.checkpoints.io import (
+    read_file,
+    read_json,
+    read_safetensors,
+    read_torch_file,
+    unwrap_state_dict,
+)
 from cliplab.config import PRESETS, CLIPConfig, canonical_name
 from cliplab.models import CLIP
 
@@ -47,8 +53,24 @@ OPENAI_FILES = {
 
 # OpenCLIP config features cliplab's architectures do not have.
 _OPENCLIP_UNSUPPORTED = {
-    "vision_cfg": ("timm_model_name", "attentional_pool", "no_ln_pre", "pool_type", "final_ln_after_pool", "ls_init_value", "patch_dropout_keep"),
-    "text_cfg": ("hf_model_name", "pool_type", "no_causal_mask", "proj_bias", "ls_init_value", "embed_cls", "pad_id"),
+    "vision_cfg": (
+        "timm_model_name",
+        "attentional_pool",
+        "no_ln_pre",
+        "pool_type",
+        "final_ln_after_pool",
+        "ls_init_value",
+        "patch_dropout_keep",
+    ),
+    "text_cfg": (
+        "hf_model_name",
+        "pool_type",
+        "no_causal_mask",
+        "proj_bias",
+        "ls_init_value",
+        "embed_cls",
+        "pad_id",
+    ),
 }
 _OPENCLIP_DEFAULT_POOL = {"vision_cfg": "tok", "text_cfg": "argmax"}
 
@@ -98,7 +120,11 @@ def load_weights(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) 
     ]
     if missing or unexpected or mismatched:
         parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 parts.append(f"{len(items)} {title}: {items[:6]}{' ...' if len(items) > 6 else ''}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
@@ -108,7 +134,9 @@ def load_weights(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(state_dict, strict=True)
 
 
-def _from_openai_layout(sd: dict[str, torch.Tensor], source: str, **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+def _from_openai_layout(
+    sd: dict[str, torch.Tensor], source: str, **overrides: Any
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     try:
         config = openai.infer_config(sd, **overrides)
     except ValueError as e:
@@ -118,14 +146,20 @@ def _from_openai_layout(sd: dict[str, torch.Tensor], source: str, **overrides: A
     return config, openai.from_openai(sd)
 
 
-def _from_state_dict(sd: dict[str, torch.Tensor], source: str, config: CLIPConfig | None, **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+def _from_state_dict(
+    sd: dict[str, torch.Tensor], source: str, config: CLIPConfig | None, **overrides: Any
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Config and cliplab-keyed weights from a state dict in any known layout."""
     sd = openai.strip_wrapper_prefixes(sd)
     if openai.is_openai_layout(sd):
         return _from_openai_layout(sd, source, **overrides)
     if hf.is_hf_layout(sd):
         converted = hf.from_hf(sd)
-        return _from_openai_layout(openai.to_openai(converted), source, **overrides) if config is None else (config.replace(**overrides), converted)
+        return (
+            _from_openai_layout(openai.to_openai(converted), source, **overrides)
+            if config is None
+            else (config.replace(**overrides), converted)
+        )
     if openai.is_cliplab_layout(sd):
         if config is None:
             return _from_openai_layout(openai.to_openai(sd), source, **overrides)
@@ -136,7 +170,9 @@ def _from_state_dict(sd: dict[str, torch.Tensor], source: str, config: CLIPConfi
     )
 
 
-def _read_directory(path: Path, **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def _read_directory(
+    path: Path, **overrides: Any
+) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """Config, weights and preprocessing hints of a cliplab, HF or OpenCLIP directory."""
     preprocess: dict[str, Any] = {}
     if (path / "open_clip_config.json").exists():
@@ -145,24 +181,40 @@ def _read_directory(path: Path, **overrides: Any) -> tuple[CLIPConfig, dict[str,
         for tower, keys in _OPENCLIP_UNSUPPORTED.items():
             for key in keys:
                 value = model_cfg.get(tower, {}).get(key)
-                if value not in (None, False, _OPENCLIP_DEFAULT_POOL.get(tower) if key == "pool_type" else None):
-                    raise CheckpointError(f"{path}: OpenCLIP {tower}.{key}={value!r} is not supported by cliplab's architectures")
-        weights = _first_existing(path, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+                if value not in (
+                    None,
+                    False,
+                    _OPENCLIP_DEFAULT_POOL.get(tower) if key == "pool_type" else None,
+                ):
+                    raise CheckpointError(
+                        f"{path}: OpenCLIP {tower}.{key}={value!r} is not supported by cliplab's architectures"
+                    )
+        weights = _first_existing(
+            path, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        )
         sd = _read_weights(weights)
         activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
         pp = cfg.get("preprocess_cfg", {})
         preprocess = {k: tuple(pp[k]) for k in ("mean", "std") if k in pp}
-        config, sd = _from_state_dict(sd, str(weights), None, **{"activation": activation, **overrides})
+        config, sd = _from_state_dict(
+            sd, str(weights), None, **{"activation": activation, **overrides}
+        )
         return config, sd, preprocess
     config_path = path / "config.json"
     if not config_path.exists():
-        raise CheckpointError(f"{path}: a checkpoint directory needs config.json (cliplab or Hugging Face) or open_clip_config.json")
+        raise CheckpointError(
+            f"{path}: a checkpoint directory needs config.json (cliplab or Hugging Face) or open_clip_config.json"
+        )
     data = read_json(config_path)
     if data.get("format") == "cliplab":
         config = CLIPConfig.from_dict(data["config"])
         weights = _first_existing(path, ("model.safetensors",))
         sd = _read_weights(weights)
-        preprocess = {k: tuple(data["preprocess"][k]) for k in ("mean", "std") if k in data.get("preprocess", {})}
+        preprocess = {
+            k: tuple(data["preprocess"][k])
+            for k in ("mean", "std")
+            if k in data.get("preprocess", {})
+        }
         return config.replace(**overrides) if overrides else config, sd, preprocess
     if data.get("model_type") == "clip" or "CLIPModel" in data.get("architectures", []):
         config = hf.config_from_hf(data, **overrides)
@@ -173,7 +225,9 @@ def _read_directory(path: Path, **overrides: Any) -> tuple[CLIPConfig, dict[str,
             pp = read_json(pp_path)
             preprocess = {k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp}
         return config, sd, preprocess
-    raise CheckpointError(f"{config_path}: neither a cliplab config (format: cliplab) nor a Hugging Face CLIPModel config (model_type: clip)")
+    raise CheckpointError(
+        f"{config_path}: neither a cliplab config (format: cliplab) nor a Hugging Face CLIPModel config (model_type: clip)"
+    )
 
 
 def _first_existing(directory: Path, names: tuple[str, ...]) -> Path:
@@ -188,7 +242,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(obj, path)
 
 
-def load_checkpoint(name_or_path: str | os.PathLike[str], **overrides: Any) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(
+    name_or_path: str | os.PathLike[str], **overrides: Any
+) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """(config, cliplab-keyed weights, preprocessing hints) of any supported checkpoint."""
     path = resolve_path(name_or_path)
     if path.is_dir():
@@ -254,7 +310,9 @@ def _write_safetensors(path: Path, sd: dict[str, torch.Tensor], metadata: dict[s
     _atomic_write(path, lambda tmp: save_file(_cpu_contiguous(sd), str(tmp), metadata=metadata))
 
 
-def save(model: CLIP, path: str | os.PathLike[str], preprocess: dict[str, Any] | None = None) -> Path:
+def save(
+    model: CLIP, path: str | os.PathLike[str], preprocess: dict[str, Any] | None = None
+) -> Path:
     """Save in cliplab's format: ``path.safetensors`` (one file) or a directory.
 
     A directory gets ``config.json`` and ``model.safetensors``; a ``.safetensors`` path
@@ -270,13 +328,17 @@ def save(model: CLIP, path: str | os.PathLike[str], preprocess: dict[str, Any] |
         _write_safetensors(path, sd, metadata)
         return path
     if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{path} exists and is not a directory (use a .safetensors name for one file)")
+        raise CheckpointError(
+            f"{path} exists and is not a directory (use a .safetensors name for one file)"
+        )
     path.mkdir(parents=True, exist_ok=True)
     _write_safetensors(path / "model.safetensors", sd, metadata)
     doc = {"format": "cliplab", "version": FORMAT_VERSION, "config": model.config.to_dict()}
     if preprocess:
         doc["preprocess"] = preprocess
-    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+    _atomic_write(
+        path / "config.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    )
     return path
 
 
@@ -298,7 +360,9 @@ def export_hf(model: CLIP, path: str | os.PathLike[str]) -> Path:
     hf_config = hf.config_to_hf(model.config)
     path.mkdir(parents=True, exist_ok=True)
     _write_safetensors(path / "model.safetensors", hf.to_hf(model.state_dict()), {"format": "pt"})
-    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n"))
+    _atomic_write(
+        path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
+    )
     hf.write_hf_tokenizer_files(path, model.config.text.context_length)
     hf.write_hf_preprocessor_config(path, model.config.vision.image_size, OPENAI_MEAN, OPENAI_STD)
     return path

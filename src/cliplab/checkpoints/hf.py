@@ -71,8 +71,14 @@ _FLAT_MAP = {
     "vision_model.post_layernorm.bias": "visual.ln_post.bias",
     "logit_scale": "logit_scale",
 }
-_TRANSPOSED = {"text_projection.weight": "text.text_projection", "visual_projection.weight": "visual.proj"}
-_TOWERS = {"text_model.encoder.layers.": "text.transformer.resblocks.", "vision_model.encoder.layers.": "visual.transformer.resblocks."}
+_TRANSPOSED = {
+    "text_projection.weight": "text.text_projection",
+    "visual_projection.weight": "visual.proj",
+}
+_TOWERS = {
+    "text_model.encoder.layers.": "text.transformer.resblocks.",
+    "vision_model.encoder.layers.": "visual.transformer.resblocks.",
+}
 _IGNORED = re.compile(r"^(text_model|vision_model)\.embeddings\.position_ids$")
 _BLOCK = re.compile(r"^(text_model|vision_model)\.encoder\.layers\.(\d+)\.(.+)$")
 
@@ -85,16 +91,24 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
     """A ``CLIPConfig`` from the dict in a HF CLIPModel's ``config.json``."""
     model_type = hf.get("model_type", "clip")
     if model_type != "clip":
-        raise CheckpointError(f"config.json has model_type {model_type!r}; only 'clip' (CLIPModel) is supported")
+        raise CheckpointError(
+            f"config.json has model_type {model_type!r}; only 'clip' (CLIPModel) is supported"
+        )
     tc = {**_HF_TEXT_DEFAULTS, **(hf.get("text_config") or hf.get("text_config_dict") or {})}
     vc = {**_HF_VISION_DEFAULTS, **(hf.get("vision_config") or hf.get("vision_config_dict") or {})}
     for name, c in (("text_config", tc), ("vision_config", vc)):
         if c["hidden_act"] not in _HF_ACTIVATIONS:
-            raise CheckpointError(f"{name}.hidden_act {c['hidden_act']!r} is not supported (quick_gelu or gelu)")
+            raise CheckpointError(
+                f"{name}.hidden_act {c['hidden_act']!r} is not supported (quick_gelu or gelu)"
+            )
         if abs(float(c["layer_norm_eps"]) - 1e-5) > 1e-12:
-            raise CheckpointError(f"{name}.layer_norm_eps {c['layer_norm_eps']} is not supported (1e-5)")
+            raise CheckpointError(
+                f"{name}.layer_norm_eps {c['layer_norm_eps']} is not supported (1e-5)"
+            )
     if int(vc.get("num_channels", 3)) != 3:
-        raise CheckpointError(f"vision_config.num_channels {vc['num_channels']} is not supported (3)")
+        raise CheckpointError(
+            f"vision_config.num_channels {vc['num_channels']} is not supported (3)"
+        )
     text = TextConfig(
         context_length=int(tc["max_position_embeddings"]),
         vocab_size=int(tc["vocab_size"]),
@@ -125,7 +139,9 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
 def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
     """The ``config.json`` dict of a HF CLIPModel equivalent to ``config``."""
     if not isinstance(config.vision, ViTConfig):
-        raise CheckpointError("Hugging Face's CLIPModel has no ResNet image tower; only ViT models convert to 'hf'")
+        raise CheckpointError(
+            "Hugging Face's CLIPModel has no ResNet image tower; only ViT models convert to 'hf'"
+        )
     t, v = config.text, config.vision
     return {
         "architectures": ["CLIPModel"],
@@ -191,10 +207,14 @@ def from_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"unexpected keys for a HF CLIPModel: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+        raise CheckpointError(
+            f"unexpected keys for a HF CLIPModel: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+        )
     for (prefix, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"{prefix}: attention {kind} needs q, k and v projections, found {sorted(parts)}")
+            raise CheckpointError(
+                f"{prefix}: attention {kind} needs q, k and v projections, found {sorted(parts)}"
+            )
         name = "attn.in_proj_weight" if kind == "weight" else "attn.in_proj_bias"
         out[prefix + name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
@@ -213,7 +233,10 @@ def to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif key in transposed:
             out[transposed[key]] = value.t().contiguous()
         else:
-            m = re.match(r"^(text\.transformer\.resblocks\.|visual\.transformer\.resblocks\.)(\d+)\.(.+)$", key)
+            m = re.match(
+                r"^(text\.transformer\.resblocks\.|visual\.transformer\.resblocks\.)(\d+)\.(.+)$",
+                key,
+            )
             if not m:
                 raise CheckpointError(f"key {key!r} has no Hugging Face CLIPModel equivalent")
             prefix = towers[m.group(1)] + f"{m.group(2)}."
@@ -237,11 +260,25 @@ def write_hf_tokenizer_files(directory: Path, context_length: int) -> None:
     byte_chars = _bytes_to_unicode()
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (directory / "vocab.json").write_text(
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False)
+    )
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     (directory / "special_tokens_map.json").write_text(json.dumps(special))
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "do_lower_case": True, **special}
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": context_length,
+        "do_lower_case": True,
+        **special,
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -266,7 +303,11 @@ def write_hf_preprocessor_config(directory: Path, image_size: int, mean: tuple, 
 
 def _bytes_to_unicode() -> list[str]:
     """OpenAI's byte -> printable-unicode table, in vocabulary order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):

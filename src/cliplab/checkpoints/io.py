@@ -80,7 +80,10 @@ def read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], str]:
         tensors, metadata = read_safetensors(path)
         return tensors, metadata, "safetensors"
     if kind == "zip":
-        from cliplab.checkpoints.torchscript import is_torchscript_archive, read_torchscript_state_dict
+        from cliplab.checkpoints.torchscript import (
+            is_torchscript_archive,
+            read_torchscript_state_dict,
+        )
 
         try:
             is_script = is_torchscript_archive(path)
@@ -98,7 +101,11 @@ def unwrap_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor
     """The model weights of a checkpoint dict (training checkpoints nest them)."""
     for key in ("state_dict", "model", "model_state_dict"):
         inner = obj.get(key)
-        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+        if (
+            isinstance(inner, dict)
+            and inner
+            and all(isinstance(v, torch.Tensor) for v in inner.values())
+        ):
             obj = inner
             break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

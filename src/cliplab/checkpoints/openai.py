@@ -19,7 +19,13 @@ from cliplab.checkpoints.errors import CheckpointError
 from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
 
 #: Root-level keys of OpenAI's layout that belong to the text tower.
-_TEXT_ROOT = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+_TEXT_ROOT = (
+    "token_embedding.",
+    "positional_embedding",
+    "transformer.",
+    "ln_final.",
+    "text_projection",
+)
 #: Entries of OpenAI's TorchScript archives that are metadata, not weights.
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 #: Prefixes added by wrappers: DDP (``module.``) and torch.compile (``_orig_mod.``).
@@ -93,7 +99,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CL
         positions = _require(sd, "visual.positional_embedding").shape[0]
         grid = round((positions - 1) ** 0.5)
         if grid * grid + 1 != positions:
-            raise CheckpointError(f"visual.positional_embedding has {positions} rows, not grid**2 + 1")
+            raise CheckpointError(
+                f"visual.positional_embedding has {positions} rows, not grid**2 + 1"
+            )
         fc = _require(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight")
         vision: ViTConfig | ResNetConfig = ViTConfig(
             image_size=patch * grid,
@@ -108,9 +116,13 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CL
         positions = sd["visual.attnpool.positional_embedding"].shape[0]
         grid = round((positions - 1) ** 0.5)
         if grid * grid + 1 != positions:
-            raise CheckpointError(f"visual.attnpool.positional_embedding has {positions} rows, not grid**2 + 1")
+            raise CheckpointError(
+                f"visual.attnpool.positional_embedding has {positions} rows, not grid**2 + 1"
+            )
         layers = tuple(_count_blocks(sd, f"visual.layer{i}.") for i in (1, 2, 3, 4))
-        vision = ResNetConfig(image_size=grid * 32, layers=layers, width=width, heads=max(width * 32 // 64, 1))
+        vision = ResNetConfig(
+            image_size=grid * 32, layers=layers, width=width, heads=max(width * 32 // 64, 1)
+        )
     else:
         raise CheckpointError(
             "not a CLIP state dict in OpenAI's layout: found neither 'visual.proj' (ViT) nor "
@@ -133,12 +145,21 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CL
 def openai_compatibility_warnings(config: CLIPConfig) -> list[str]:
     """What OpenAI's ``build_model`` would get wrong when reading this model's weights."""
     notes = []
-    if config.text.activation != "quick_gelu" or getattr(config.vision, "activation", "quick_gelu") != "quick_gelu":
-        notes.append("activation is not QuickGELU: OpenAI's loader assumes QuickGELU; load with activation='gelu'")
+    if (
+        config.text.activation != "quick_gelu"
+        or getattr(config.vision, "activation", "quick_gelu") != "quick_gelu"
+    ):
+        notes.append(
+            "activation is not QuickGELU: OpenAI's loader assumes QuickGELU; load with activation='gelu'"
+        )
     if config.text.heads != config.text.width // 64:
-        notes.append(f"text heads {config.text.heads} != width/64: OpenAI's loader assumes 64-wide heads")
+        notes.append(
+            f"text heads {config.text.heads} != width/64: OpenAI's loader assumes 64-wide heads"
+        )
     vision_expected = (
-        config.vision.width // 64 if isinstance(config.vision, ViTConfig) else config.vision.width * 32 // 64
+        config.vision.width // 64
+        if isinstance(config.vision, ViTConfig)
+        else config.vision.width * 32 // 64
     )
     if config.vision.heads != vision_expected:
         notes.append(f"vision heads {config.vision.heads} != OpenAI's rule ({vision_expected})")

@@ -19,7 +19,9 @@ COMMANDS = (models, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cliplab", description="CLIP models: train, convert, evaluate, classify.")
+    parser = argparse.ArgumentParser(
+        prog="cliplab", description="CLIP models: train, convert, evaluate, classify."
+    )
     parser.add_argument("--version", action="version", version=f"cliplab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

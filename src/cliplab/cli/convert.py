@@ -18,9 +18,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Weights are copied unchanged."
         ),
     )
-    parser.add_argument("src", help="checkpoint file or directory, or an OpenAI model name found in the local cache")
-    parser.add_argument("dst", help="output: a directory (cliplab, hf), a .safetensors file (cliplab) or a .pt file (openai)")
-    parser.add_argument("--to", choices=("cliplab", "openai", "hf"), default="cliplab", help="output format (default: cliplab)")
+    parser.add_argument(
+        "src", help="checkpoint file or directory, or an OpenAI model name found in the local cache"
+    )
+    parser.add_argument(
+        "dst",
+        help="output: a directory (cliplab, hf), a .safetensors file (cliplab) or a .pt file (openai)",
+    )
+    parser.add_argument(
+        "--to",
+        choices=("cliplab", "openai", "hf"),
+        default="cliplab",
+        help="output format (default: cliplab)",
+    )
     add_set_argument(parser)
     parser.set_defaults(run=run)
 

@@ -22,7 +22,11 @@ def describe(name: str) -> dict:
     with torch.device("meta"):
         params = CLIP(config).num_parameters()
     v, t = config.vision, config.text
-    vision = f"ViT {v.width}w x{v.layers} /{v.patch_size}" if isinstance(v, ViTConfig) else f"ResNet {v.width}w {list(v.layers)}"
+    vision = (
+        f"ViT {v.width}w x{v.layers} /{v.patch_size}"
+        if isinstance(v, ViTConfig)
+        else f"ResNet {v.width}w {list(v.layers)}"
+    )
     return {
         "name": name,
         "vision": vision,
@@ -42,5 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<14}{r['vision']:<30}{r['image_size']:>6}  {r['text']:<10}{r['embed_dim']:>6}{r['parameters']:>14,}")
+        print(
+            f"{r['name']:<14}{r['vision']:<30}{r['image_size']:>6}  {r['text']:<10}{r['embed_dim']:>6}{r['parameters']:>14,}"
+        )
     return 0

@@ -1,15 +1,15 @@
 """Image-text data: deterministic resumable streaming, sources, and the synthetic set."""
 
+from cliplab.data.sources import build_source
 from cliplab.data.stream import (
-    Batch,
     BadSample,
+    Batch,
     ImageTextStream,
     RawSample,
     Source,
     StreamingLoader,
     stable_seed,
 )
-from cliplab.data.sources import build_source
 from cliplab.data.synthetic import SyntheticSource
 
 __all__ = [

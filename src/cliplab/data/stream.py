@@ -114,12 +114,18 @@ class ImageTextStream(IterableDataset):
     ) -> None:
         if not sources:
             raise ValueError("ImageTextStream needs at least one source")
-        if weights is not None and (len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0):
-            raise ValueError(f"weights must be {len(sources)} non-negative numbers with a positive sum, got {weights}")
+        if weights is not None and (
+            len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0
+        ):
+            raise ValueError(
+                f"weights must be {len(sources)} non-negative numbers with a positive sum, got {weights}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.sources = list(sources)
-        self.weights = list(weights) if weights is not None else [float(s.num_samples()) for s in self.sources]
+        self.weights = (
+            list(weights) if weights is not None else [float(s.num_samples()) for s in self.sources]
+        )
         self.decode = decode
         self.transform = transform
         self.tokenize = tokenize
@@ -170,7 +176,9 @@ class ImageTextStream(IterableDataset):
         remaining = self.batches_for(local) - consumed_batches
         raw = self._raw_stream(stream, num_streams)
         # a source may decode its own samples (a generator needs no image codec)
-        decoders = {src.name: src.decode for src in self.sources if callable(getattr(src, "decode", None))}
+        decoders = {
+            src.name: src.decode for src in self.sources if callable(getattr(src, "decode", None))
+        }
         position = self.start_positions.get(stream, 0)
         for _ in itertools.islice(raw, position):  # fast-forward without decoding
             pass
@@ -191,7 +199,14 @@ class ImageTextStream(IterableDataset):
                 captions.append(caption)
                 keys.append(sample.key)
             tokens = self.tokenize(captions)
-            yield Batch(torch.stack(images), tokens, keys, stream=stream, position=position, skipped=dict(skipped))
+            yield Batch(
+                torch.stack(images),
+                tokens,
+                keys,
+                stream=stream,
+                position=position,
+                skipped=dict(skipped),
+            )
 
 
 class StreamingLoader:
@@ -199,7 +214,13 @@ class StreamingLoader:
     it is: ``state_dict()`` after any batch, ``load_state_dict()`` to continue exactly there.
     """
 
-    def __init__(self, stream: ImageTextStream, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        stream: ImageTextStream,
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ) -> None:
         self.stream = stream
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
@@ -236,7 +257,11 @@ class StreamingLoader:
     def iter_epoch(self) -> Iterator[Batch]:
         """The rest of the current epoch (all of it unless resuming); then advances the epoch."""
         s = self.stream
-        s.epoch, s.start_batch, s.start_positions = self.epoch, self.batch_in_epoch, dict(self.positions)
+        s.epoch, s.start_batch, s.start_positions = (
+            self.epoch,
+            self.batch_in_epoch,
+            dict(self.positions),
+        )
         loader = DataLoader(
             s,
             batch_size=None,

@@ -56,7 +56,9 @@ class Scene:
 
     def caption(self, rng: random.Random) -> str:
         template = rng.choice(TEMPLATES)
-        return template.format(color=self.color, shape=self.shape, position=self.position, size=self.size)
+        return template.format(
+            color=self.color, shape=self.shape, position=self.position, size=self.size
+        )
 
 
 def _scene(split_seed: int, index: int) -> Scene:
@@ -64,7 +66,9 @@ def _scene(split_seed: int, index: int) -> Scene:
     color = rng.choice(list(COLORS))
     # a grey-ish background that never hides the shape
     background = tuple(int(v) for v in (rng.randint(90, 170),) * 3)
-    return Scene(color, rng.choice(SHAPES), rng.choice(list(POSITIONS)), rng.choice(list(SIZES)), background)
+    return Scene(
+        color, rng.choice(SHAPES), rng.choice(list(POSITIONS)), rng.choice(list(SIZES)), background
+    )
 
 
 def draw(scene: Scene, image_size: int = 64, jitter: random.Random | None = None) -> Image.Image:
@@ -97,7 +101,13 @@ def draw(scene: Scene, image_size: int = 64, jitter: random.Random | None = None
 class SyntheticSource:
     """``num_samples`` procedural scenes; ``split`` ("train", "val"...) picks a disjoint set."""
 
-    def __init__(self, num_samples: int = 20000, split: str = "train", image_size: int = 64, name: str = "synthetic") -> None:
+    def __init__(
+        self,
+        num_samples: int = 20000,
+        split: str = "train",
+        image_size: int = 64,
+        name: str = "synthetic",
+    ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         self.name = name
@@ -118,7 +128,9 @@ class SyntheticSource:
             order = list(range(stream, n, num_streams)) or list(range(n))
             random.Random(stable_seed(seed, epoch, stream, cycle, self.name)).shuffle(order)
             for index in order:
-                yield RawSample(key=str(index), members={"index": str(index).encode()}, source=self.name)
+                yield RawSample(
+                    key=str(index), members={"index": str(index).encode()}, source=self.name
+                )
 
     def decode(self, sample: RawSample, rng: random.Random) -> tuple[Image.Image, str]:
         scene = self.scene(int(sample.members["index"]))
@@ -127,4 +139,6 @@ class SyntheticSource:
     def pairs(self, count: int, rng_seed: int = 0) -> list[tuple[Image.Image, str]]:
         """The first ``count`` (image, caption) pairs without jitter, for evaluation."""
         rng = random.Random(rng_seed)
-        return [(draw(self.scene(i), self.image_size), self.scene(i).caption(rng)) for i in range(count)]
+        return [
+            (draw(self.scene(i), self.image_size), self.scene(i).caption(rng)) for i in range(count)
+        ]

@@ -67,7 +67,9 @@ class CLIP(nn.Module):
         features = self.text(text)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         image_features = self.encode_image(images, normalize=True)  # (N, E)
         text_features = self.encode_text(text, normalize=True)  # (M, E)
         logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()  # (N, M)

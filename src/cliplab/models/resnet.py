@@ -105,7 +105,9 @@ class ModifiedResNet(nn.Module):
         self.layer2 = self._make_layer(width * 2, config.layers[1], stride=2)
         self.layer3 = self._make_layer(width * 4, config.layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, config.layers[3], stride=2)
-        self.attnpool = AttentionPool2d(config.image_size // 32, config.feature_width, config.heads, embed_dim)
+        self.attnpool = AttentionPool2d(
+            config.image_size // 32, config.feature_width, config.heads, embed_dim
+        )
         self.init_weights()
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -135,7 +137,9 @@ class ModifiedResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = self.image_size
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
-            raise ValueError(f"images must have shape (batch, 3, {size}, {size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"images must have shape (batch, 3, {size}, {size}), got {tuple(x.shape)}"
+            )
         x = x.to(self.conv1.weight.dtype)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))

@@ -45,7 +45,9 @@ class TextTransformer(nn.Module):
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         if text.dim() != 2:
-            raise ValueError(f"text must be token ids of shape (batch, length), got {tuple(text.shape)}")
+            raise ValueError(
+                f"text must be token ids of shape (batch, length), got {tuple(text.shape)}"
+            )
         if text.shape[1] > self.context_length:
             raise ValueError(
                 f"text has {text.shape[1]} positions but the model's context length is "

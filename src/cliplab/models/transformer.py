@@ -52,7 +52,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         B, L, D = x.shape  # (batch, tokens, width)
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
-        q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
+        q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(
+            2, 0, 3, 1, 4
+        )  # (B, H, L, D/H)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, L, D/H)
         return self.out_proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
@@ -83,7 +85,9 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of residual attention blocks (``resblocks.N`` as in OpenAI's state dicts)."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, activation: str) -> None:
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_width: int, activation: str
+    ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers

@@ -22,11 +22,15 @@ class VisionTransformer(nn.Module):
         self.config = config
         self.image_size = config.image_size
         w = config.width
-        self.conv1 = nn.Conv2d(3, w, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
+        self.conv1 = nn.Conv2d(
+            3, w, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+        )
         self.class_embedding = nn.Parameter(torch.empty(w))
         self.positional_embedding = nn.Parameter(torch.empty(config.grid_size**2 + 1, w))
         self.ln_pre = LayerNorm(w)
-        self.transformer = Transformer(w, config.layers, config.heads, config.mlp_width, config.activation)
+        self.transformer = Transformer(
+            w, config.layers, config.heads, config.mlp_width, config.activation
+        )
         self.ln_post = LayerNorm(w)
         self.proj = nn.Parameter(torch.empty(w, embed_dim))
         self.init_weights()
@@ -46,7 +50,9 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = self.image_size
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
-            raise ValueError(f"images must have shape (batch, 3, {size}, {size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"images must have shape (batch, 3, {size}, {size}), got {tuple(x.shape)}"
+            )
         x = self.conv1(x.to(self.conv1.weight.dtype))  # (B, width, grid, grid)
         x = x.flatten(2).transpose(1, 2)  # (B, grid**2, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, width)
