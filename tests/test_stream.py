@@ -157,6 +157,15 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         ImageTextStream([SyntheticSource(10)], None, to_tensor, tokenize, 0)
 
+    class NoDecoder:
+        name = "raw"
+
+        def num_samples(self) -> int:
+            return 10
+
+    with pytest.raises(ValueError, match="no decoder for source 'raw'"):
+        ImageTextStream([NoDecoder()], None, to_tensor, tokenize, 4)
+
 
 def test_synthetic_captions_describe_the_images() -> None:
     source = SyntheticSource(50, image_size=32)
@@ -169,3 +178,26 @@ def test_synthetic_captions_describe_the_images() -> None:
     # disjoint splits
     val = SyntheticSource(50, split="val")
     assert [source.scene(i) for i in range(50)] != [val.scene(i) for i in range(50)]
+
+
+def test_epoch_summary_is_logged(caplog) -> None:
+    loader = make_loader(sources=[FlakySource()])
+    loader.stream.batches_per_epoch = 3
+    with caplog.at_level("INFO", logger="cliplab.data"):
+        list(loader.iter_epoch())
+    assert loader.last_epoch_skipped["corrupt-image"] > 0
+    assert "bad samples skipped (corrupt-image" in caplog.text
+
+
+class AllBad(FlakySource):
+    def decode(self, sample, rng):
+        raise BadSample("not-an-image")
+
+
+def test_a_source_of_only_bad_samples_stops_with_a_clear_error(monkeypatch) -> None:
+    from cliplab.data import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "MAX_CONSECUTIVE_BAD", 50)
+    loader = make_loader(sources=[AllBad()])
+    with pytest.raises(RuntimeError, match="50 bad samples in a row"):
+        take(loader, 1)

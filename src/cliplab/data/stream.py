@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,12 @@ from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+log = logging.getLogger("cliplab.data")
+
+#: A stream that reads this many bad samples in a row stops with an error instead of
+#: looping forever (every sample of a misconfigured source failing to decode, say).
+MAX_CONSECUTIVE_BAD = 10_000
 
 
 def stable_seed(*parts: object) -> int:
@@ -122,6 +129,10 @@ class ImageTextStream(IterableDataset):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if decode is None:
+            for source in sources:
+                if not callable(getattr(source, "decode", None)):
+                    raise ValueError(f"no decoder for source {source.name!r}: pass decode=")
         self.sources = list(sources)
         self.weights = (
             list(weights) if weights is not None else [float(s.num_samples()) for s in self.sources]
@@ -185,6 +196,7 @@ class ImageTextStream(IterableDataset):
         for _ in range(max(0, remaining)):
             images, captions, keys = [], [], []
             skipped: Counter[str] = Counter()
+            bad_in_a_row = 0
             while len(keys) < self.batch_size:
                 sample = next(raw)
                 position += 1
@@ -195,7 +207,14 @@ class ImageTextStream(IterableDataset):
                     images.append(self.transform(image, torch.Generator().manual_seed(sample_seed)))
                 except BadSample as e:
                     skipped[e.reason] += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= MAX_CONSECUTIVE_BAD:
+                        raise RuntimeError(
+                            f"data stream {stream}: {bad_in_a_row} bad samples in a row "
+                            f"({dict(skipped)}); check the data source and decoder"
+                        ) from e
                     continue
+                bad_in_a_row = 0
                 captions.append(caption)
                 keys.append(sample.key)
             tokens = self.tokenize(captions)
@@ -230,6 +249,7 @@ class StreamingLoader:
         self.batch_in_epoch = 0
         self.positions: dict[int, int] = {}
         self.skipped: Counter[str] = Counter()  # this epoch's bad samples, by reason
+        self.last_epoch_skipped: dict[str, int] = {}  # the previous epoch's, for reports
 
     def __len__(self) -> int:
         return self.stream.batches_per_epoch
@@ -275,6 +295,16 @@ class StreamingLoader:
             self.positions[batch.stream] = batch.position
             self.skipped.update(batch.skipped)
             yield batch
+        self.last_epoch_skipped = dict(self.skipped)
+        total = sum(self.skipped.values())
+        reasons = ", ".join(f"{k} {v}" for k, v in self.skipped.most_common()) or "none"
+        log.info(
+            "data epoch %d: %d batches, %d bad samples skipped (%s)",
+            self.epoch,
+            self.batch_in_epoch,
+            total,
+            reasons,
+        )
         self.epoch += 1
         self.batch_in_epoch = 0
         self.positions = {}

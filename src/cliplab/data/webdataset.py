@@ -1,0 +1,607 @@
+"""WebDataset tar shards: read them (as img2dataset writes them), write them, list them.
+
+A shard is a plain tar whose members are grouped into samples by key, the way ``webdataset``
+does: the key is the member path up to the first dot of its basename, the rest is the
+extension (``photos/000123.jpg`` -> key ``photos/000123``, ext ``jpg``; ``a.seg.png`` -> ext
+``seg.png``), and consecutive members with the same key form one sample.
+
+Reading never raises on bad data inside a shard. Whatever cannot form a sample becomes an
+*error record* (``decode.error_sample``) that the decoder rejects and the loader counts:
+
+- ``malformed-member``: a member whose name has no extension (``README``, ``.hidden``), or
+  that is not a regular file (link, device); directories are ignored, as tar tools do;
+- ``duplicate-key``: the same key and extension twice in a row (the whole sample is dropped:
+  which copy is right cannot be known); non-consecutive repeats are separate samples;
+- ``truncated-tar``: the shard ends inside a member or a header, or without the end-of-archive
+  blocks; the sample being read at that point is dropped, once per read of the shard;
+- ``unreadable-shard``: the shard is missing, empty, or not a tar at all.
+
+Counting ``num_samples()`` prefers the stats JSON written beside each shard (ours:
+``shard-000000.json`` with ``"samples"``; img2dataset's: ``00000_stats.json`` with
+``"successes"``) and otherwise scans the tar headers (no member data is read).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from cliplab.data.decode import ERROR_MEMBER, error_sample
+from cliplab.data.stream import RawSample, stable_seed
+
+__all__ = [
+    "ShardWriter",
+    "WebDatasetSource",
+    "expand_urls",
+    "iter_tar_records",
+    "iter_units",
+    "shard_stats_path",
+    "split_key",
+    "stream_share",
+]
+
+# --------------------------------------------------------------------------- brace expansion
+
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+def _matching_brace(text: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ValueError(f"unbalanced '{{' in shard pattern {text!r}")
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _expand_one(pattern: str, whole: str) -> list[str]:
+    open_at = pattern.find("{")
+    close_at = pattern.find("}")
+    if open_at < 0:
+        if close_at >= 0:
+            raise ValueError(f"unbalanced '}}' in shard pattern {whole!r}")
+        return [pattern]
+    if 0 <= close_at < open_at:
+        raise ValueError(f"unbalanced '}}' in shard pattern {whole!r}")
+    end = _matching_brace(pattern, open_at)
+    head, body, tail = pattern[:open_at], pattern[open_at + 1 : end], pattern[end + 1 :]
+    if not body:
+        raise ValueError(f"empty braces '{{}}' in shard pattern {whole!r}")
+    match = _RANGE.match(body)
+    if match:
+        a, b = match.group(1), match.group(2)
+        lo, hi = int(a), int(b)
+        # zero padding as in bash/braceexpand: "{00000..00099}" keeps 5 digits
+        padded = (len(a) > 1 and a.lstrip("-").startswith("0")) or (
+            len(b) > 1 and b.lstrip("-").startswith("0")
+        )
+        width = max(len(a), len(b)) if padded else 0
+        step = 1 if hi >= lo else -1
+        choices = [str(i).zfill(width) if width else str(i) for i in range(lo, hi + step, step)]
+    elif "," in body or "{" in body:
+        choices = [c for part in _split_top_level(body) for c in _expand_one(part, whole)]
+    elif ".." in body:
+        raise ValueError(
+            f"malformed range {{{body}}} in shard pattern {whole!r}; expected {{START..END}} with integers"
+        )
+    else:
+        raise ValueError(
+            f"braces {{{body}}} hold neither a range nor a comma list in shard pattern {whole!r}"
+        )
+    rests = _expand_one(tail, whole)
+    return [head + c + r for c in choices for r in rests]
+
+
+def expand_urls(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Shard paths from brace patterns, as webdataset and img2dataset write them.
+
+    ``"data/{00000..00002}.tar"`` -> ``data/00000.tar``, ``data/00001.tar``, ``data/00002.tar``
+    (zero padding kept); ``"{a,b}/{0..1}.tar"`` -> 4 paths; ``"x.tar::y.tar"`` and a list of
+    patterns concatenate. Malformed braces raise ``ValueError``.
+    """
+    patterns = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    out: list[str] = []
+    for pattern in patterns:
+        for part in os.fspath(pattern).split("::"):
+            if part.strip():
+                out.extend(_expand_one(part.strip(), os.fspath(pattern)))
+    if not out:
+        raise ValueError(f"no shards in {urls!r}")
+    return out
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def split_key(path: str) -> tuple[str, str] | None:
+    """``"dir/000123.jpg"`` -> ``("dir/000123", "jpg")`` (extension lower-cased); None when
+    the basename has no extension or starts with a dot (webdataset skips those)."""
+    directory, _, base = path.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not stem or not dot or not ext:
+        return None
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def stream_share(num_units: int, stream: int, num_streams: int) -> tuple[list[int], int, int]:
+    """How stream ``stream`` of ``num_streams`` shares ``num_units`` shards (or row groups):
+    ``(units, stride, offset)``: it reads ``units`` and keeps records ``i`` (counted within each
+    unit) with ``i % stride == offset``. With at least as many units as streams, units are dealt
+    round-robin (stride 1); with fewer, each unit is shared by the streams ``s`` with
+    ``s % num_units == unit``, which stride its records: disjoint and complete either way."""
+    if not 0 <= stream < num_streams:
+        raise ValueError(f"stream {stream} is not in 0..{num_streams - 1}")
+    if num_units >= num_streams:
+        return list(range(stream, num_units, num_streams)), 1, 0
+    unit = stream % num_units
+    return [unit], len(range(unit, num_streams, num_units)), stream // num_units
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _LastRead(io.RawIOBase):
+    """A file wrapper that remembers the last block read: after tarfile stops, it tells a
+    clean end (a zero block) from a truncated or garbled shard (tarfile ends silently)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.last = b"\0" * tarfile.BLOCKSIZE
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.last = data
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.raw.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+def _open_url(url: str) -> IO[bytes]:
+    """A readable binary file for a shard: a local path, ``file:`` URL, or ``pipe:COMMAND``
+    (the command's stdout, e.g. ``pipe:curl -s https://host/shard.tar``)."""
+    if url.startswith("pipe:"):
+        process = subprocess.Popen(
+            url[5:], shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert process.stdout is not None
+        return process.stdout
+    if url.startswith("file:"):
+        url = url[5:]
+    return open(url, "rb")  # noqa: SIM115 (closed by the caller)
+
+
+_COMPRESSED = (".gz", ".tgz", ".bz2", ".xz")
+
+
+def iter_tar_records(url: str, source: str = "") -> Iterator[RawSample]:
+    """Every record of one shard in order: samples, and error records for what is malformed."""
+    try:
+        raw = _open_url(url)
+    except OSError as e:
+        yield error_sample(url, "unreadable-shard", source, str(e))
+        return
+    streaming = url.startswith("pipe:") or url.endswith(_COMPRESSED)
+    wrapped = _LastRead(raw)
+    try:
+        try:
+            tar = tarfile.open(fileobj=wrapped, mode="r|*" if streaming else "r:")  # noqa: SIM115
+        except (tarfile.TarError, OSError, EOFError) as e:
+            yield error_sample(url, "unreadable-shard", source, str(e))
+            return
+        yield from _group_members(tar, wrapped, url, source, check_end=not streaming)
+    finally:
+        raw.close()
+
+
+def _group_members(
+    tar: tarfile.TarFile, wrapped: _LastRead, url: str, source: str, check_end: bool
+) -> Iterator[RawSample]:
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    duplicate = False
+
+    def flush() -> Iterator[RawSample]:
+        if key is not None:
+            if duplicate:
+                yield error_sample(key, "duplicate-key", source, url)
+            else:
+                yield RawSample(key=key, members=dict(members), source=source)
+
+    try:
+        for info in tar:
+            tar.members = []  # tarfile keeps every header it read; a shard can hold 30k (as webdataset)
+            if info.isdir():
+                continue
+            parts = split_key(info.name)
+            if not info.isfile() or parts is None:
+                yield from flush()
+                key, members, duplicate = None, {}, False
+                yield error_sample(info.name, "malformed-member", source, url)
+                continue
+            member_key, ext = parts
+            if member_key != key:
+                yield from flush()
+                key, members, duplicate = member_key, {}, False
+            file = tar.extractfile(info)
+            data = file.read() if file is not None else b""
+            if ext in members:
+                duplicate = True
+            members[ext] = data
+    except (tarfile.TarError, OSError, EOFError) as e:
+        # the data ended inside a member (or a compressed stream broke): drop what was pending
+        yield error_sample(key or url, "truncated-tar", source, f"{url}: {e}")
+        return
+    if check_end and (len(wrapped.last) < tarfile.BLOCKSIZE or wrapped.last.strip(b"\0")):
+        # tarfile stops silently on a partial or garbled header, or at EOF without end blocks
+        yield error_sample(key or url, "truncated-tar", source, f"{url}: no end-of-archive marker")
+        return
+    yield from flush()
+
+
+def shard_stats_path(url: str) -> Path | None:
+    """The stats JSON beside a shard (ours ``NAME.json``, img2dataset's ``NAME_stats.json``)."""
+    path = Path(url[5:] if url.startswith("file:") else url)
+    if url.startswith("pipe:"):
+        return None
+    name = path.name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            break
+    else:
+        stem = path.stem
+    for candidate in (path.with_name(stem + ".json"), path.with_name(stem + "_stats.json")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _count_from_stats(url: str) -> int | None:
+    path = shard_stats_path(url)
+    if path is None:
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for field in ("samples", "successes"):
+        if isinstance(stats, dict) and isinstance(stats.get(field), int):
+            return stats[field]
+    return None
+
+
+def _count_by_scan(url: str) -> int:
+    """Samples in a shard from its headers alone (member data is skipped, not read)."""
+    count, last = 0, None
+    try:
+        with tarfile.open(url[5:] if url.startswith("file:") else url, "r:*") as tar:
+            for info in tar:
+                tar.members = []
+                parts = split_key(info.name) if info.isfile() else None
+                if parts is not None and parts[0] != last:
+                    count += 1
+                last = parts[0] if parts else None
+    except (tarfile.TarError, OSError, EOFError):
+        pass  # a broken shard counts what could be read; reading it reports the rest
+    return count
+
+
+class WebDatasetSource:
+    """Samples from WebDataset tar shards (a brace pattern, a list of paths, or both).
+
+    Each pass over this stream's shards (see ``stream_share``) visits them in an order
+    reshuffled with ``stable_seed(seed, epoch, stream, pass, name)``, members in tar order (the
+    loader's shuffle buffer mixes them). ``iter_raw`` only reads bytes: cheap enough to
+    fast-forward through on resume.
+    """
+
+    def __init__(
+        self, urls: str | Sequence[str], name: str = "webdataset", num_samples: int | None = None
+    ) -> None:
+        self.urls = expand_urls(urls)
+        self.name = name
+        self._num_samples = num_samples
+
+    def num_samples(self) -> int:
+        """Samples in one pass: from the stats JSONs where present, else by scanning headers."""
+        if self._num_samples is None:
+            total = 0
+            for url in self.urls:
+                count = _count_from_stats(url)
+                if count is None:
+                    if url.startswith("pipe:"):
+                        raise ValueError(
+                            f"cannot count the samples of {url!r} without a stats JSON; pass num_samples="
+                        )
+                    count = _count_by_scan(url)
+                total += count
+            self._num_samples = total
+        return self._num_samples
+
+    def records(self, url: str) -> Iterator[RawSample]:
+        """One shard's records in order (samples and error records)."""
+        return iter_tar_records(url, self.name)
+
+    def scan(self) -> Iterator[RawSample]:
+        """Every record once, shards in the given order (for writing, stats and tests)."""
+        for url in self.urls:
+            yield from self.records(url)
+
+    def iter_raw(self, seed: int, epoch: int, stream: int, num_streams: int) -> Iterator[RawSample]:
+        units, stride, offset = stream_share(len(self.urls), stream, num_streams)
+        return iter_units(
+            self.urls, units, stride, offset, self.records, self.name, seed, epoch, stream
+        )
+
+
+def iter_units(
+    items: Sequence[Any],
+    units: list[int],
+    stride: int,
+    offset: int,
+    records: Callable[[Any], Iterator[RawSample]],
+    name: str,
+    seed: int,
+    epoch: int,
+    stream: int,
+) -> Iterator[RawSample]:
+    """Endless passes over ``units`` (reshuffled each pass), keeping every ``stride``-th record.
+
+    A unit-level error record (the first record when a unit cannot be read) is kept by the
+    stream with ``offset == 0`` only, so it is counted once. A pass that yields nothing (more
+    streams than records) falls back to the whole unit list unsplit; a pass that yields only
+    error records means the data is unusable and raises rather than spinning forever.
+    """
+    for pass_index in range(1 << 62):
+        order = list(units)
+        random.Random(stable_seed(seed, epoch, stream, pass_index, name)).shuffle(order)
+        yielded = good = 0
+        for unit in order:
+            for i, record in enumerate(records(items[unit])):
+                if i % stride == offset:
+                    yielded += 1
+                    good += ERROR_MEMBER not in record.members
+                    yield record
+        if yielded == 0:
+            if stride == 1 and units == list(range(len(items))):
+                raise ValueError(f"source {name!r} has no samples")
+            units, stride, offset = list(range(len(items))), 1, 0
+        elif good == 0:
+            raise ValueError(
+                f"source {name!r}: every record of stream {stream}'s share is malformed ({yielded} bad records)"
+            )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _check_key(key: str) -> None:
+    if (
+        not isinstance(key, str)
+        or not key
+        or "/" in key
+        or "." in key
+        or "\0" in key
+        or "\\" in key
+    ):
+        raise ValueError(
+            f"bad sample key {key!r}: keys must be non-empty, without '/', '.', '\\\\' or NUL"
+        )
+
+
+def _member_bytes(ext: str, value: bytes | str | Any) -> bytes:
+    if not isinstance(ext, str) or not ext or "/" in ext or ext.startswith(".") or "\0" in ext:
+        raise ValueError(f"bad member extension {ext!r}")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if ext.endswith("json") and isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    raise TypeError(
+        f"member {ext!r} must be bytes or str (or a dict/list for json), got {type(value).__name__}"
+    )
+
+
+class ShardWriter:
+    """Writes samples into ``prefix-000000.tar``, ``prefix-000001.tar``, ... in ``directory``,
+    each with a ``prefix-000000.json`` stats file: samples written, failures by reason.
+
+    A shard closes after ``max_samples`` samples or before it would exceed ``max_bytes``. Each
+    tar is written under a temporary name and renamed when complete, so a crash never leaves a
+    truncated shard behind. Members are stored with fixed metadata (mtime 0, root owner), so
+    the same input gives byte-identical shards. Callers report samples they could not use
+    with ``fail(reason)``; the count goes to the stats of the shard being written.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        prefix: str = "shard",
+        max_samples: int = 10000,
+        max_bytes: int | None = None,
+    ) -> None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be positive, got {max_samples}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        if not prefix or "/" in prefix:
+            raise ValueError(f"bad shard prefix {prefix!r}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.shards: list[Path] = []
+        self.samples = 0
+        self.bytes = 0
+        self.failures: Counter[str] = Counter()
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self._shard_samples = 0
+        self._shard_bytes = 0
+        self._shard_failures: Counter[str] = Counter()
+        self._last_key: str | None = None
+        self._closed = False
+
+    def _shard_path(self, index: int) -> Path:
+        return self.directory / f"{self.prefix}-{index:06d}.tar"
+
+    def _open(self) -> None:
+        final = self._shard_path(len(self.shards))
+        self._tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self._shard_samples = self._shard_bytes = 0
+
+    def _finish_shard(self) -> None:
+        assert self._tar is not None and self._tmp is not None
+        self._tar.close()
+        final = self._shard_path(len(self.shards))
+        os.replace(self._tmp, final)
+        self.shards.append(final)
+        size = final.stat().st_size
+        self.bytes += size
+        self._write_stats(len(self.shards) - 1, self._shard_samples, size, self._shard_failures)
+        self._tar, self._tmp = None, None
+        self._shard_failures = Counter()
+        self._last_key = None
+
+    def _write_stats(
+        self, index: int, samples: int, size: int, failures: Mapping[str, int]
+    ) -> None:
+        path = self._shard_path(index).with_suffix(".json")
+        stats = {
+            "shard": self._shard_path(index).name,
+            "samples": samples,
+            "bytes": size,
+            "failures": dict(sorted(failures.items())),
+            "failed": sum(failures.values()),
+        }
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def write(self, key: str, members: Mapping[str, bytes | str]) -> None:
+        """Add one sample: ``members`` maps extensions (``"jpg"``, ``"txt"``, ``"json"``) to
+        bytes or text. ``key`` must be non-empty with no '/' or '.' (``ValueError``)."""
+        if self._closed:
+            raise ValueError("ShardWriter is closed")
+        _check_key(key)
+        if not members:
+            raise ValueError(f"sample {key!r} has no members")
+        data = {ext: _member_bytes(ext, value) for ext, value in members.items()}
+        # a header block per member, data padded to whole blocks (long names add pax headers)
+        block = tarfile.BLOCKSIZE
+        size = sum(block + -(-len(v) // block) * block for v in data.values())
+        if key == self._last_key:
+            raise ValueError(
+                f"sample key {key!r} written twice in a row: readers would merge the two samples"
+            )
+        if self._tar is not None and (
+            self._shard_samples >= self.max_samples
+            or (self.max_bytes is not None and self._shard_bytes + size > self.max_bytes)
+        ):
+            self._finish_shard()
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        for ext, value in data.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(value)
+            info.mtime = 0
+            info.mode = 0o444
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(value))
+        self._last_key = key
+        self._shard_samples += 1
+        self._shard_bytes += size
+        self.samples += 1
+
+    def fail(self, reason: str, count: int = 1) -> None:
+        """Record ``count`` samples that could not be written, by reason ("not-an-image")."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._shard_failures[reason] += count
+        self.failures[reason] += count
+
+    def close(self) -> dict[str, Any]:
+        """Finish the last shard; returns a summary: shards, samples, bytes, failures by reason.
+
+        Failures reported after the last sample go to the last shard's stats (an empty shard
+        is written when no sample was written at all, so the counts are never lost).
+        """
+        if not self._closed:
+            self._closed = True
+            if self._tar is not None:
+                self._finish_shard()
+            elif self._shard_failures:
+                if self.shards:
+                    index = len(self.shards) - 1
+                    stats = json.loads(self._shard_path(index).with_suffix(".json").read_text())
+                    merged = Counter(stats.get("failures", {})) + self._shard_failures
+                    self._write_stats(index, stats["samples"], stats["bytes"], merged)
+                    self._shard_failures = Counter()
+                else:
+                    self._open()
+                    self._finish_shard()
+        return {
+            "directory": str(self.directory),
+            "shards": [str(p) for p in self.shards],
+            "samples": self.samples,
+            "bytes": self.bytes,
+            "failures": dict(sorted(self.failures.items())),
+            "failed": sum(self.failures.values()),
+        }
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file); shards already finished stay."""
+        if self._tar is not None and self._tmp is not None:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = self._tmp = None
+        self._closed = True
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
