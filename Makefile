@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.cliplab-installed
 
-.PHONY: setup test lint demo clean bench
+.PHONY: setup test lint demo clean bench data sources-min
 
 setup: $(STAMP)
 
@@ -13,11 +13,20 @@ $(STAMP): pyproject.toml requirements/reference.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test,train,dev]"
+	$(PY) -m pip install -q -e ".[test,train,dev,parquet,curate,svg]"
 	$(PY) -m pip install -q --no-deps -r requirements/reference.txt
 	touch $(STAMP)
 
-test: setup
+# A few real sources (about 25 s once, under a second after) so the tests exercise real data.
+sources-min: setup
+	$(PY) src/cliplab/data/install.py --only emoji-datasource-twitter emojibase-data tuxpaint-stamps-default
+
+# All real sources, then every shard set and evaluation set (cached: cheap on re-runs).
+data: setup
+	scripts/install_sources.sh
+	$(PY) -m cliplab data build
+
+test: setup sources-min
 	$(PY) -m pytest -q
 
 lint: setup

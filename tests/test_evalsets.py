@@ -1,0 +1,157 @@
+"""The on-disk evaluation-set format: write, read back, reject what is malformed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from cliplab.data.evalsets import (
+    EvalSetWriter,
+    is_evalset,
+    load_classification_set,
+    load_retrieval_set,
+    read_meta,
+    write_classification_set,
+    write_retrieval_set,
+)
+
+
+def _rgba(color: tuple[int, int, int], alpha: int = 0) -> Image.Image:
+    image = Image.new("RGBA", (16, 16), (*color, alpha))
+    image.paste((*color, 255), (4, 4, 12, 12))
+    return image
+
+
+def test_classification_roundtrip(tmp_path):
+    path = tmp_path / "toy"
+    items = [
+        (_rgba((255, 0, 0)), 0, {"key": "r"}),
+        (_rgba((0, 0, 255)), 1),
+        (_rgba((0, 0, 255)), 1),
+    ]
+    meta = write_classification_set(
+        path,
+        items,
+        name="toy",
+        classnames=["red square", "blue square"],
+        templates=["a photo of a {}.", "{}"],
+        license="CC0",
+        class_info=[{"id": "r"}, {"id": "b"}],
+    )
+    assert meta["num_images"] == 3 and meta["num_classes"] == 2
+    assert meta["chance"] == pytest.approx(0.5) and meta["majority"] == pytest.approx(2 / 3)
+    s = load_classification_set(path)
+    assert len(s) == 3 and s.labels == [0, 1, 1] and s.classnames == ["red square", "blue square"]
+    assert s.templates == ["a photo of a {}.", "{}"] and s.name == "toy"
+    assert s.rows[0]["key"] == "r" and s.class_info == [{"id": "r"}, {"id": "b"}]
+    assert all(p.is_file() and p.parent.name == "images" for p in s.images)
+    image = s.image(0)
+    # transparency was composited onto white at write time: a plain RGB file on disk
+    with Image.open(s.images[0]) as raw:
+        assert raw.mode == "RGB"
+    assert image.getpixel((0, 0)) == (255, 255, 255) and image.getpixel((8, 8)) == (255, 0, 0)
+    assert is_evalset(path) and read_meta(path)["license"] == "CC0"
+
+
+def test_matches_the_evaluators_dataclass(tmp_path):
+    datasets = pytest.importorskip("cliplab.evaluation.datasets")
+    write_classification_set(
+        tmp_path / "s",
+        [(Image.new("RGB", (8, 8)), 0)],
+        name="s",
+        classnames=["a"],
+        templates=["{}"],
+    )
+    s = load_classification_set(tmp_path / "s")
+    wrapped = datasets.ClassificationSet(
+        images=s.images,
+        labels=s.labels,
+        classnames=s.classnames,
+        templates=s.templates,
+        name=s.name,
+        meta=s.meta,
+    )
+    assert len(wrapped) == 1 and wrapped.num_classes == 1
+
+
+def test_retrieval_roundtrip(tmp_path):
+    items = [
+        (Image.new("RGB", (8, 8), "red"), ["a red square", "red"]),
+        (Image.new("L", (8, 8), 0), [" a black square "], {"id": 7}),
+    ]
+    meta = write_retrieval_set(tmp_path / "r", items, name="r", description="squares")
+    assert meta["num_images"] == 2 and meta["num_captions"] == 3
+    s = load_retrieval_set(tmp_path / "r")
+    assert s.captions == [["a red square", "red"], ["a black square"]]
+    assert s.texts == ["a red square", "red", "a black square"] and s.text_to_image == [0, 0, 1]
+    assert s.rows[1]["id"] == 7 and s.image(1).mode == "RGB"
+    with pytest.raises(ValueError, match="not 'classification'"):
+        load_classification_set(tmp_path / "r")
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "broken"
+    with pytest.raises(RuntimeError), EvalSetWriter(path, "retrieval", name="broken") as w:
+        w.add(Image.new("RGB", (8, 8)), captions=["x"])
+        raise RuntimeError("interrupted")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    assert not is_evalset(path)
+
+
+def test_rewriting_replaces_the_old_set(tmp_path):
+    path = tmp_path / "s"
+    for n in (3, 1):
+        write_retrieval_set(
+            path, [(Image.new("RGB", (8, 8)), [f"caption {i}"]) for i in range(n)], name="s"
+        )
+    assert len(load_retrieval_set(path)) == 1 and len(list((path / "images").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classnames": ["a", "a"], "templates": ["{}"]}, "duplicate class names"),
+        ({"classnames": ["a"], "templates": ["no placeholder"]}, "exactly one"),
+        ({"classnames": [], "templates": ["{}"]}, "needs class names"),
+        ({"classnames": ["a"], "templates": ["{}"], "class_info": []}, "one entry per class"),
+    ],
+)
+def test_writer_rejects_bad_sets(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalSetWriter(tmp_path / "s", "classification", name="s", **kwargs)
+
+
+def test_writer_rejects_bad_items(tmp_path):
+    with EvalSetWriter(
+        tmp_path / "c", "classification", name="c", classnames=["a"], templates=["{}"]
+    ) as w:
+        with pytest.raises(ValueError, match="label"):
+            w.add(Image.new("RGB", (8, 8)), label=1)
+        w.add(Image.new("RGB", (8, 8)), label=0)
+    with EvalSetWriter(tmp_path / "r", "retrieval", name="r") as w:
+        with pytest.raises(ValueError, match="caption"):
+            w.add(Image.new("RGB", (8, 8)), captions=["  "])
+        w.add(Image.new("RGB", (8, 8)), captions=["ok"])
+    with (
+        pytest.raises(ValueError, match="no images"),
+        EvalSetWriter(tmp_path / "e", "retrieval", name="e"),
+    ):
+        pass
+
+
+def test_reader_rejects_malformed_sets(tmp_path):
+    path = tmp_path / "s"
+    write_classification_set(
+        path, [(Image.new("RGB", (8, 8)), 0)], name="s", classnames=["a"], templates=["{}"]
+    )
+    index = path / "index.jsonl"
+    index.write_text(json.dumps({"file": "images/000000.png", "label": 5}) + "\n")
+    with pytest.raises(ValueError, match="labels outside"):
+        load_classification_set(path)
+    index.write_text(json.dumps({"file": "../../etc/passwd", "label": 0}) + "\n")
+    with pytest.raises(ValueError, match="leaves"):
+        load_classification_set(path)
+    with pytest.raises(FileNotFoundError):
+        load_classification_set(tmp_path / "missing")
