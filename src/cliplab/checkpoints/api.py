@@ -285,6 +285,12 @@ def load(
     return model.eval(), EvalTransform(config.vision.image_size, **preprocess)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same directory, fsync, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +301,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with tmp_path.open("rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -239,8 +239,10 @@ class StreamingLoader:
         num_workers: int = 0,
         prefetch_factor: int = 2,
         pin_memory: bool = False,
+        worker_init_fn: Callable[[int], None] | None = None,
     ) -> None:
         self.stream = stream
+        self.worker_init_fn = worker_init_fn
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
@@ -289,6 +291,7 @@ class StreamingLoader:
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             pin_memory=self.pin_memory,
             persistent_workers=False,
+            worker_init_fn=self.worker_init_fn,
         )
         for batch in loader:
             self.batch_in_epoch += 1

@@ -1,0 +1,65 @@
+"""``cliplab train [CONFIG.toml] [--set section.key=value ...] [--output DIR]``.
+
+Runs one process, or one rank under ``torchrun --nproc_per_node N -m cliplab train ...``.
+Re-running the same command with the same output directory resumes from its newest
+checkpoint. Exit status: 0 done, 2 bad configuration, 3 stopped on non-finite values,
+143 stopped by SIGTERM after writing a checkpoint (re-run to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="contrastive pre-training (one CPU to many GPUs with torchrun)",
+        description=(
+            "Train a CLIP model from a TOML config (see configs/). Settings can be changed with "
+            "--set section.key=value (e.g. --set train.steps=500 --set optim.lr=1e-3). "
+            "An output directory that already holds checkpoints of the same run is resumed."
+        ),
+        epilog=(
+            "exit status: 0 done; 2 bad configuration; 3 stopped after train.max_nonfinite "
+            "non-finite steps in a row; 143 stopped by SIGTERM after writing a checkpoint "
+            "(run the same command again to resume)"
+        ),
+    )
+    parser.add_argument("config", nargs="?", help="TOML config file (default: built-in defaults)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (TOML syntax; bare words are strings); repeatable",
+    )
+    parser.add_argument("--output", "-o", help="output directory (overrides the config's 'output')")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cliplab.train import INTERRUPTED_EXIT, NonFiniteError, Trainer, load_config
+    from cliplab.train.distributed import init_distributed, shutdown
+
+    config = load_config(args.config, args.settings)
+    if args.output:
+        config = config.replace(output=args.output)
+    if not config.output:
+        raise ValueError("no output directory: pass --output DIR or set 'output' in the config")
+    env = init_distributed(config.train.device)
+    try:
+        trainer = Trainer(config, env=env)
+        summary = trainer.fit()
+    except NonFiniteError as e:
+        print(f"cliplab train: stopped: {e}", file=sys.stderr)
+        return 3
+    finally:
+        shutdown()
+    if env.is_main:
+        brief = {k: v for k, v in summary.items() if k != "last"}
+        print(json.dumps(brief, default=str))
+    return INTERRUPTED_EXIT if summary["status"] == "interrupted" else 0

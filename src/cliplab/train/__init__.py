@@ -1,0 +1,22 @@
+"""CLIP contrastive pre-training: the application built on the ``cliplab`` library.
+
+``cliplab train CONFIG.toml`` (or ``torchrun --nproc_per_node N -m cliplab train ...``) runs
+``Trainer(load_config(...)).fit()``. The library (``cliplab.*`` outside this package and the
+CLI) never imports it.
+"""
+
+from cliplab.train.config import Config, load_config
+from cliplab.train.evaluation import Evaluator, RetrievalEvaluator, paired_retrieval_metrics
+from cliplab.train.trainer import INTERRUPTED_EXIT, NonFiniteError, StepResult, Trainer
+
+__all__ = [
+    "INTERRUPTED_EXIT",
+    "Config",
+    "Evaluator",
+    "NonFiniteError",
+    "RetrievalEvaluator",
+    "StepResult",
+    "Trainer",
+    "load_config",
+    "paired_retrieval_metrics",
+]

@@ -1,0 +1,377 @@
+"""Training configuration: frozen dataclasses, one per TOML table, loaded from a file plus
+``--set section.key=value`` overrides.
+
+A config file looks like ``configs/synthetic-tiny.toml``::
+
+    output = "runs/synthetic-tiny"
+    [model]
+    name = "tiny-vit"
+    [data]
+    batch_size = 64                  # the global contrastive batch (all ranks, all micro-batches)
+    [[data.sources]]
+    kind = "synthetic"
+    num_samples = 20000
+    [optim]
+    lr = 5e-4
+    [train]
+    steps = 300
+
+Every key is checked: an unknown section or key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("plain", "chunked")
+OPTIM_IMPLS = ("auto", "fused", "foreach", "loop")
+STATE_DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _at_least(owner: str, minimum: float, **values: float) -> None:
+    for name, value in values.items():
+        if not value >= minimum:
+            raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """A preset from ``cliplab.list_models()`` plus ``create_model`` overrides."""
+
+    name: str = "tiny-vit"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from cliplab.config import get_config
+
+        get_config(self.name, **self.overrides)  # unknown names and overrides fail here
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where batches come from. ``batch_size`` is the global contrastive batch N."""
+
+    sources: tuple[dict[str, Any], ...] = ({"kind": "synthetic", "num_samples": 20000},)
+    batch_size: int = 64
+    workers: int = 0
+    shuffle_buffer: int = 1000
+    augment: bool = True  # random resized crop (the paper's only augmentation) vs center crop
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
+        if not self.sources:
+            raise ValueError("data.sources must list at least one source")
+        for spec in self.sources:
+            if "kind" not in spec:
+                raise ValueError(f"every [[data.sources]] table needs a 'kind'; got {spec}")
+        _at_least("data", 1, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer)
+        _at_least("data", 0, workers=self.workers)
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    """AdamW (decoupled decay on weights only), linear warm-up then cosine decay."""
+
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip_norm: float = 0.0  # 0: no clipping (the norm is still logged)
+    impl: str = "auto"  # fused / foreach where the device has them
+    state_dtype: str = "float32"  # "bfloat16": half-precision Adam statistics, as the paper
+
+    def __post_init__(self) -> None:
+        _at_least(
+            "optim", 0, lr=self.lr, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay
+        )
+        _at_least("optim", 0, min_lr_ratio=self.min_lr_ratio, grad_clip_norm=self.grad_clip_norm)
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
+            raise ValueError("optim: need 0 <= beta1, beta2 < 1 and eps > 0")
+        _choice("optim", "impl", self.impl, OPTIM_IMPLS)
+        _choice("optim", "state_dtype", self.state_dtype, STATE_DTYPES)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """The loop: length, precision, memory savers, reproducibility, failure policy."""
+
+    steps: int = 1000  # optimizer steps
+    epochs: float = 0.0  # when positive, replaces steps: epochs * batches per epoch
+    precision: str = "fp32"
+    accum_steps: int = 1  # micro-batches per step (GradCache: the contrastive batch stays whole)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    loss: str = "plain"
+    loss_chunk_size: int = 4096
+    seed: int = 0
+    deterministic: bool = False
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    device: str = "auto"
+    max_nonfinite: int = 10  # consecutive skipped steps before the run stops
+
+    def __post_init__(self) -> None:
+        _at_least("train", 1, steps=self.steps)
+        _at_least("train", 0, epochs=self.epochs, threads=self.threads)
+        _at_least("train", 1, accum_steps=self.accum_steps, loss_chunk_size=self.loss_chunk_size)
+        _at_least("train", 1, max_nonfinite=self.max_nonfinite)
+        _choice("train", "precision", self.precision, PRECISIONS)
+        _choice("train", "loss", self.loss, LOSSES)
+        _choice("train", "device", self.device, DEVICES)
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    interval: int = 500  # steps between checkpoints (and one at the end)
+    keep: int = 3  # the last K are kept
+
+    def __post_init__(self) -> None:
+        _at_least("checkpoint", 1, interval=self.interval, keep=self.keep)
+
+
+@dataclass(frozen=True)
+class LogSection:
+    interval: int = 1  # steps between JSONL / TensorBoard records
+    tensorboard: bool = True
+    progress: bool = True  # a bar on a terminal, a line every ~10% otherwise
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("log", 1, interval=self.interval)
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Periodic evaluation on rank 0. ``synthetic_pairs > 0`` adds held-out retrieval on
+    the synthetic set; ``hooks`` name ``"module:factory"`` callables that build more
+    evaluators from the config (``factory(config) -> Evaluator``)."""
+
+    interval: int = 0  # 0: at the end only
+    synthetic_pairs: int = 0
+    batch_size: int = 256
+    hooks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hooks", tuple(self.hooks))
+        _at_least("eval", 0, interval=self.interval, synthetic_pairs=self.synthetic_pairs)
+        _at_least("eval", 1, batch_size=self.batch_size)
+        for hook in self.hooks:
+            if ":" not in hook:
+                raise ValueError(f"eval.hooks entries are 'module:factory', got {hook!r}")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "optim": OptimSection,
+    "train": TrainSection,
+    "checkpoint": CheckpointSection,
+    "log": LogSection,
+    "eval": EvalSection,
+}
+
+#: Settings a resumed run may change; anything else must match the checkpoint's run.
+RESUMABLE_CHANGES = (
+    "output",
+    "train.steps",
+    "train.epochs",
+    "train.threads",
+    "train.max_nonfinite",
+    "checkpoint.",
+    "log.",
+    "eval.",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready); ``Config.from_dict`` inverts it."""
+        d = dataclasses.asdict(self)
+        d["data"]["sources"] = [dict(s) for s in self.data.sources]
+        d["eval"]["hooks"] = list(self.eval.hooks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        unknown = sorted(set(d) - set(SECTIONS) - {"output"})
+        if unknown:
+            raise ValueError(_unknown_message("section", unknown[0], [*SECTIONS, "output"]))
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = d.get(name, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"[{name}] must be a table, got {values!r}")
+            sections[name] = _build_section(name, section_cls, values)
+        output = d.get("output", "")
+        if not isinstance(output, str):
+            raise ValueError(f"output must be a path string, got {output!r}")
+        return cls(output=output, **sections)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _unknown_message(kind: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {key!r}{hint}; valid: {', '.join(sorted(valid))}"
+
+
+def _build_section(name: str, section_cls: type, values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    for key in values:
+        if key not in fields:
+            raise ValueError(_unknown_message(f"key in [{name}]:", key, list(fields)))
+    values = dict(values)
+    for key, value in values.items():
+        values[key] = _coerce(f"{name}.{key}", fields[key], value)
+    try:
+        return section_cls(**values)
+    except TypeError as e:  # a wrong type deep inside a section
+        raise ValueError(f"[{name}]: {e}") from e
+
+
+def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
+    """Check a TOML value against the field's type; ints are accepted where floats are."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple)
+        value = tuple(value) if ok else value
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{where} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and overrides
+# ---------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``) or, failing that, the
+    bare text as a string (so ``--set model.name=tiny-vit`` needs no quotes)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(d: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` (or ``section.table.key=value``) to a config dict."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+    parts = key.split(".")
+    if parts[0] not in SECTIONS and parts != ["output"]:
+        raise ValueError(
+            _unknown_message("section", parts[0], [*SECTIONS, "output"]) + f" (in --set {item})"
+        )
+    if parts[0] in SECTIONS and len(parts) < 2:
+        raise ValueError(f"--set {item}: name a key inside [{parts[0]}], e.g. {parts[0]}.<key>=...")
+    if len(parts) >= 2:
+        fields = {f.name for f in dataclasses.fields(SECTIONS[parts[0]])}
+        if parts[1] not in fields:
+            raise ValueError(
+                _unknown_message(f"key in [{parts[0]}]:", parts[1], sorted(fields))
+                + f" (in --set {item})"
+            )
+    node = d
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {item}: {part!r} is not a table")
+        node = child
+    node[parts[-1]] = parse_value(text.strip())
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """A ``Config`` from a TOML file (or the defaults) with ``--set`` overrides applied."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: invalid TOML: {e}") from e
+    for item in overrides:
+        apply_override(d, item)
+    return Config.from_dict(d)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        name = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict) and name != "model.overrides":
+            diffs += config_differences(a, b, name + ".")
+        elif a != b:
+            diffs.append(name)
+    return diffs
+
+
+def check_resume_compatible(saved: dict[str, Any], current: Config) -> list[str]:
+    """Raise if the run in ``saved`` cannot be continued exactly with ``current``; return the
+    settings that changed but may (steps, logging, checkpoints, evaluation)."""
+    diffs = config_differences(saved, current.to_dict())
+    allowed = [d for d in diffs if d.startswith(RESUMABLE_CHANGES)]
+    blocking = [d for d in diffs if d not in allowed]
+    if blocking:
+        raise ValueError(
+            "the output directory holds a run with a different configuration ("
+            + ", ".join(blocking)
+            + "); resuming would not continue it exactly. Use another --output, or restore those settings."
+        )
+    return allowed

@@ -1,0 +1,85 @@
+"""Memory and speed options applied to a model from outside its files (as torchtitan's
+``parallelize``): activation checkpointing, ``torch.compile`` and DDP.
+
+The model files stay architecture-only, and the state-dict keys never change: checkpointing
+replaces each block's ``forward`` on the instance, and compile/DDP wrap ``Towers``, a view
+of the two encoders, while checkpoints are taken from the bare ``CLIP``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from cliplab.models import CLIP, ModifiedResNet, VisionTransformer
+
+
+class Towers(nn.Module):
+    """The two encoders as one module, ``(images, tokens) -> (image, text features)``
+    (unnormalised): what DDP and ``torch.compile`` wrap.
+
+    The logit scale is not part of it: it is used by the loss, outside the encoders' forward
+    (where DDP cannot see it), so the trainer averages its gradient across ranks itself.
+    """
+
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.visual = model.visual
+        self.text = model.text
+
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.visual(images), self.text(tokens)  # (B, E), (B, E)
+
+
+def _checkpointed(forward: Any, *args: Any, **kwargs: Any) -> Any:
+    if not torch.is_grad_enabled():  # nothing to save memory on: plain call
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def checkpointed_blocks(model: CLIP) -> list[nn.Module]:
+    """The blocks whose activations are recomputed: every transformer block of both towers,
+    or the text blocks and every ResNet bottleneck."""
+    blocks: list[nn.Module] = list(model.text.transformer.resblocks)
+    visual = model.visual
+    if isinstance(visual, VisionTransformer):
+        blocks += list(visual.transformer.resblocks)
+    elif isinstance(visual, ModifiedResNet):
+        for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            blocks += list(stage)
+    else:
+        raise TypeError(f"no checkpointing rule for image tower {type(visual).__name__}")
+    return blocks
+
+
+def apply_gradient_checkpointing(model: CLIP) -> int:
+    """Recompute each block's activations in the backward instead of storing them.
+
+    Returns the number of blocks wrapped. Keys and weights are untouched. Note: a
+    BatchNorm block (ResNet) updates its running statistics again when recomputed.
+    """
+    blocks = checkpointed_blocks(model)
+    for block in blocks:
+        if not isinstance(block.forward, functools.partial):  # idempotent
+            block.forward = functools.partial(_checkpointed, block.forward)  # type: ignore[method-assign]
+    return len(blocks)
+
+
+def compile_towers(towers: nn.Module, model: CLIP, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` the encoders; text padding is kept (static shapes, no recompiles)."""
+    model.text.trim_padding = False
+    return torch.compile(towers, backend=backend)
+
+
+def wrap_ddp(towers: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the encoders (gradients averaged across ranks)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(towers, device_ids=device_ids)

@@ -1,0 +1,449 @@
+"""The contrastive pre-training loop.
+
+``Trainer(config).fit()`` trains one process or one rank of a ``torchrun`` job:
+
+- a step embeds the rank's batch (in micro-batches with GradCache when
+  ``train.accum_steps > 1``), computes the loss against features gathered from every rank,
+  back-propagates (DDP averages the encoders' gradients; the logit scale's is averaged by
+  hand), checks the loss and gradient norm, and steps AdamW, then clamps ``exp(t)`` at 100;
+- fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling;
+- a non-finite loss or gradient skips the step (counted); ``train.max_nonfinite`` in a row
+  stop the run with ``NonFiniteError``;
+- checkpoints every ``checkpoint.interval`` steps, at the end, and on SIGTERM; a run
+  restarted with the same output directory continues from the newest checkpoint, bit for
+  bit on deterministic settings;
+- logs to JSONL/TensorBoard, evaluates on rank 0, plots the curves and saves the final
+  model with ``cliplab.save`` (``OUTPUT/model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cliplab.checkpoints.api import _atomic_write
+from cliplab.checkpoints.api import save as save_model
+from cliplab.factory import create_model
+from cliplab.loss import chunked_clip_loss, distributed_clip_loss
+from cliplab.models import MAX_LOGIT_SCALE
+from cliplab.train import checkpoint as ckpt
+from cliplab.train.config import Config, check_resume_compatible
+from cliplab.train.data import build_loader
+from cliplab.train.distributed import (
+    DistEnv,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    pick_device,
+    rng_state,
+    seed_everything,
+    set_determinism,
+    set_rng_state,
+)
+from cliplab.train.evaluation import Evaluator, build_evaluators
+from cliplab.train.gradcache import gradcache_backward
+from cliplab.train.logs import MetricsLogger, Progress, peak_memory_mb, plot_curves
+from cliplab.train.optim import build_optimizer, build_scheduler
+from cliplab.train.parallelize import Towers, apply_gradient_checkpointing, compile_towers, wrap_ddp
+
+#: Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + 15, as shells).
+INTERRUPTED_EXIT = 143
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did. ``skipped``: None, ``"nonfinite"`` or ``"overflow"``
+    (fp16 loss scaling found an inf and lowered the scale)."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    skipped: str | None = None
+    stop_requested: bool = False
+
+
+def _split_batch(config: Config, world_size: int) -> tuple[int, int]:
+    """(per-rank batch, micro-batch) from the global batch; clear errors when uneven."""
+    n, accum = config.data.batch_size, config.train.accum_steps
+    if n % world_size:
+        raise ValueError(f"data.batch_size {n} is not divisible by the {world_size} processes")
+    per_rank = n // world_size
+    if per_rank % accum:
+        raise ValueError(
+            f"the per-process batch {per_rank} is not divisible by train.accum_steps {accum}"
+        )
+    return per_rank, per_rank // accum
+
+
+class Trainer:
+    """One process's share of a training run (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        output: str | Path | None = None,
+        env: DistEnv | None = None,
+        evaluators: Sequence[Evaluator] = (),
+    ) -> None:
+        self.config = config
+        self.env = env or DistEnv(device=pick_device(config.train.device))
+        self.output = Path(output or config.output or ".")
+        tc = config.train
+        set_determinism(tc.deterministic, tc.threads)
+        self.per_rank_batch, self.micro_batch = _split_batch(config, self.env.world_size)
+        device = self.env.device
+
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
+        self.model = create_model(config.model.name, **config.model.overrides).to(device)
+        self.model.train()
+        seed_everything(tc.seed, self.env.rank)
+        if tc.grad_checkpointing:
+            apply_gradient_checkpointing(self.model)
+        self.plain_towers = Towers(self.model)
+        towers: torch.nn.Module = self.plain_towers
+        if tc.compile:
+            towers = compile_towers(towers, self.model, tc.compile_backend)
+        if self.env.distributed:
+            towers = wrap_ddp(towers, device)
+        self.towers = towers
+
+        self.loader = build_loader(
+            config,
+            self.model.image_size,
+            self.model.context_length,
+            self.per_rank_batch,
+            self.env.rank,
+            self.env.world_size,
+            pin_memory=device.type == "cuda",
+        )
+        self.total_steps = math.ceil(tc.epochs * len(self.loader)) if tc.epochs > 0 else tc.steps
+        self.optimizer = build_optimizer(self.model, config.optim, device.type)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.extra_evaluators = list(evaluators)  # added to those the config asks for
+        self.evaluators: list[Evaluator] | None = None  # built at the first evaluation
+        self.step = 0
+        self.counters = {"nonfinite_steps": 0, "nonfinite_in_a_row": 0, "overflow_steps": 0}
+        self._stop_signal: int | None = None
+
+    # -- one step --------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.config.train.precision
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        return torch.autocast(self.env.device.type, dtype=dtype, enabled=precision != "fp32")
+
+    def feature_loss(
+        self, image_features: torch.Tensor, text_features: torch.Tensor
+    ) -> torch.Tensor:
+        """This rank's loss from unnormalised features (normalised here, in fp32)."""
+        image_features = F.normalize(image_features.float(), dim=-1)
+        text_features = F.normalize(text_features.float(), dim=-1)
+        scale = self.model.logit_scale.exp()
+        if self.config.train.loss == "chunked":
+            return chunked_clip_loss(
+                image_features, text_features, scale, self.config.train.loss_chunk_size
+            )
+        return distributed_clip_loss(image_features, text_features, scale)
+
+    def _backward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        accum = self.config.train.accum_steps
+        if accum == 1:
+            with self._autocast():
+                image_features, text_features = self.towers(images, tokens)
+            loss = self.feature_loss(image_features, text_features)
+            self.scaler.scale(loss).backward()
+            return loss.detach()
+        no_sync = getattr(self.towers, "no_sync", contextlib.nullcontext)
+        return gradcache_backward(
+            self.towers,
+            self.plain_towers,
+            images,
+            tokens,
+            accum,
+            self.feature_loss,
+            self._autocast,
+            scale_loss=self.scaler.scale,
+            no_sync=no_sync,
+        )
+
+    def _grad_norm(self) -> torch.Tensor:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.config.optim.grad_clip_norm
+        if clip > 0:
+            return torch.nn.utils.clip_grad_norm_(params, clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+    def train_step(self, images: torch.Tensor, tokens: torch.Tensor) -> StepResult:
+        """One optimizer step on this rank's batch (every rank calls it together)."""
+        device = self.env.device
+        images = images.to(device, non_blocking=True)
+        tokens = tokens.to(device, non_blocking=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        local_loss = self._backward(images, tokens)
+        world = self.env.world_size
+        logit_grad = self.model.logit_scale.grad
+        if world > 1 and logit_grad is not None:  # not under DDP: average it here
+            all_reduce_sum(logit_grad).div_(world)
+        # the global loss (mean over ranks) and whether any rank was asked to stop
+        shared = torch.stack(
+            [local_loss.float(), torch.tensor(float(self._stop_signal is not None), device=device)]
+        )
+        all_reduce_sum(shared)
+        loss, stop = float(shared[0]) / world, bool(shared[1] > 0)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float(self._grad_norm())
+        skipped = self._apply_update(loss, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        with (
+            warnings.catch_warnings()
+        ):  # "scheduler.step() before optimizer.step()" on a skipped first step
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        self.step += 1
+        limit = self.config.train.max_nonfinite
+        if self.counters["nonfinite_in_a_row"] >= limit:
+            raise NonFiniteError(
+                f"{limit} consecutive steps had a non-finite loss or gradient (step {self.step}: "
+                f"loss {loss}, gradient norm {grad_norm}); stopping. The weights were never updated "
+                "with them and checkpoints hold only finite values. Try a lower optim.lr, "
+                'optim.grad_clip_norm, more optim.warmup_steps, or train.precision = "bf16"/"fp32".'
+            )
+        return StepResult(loss, grad_norm, lr, skipped, stop)
+
+    def _apply_update(self, loss: float, grad_norm: float) -> str | None:
+        """Step the optimizer unless the step must be skipped; returns the skip reason."""
+        scaling = self.scaler.is_enabled()
+        overflow = scaling and not math.isfinite(grad_norm) and self.scaler.get_scale() > 1.0
+        if math.isfinite(loss) and overflow:  # fp16 loss scaling: lower the scale, skip
+            self.scaler.step(self.optimizer)  # skips: an inf was found when unscaling
+            self.scaler.update()
+            self.counters["overflow_steps"] += 1
+            return "overflow"
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            if scaling:
+                self.scaler.update()  # consumes this step's inf checks; lowers the scale if any
+            self.counters["nonfinite_steps"] += 1
+            self.counters["nonfinite_in_a_row"] += 1
+            return "nonfinite"
+        if scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with torch.no_grad():  # exp(t) <= 100
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        self.counters["nonfinite_in_a_row"] = 0
+        return None
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (every rank's RNG and data position too)."""
+        per_rank = all_gather_objects({"rng": rng_state(), "data": self.loader.state_dict()})
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": dict(self.counters),
+            "ranks": per_rank,
+            "world_size": self.env.world_size,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.env.world_size:
+            raise ValueError(
+                f"the checkpoint was written by {state['world_size']} processes and this run has "
+                f"{self.env.world_size}; exact resumption needs the same number"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.counters.update(state["counters"])
+        self.step = int(state["step"])
+        mine = state["ranks"][self.env.rank]
+        self.loader.load_state_dict(mine["data"])
+        set_rng_state(mine["rng"])
+
+    def save_checkpoint(self) -> Path | None:
+        state = self.state_dict()  # collective: every rank takes part
+        path = None
+        if self.env.is_main:
+            path = ckpt.save_checkpoint(self.output, self.step, state, self.config.checkpoint.keep)
+        barrier()
+        return path
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint in the output directory, if there is one."""
+        if self.env.is_main:
+            ckpt.remove_partial_writes(self.output)
+        barrier()
+        state = ckpt.load_latest(self.output)
+        if state is None:
+            return False
+        changed = check_resume_compatible(state["config"], self.config)
+        if changed and self.env.is_main:
+            print(f"resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+        self.load_state_dict(state)
+        return True
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Run every evaluator on rank 0 (the others wait); returns the merged metrics."""
+        results: dict[str, float] = {}
+        if self.env.is_main and self.evaluators is None:
+            built = build_evaluators(self.config, self.model.image_size, self.model.context_length)
+            self.evaluators = built + self.extra_evaluators
+        if self.env.is_main and self.evaluators:
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    for evaluator in self.evaluators:
+                        results.update(evaluator(self.model, self.step))
+            finally:
+                self.model.train()
+        barrier()
+        return results
+
+    # -- the loop --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _sigterm_checkpoints(self) -> Iterator[None]:
+        """SIGTERM (preemption) sets a flag; the loop checkpoints and stops after the step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _step_metrics(self, result: StepResult, seconds: float, waited: float) -> dict[str, Any]:
+        scale = float(self.model.logit_scale.detach().exp())
+        return {
+            "loss": result.loss,
+            "logit_scale": scale,
+            "temperature": 1.0 / scale,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "samples_per_s": self.config.data.batch_size / max(seconds, 1e-9),
+            "data_wait": waited / max(seconds, 1e-9),
+            "peak_mem_mb": peak_memory_mb(self.env.device),
+            "epoch": self.loader.epoch,
+            "skipped": result.skipped or "",
+            **self.counters,
+        }
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (resuming if possible); returns a summary whose
+        ``status`` is ``"complete"`` or ``"interrupted"`` (SIGTERM)."""
+        out, main = self.output, self.env.is_main
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        if main:  # the settings of this run, for people (the checkpoints carry their own copy)
+            text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+            _atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
+        logger = MetricsLogger(
+            out, enabled=main, tensorboard=self.config.log.tensorboard, resume_step=self.step
+        )
+        progress = Progress(self.total_steps, self.step, enabled=main and self.config.log.progress)
+        if resumed:
+            progress.write(f"resumed from the checkpoint of step {self.step}")
+        summary: dict[str, Any] = {
+            "status": "complete",
+            "resumed_from": self.step if resumed else None,
+        }
+        already_done = resumed and self.step >= self.total_steps
+        started = time.perf_counter()
+        try:
+            with self._sigterm_checkpoints():
+                summary.update(self._loop(logger, progress))
+            summary["steps_per_s"] = (self.step - (summary["resumed_from"] or 0)) / (
+                time.perf_counter() - started
+            )
+            if already_done:
+                progress.write(f"the run in {out} is already complete ({self.step} steps)")
+                if main and not (out / "model").exists():
+                    save_model(self.model, out / "model")
+            elif summary["status"] == "complete":
+                summary["eval"] = self._finish(logger)
+        finally:
+            logger.close()
+            progress.close()
+        summary.update(step=self.step, total_steps=self.total_steps, **self.counters)
+        return summary
+
+    def _loop(self, logger: MetricsLogger, progress: Progress) -> dict[str, Any]:
+        cfg = self.config
+        batches = iter(self.loader)
+        last: dict[str, Any] = {}
+        window_start, window_steps, waited = time.perf_counter(), 0, 0.0
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - t0
+            result = self.train_step(batch.images, batch.tokens)
+            window_steps += 1
+            if result.skipped == "nonfinite":
+                progress.write(f"step {self.step}: non-finite loss or gradient, update skipped")
+            if self.step % cfg.log.interval == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                seconds = (now - window_start) / window_steps
+                last = self._step_metrics(result, seconds, waited / window_steps)
+                logger.log("train", self.step, last)
+                window_start, window_steps, waited = now, 0, 0.0
+            progress.update(self.step, {"loss": result.loss, "lr": result.lr, **last})
+            if (
+                cfg.eval.interval
+                and self.step % cfg.eval.interval == 0
+                and self.step < self.total_steps
+            ):
+                logger.log("eval", self.step, self.evaluate())
+            if result.stop_requested:
+                self.save_checkpoint()
+                progress.write(
+                    f"stopped by a signal at step {self.step}; checkpoint saved, re-run to resume"
+                )
+                return {"status": "interrupted"}
+            if self.step % cfg.checkpoint.interval == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+        return {"status": "complete", "last": last}
+
+    def _finish(self, logger: MetricsLogger) -> dict[str, float]:
+        """The end of a run: final evaluation, checkpoint, model, plots."""
+        results = self.evaluate()
+        if results:
+            logger.log("eval", self.step, results)
+        if not ckpt.checkpoint_path(self.output, self.step).exists():
+            self.save_checkpoint()
+        if self.env.is_main:
+            save_model(self.model, self.output / "model")
+            logger.close()
+            if self.config.log.plots:
+                plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")
+        barrier()
+        return results
