@@ -11,7 +11,6 @@ import gzip
 import json
 import re
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -254,15 +253,12 @@ def to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_hf_tokenizer_files(directory: Path, context_length: int) -> None:
     """vocab.json, merges.txt and tokenizer config for HF's CLIPTokenizer (OpenAI's BPE)."""
-    bpe = resources.files("cliplab") / "assets" / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = _bytes_to_unicode()
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(
-        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False)
-    )
+    from cliplab.tokenizer import default_bpe_path, default_tokenizer
+
+    lines = gzip.decompress(default_bpe_path().read_bytes()).decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # the slice OpenAI's SimpleTokenizer uses
+    vocab = default_tokenizer().encoder
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text(
         "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
     )
@@ -299,20 +295,3 @@ def write_hf_preprocessor_config(directory: Path, image_size: int, mean: tuple, 
         "do_convert_rgb": True,
     }
     (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
-
-
-def _bytes_to_unicode() -> list[str]:
-    """OpenAI's byte -> printable-unicode table, in vocabulary order."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
