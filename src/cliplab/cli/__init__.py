@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from cliplab import __version__
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.cli import convert, models
+from cliplab.cli import classify, convert, data, evaluate, models, train
 
-COMMANDS = (models, convert)
+COMMANDS = (models, convert, data, train, evaluate, classify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,83 @@
+"""``cliplab classify IMAGE... --labels "cat,dog,car"``: zero-shot classification, the everyday use.
+
+Prints, for each image, the most probable labels with their probabilities (softmax over the
+model's scaled cosine similarities between the image and each label's prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from cliplab.zeroshot import classify_images, load_templates
+
+#: The model used when ``--model`` is not given (an OpenAI name looked up in local caches).
+DEFAULT_MODEL = "ViT-B-32"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify",
+        help="zero-shot classify images among labels you give",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("images", nargs="+", type=Path, help="image files")
+    parser.add_argument(
+        "--labels", required=True, help='comma-separated class names, e.g. "cat,dog,car"'
+    )
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("CLIPLAB_MODEL", DEFAULT_MODEL),
+        help=f"checkpoint or OpenAI model name (default: $CLIPLAB_MODEL or {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--templates",
+        default="photo",
+        help="template set: bundled name (photo, imagenet80, ...) or JSON file (default: photo)",
+    )
+    parser.add_argument("--top", type=int, default=5, help="labels shown per image")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run)
+
+
+def parse_labels(text: str) -> list[str]:
+    """Comma-separated labels, stripped, empty ones dropped; at least one, no duplicates."""
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels:
+        raise ValueError("--labels needs at least one label")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"--labels has duplicates: {', '.join(duplicates)}")
+    return labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from cliplab.cli.evaluate import load_model
+
+    labels = parse_labels(args.labels)
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    model, preprocess = load_model(args.model, args.device)
+    probs = classify_images(
+        model, preprocess, args.images, labels, templates=load_templates(args.templates)
+    )
+    top = max(1, min(args.top, len(labels)))
+    rows = []
+    for path, p in zip(args.images, probs):
+        values, indices = p.topk(top)
+        rows.append(
+            {"image": str(path), "top": [[labels[i], float(v)] for v, i in zip(values, indices)]}
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(label) for label in labels)
+    for row in rows:
+        print(row["image"])
+        for label, prob in row["top"]:
+            print(f"  {label:<{width}}  {100 * prob:6.2f}%")
+    return 0

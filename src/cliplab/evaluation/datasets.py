@@ -1,0 +1,170 @@
+"""The evaluators' view of data: small in-memory protocols, independent of the storage format.
+
+A classification set is images (PIL images or paths), integer labels, class names and
+optionally its own prompt templates; a retrieval set is images with one or more captions
+each. Both carry a ``fingerprint`` that names their content for the feature caches.
+:func:`load_classification` and :func:`load_retrieval` read the on-disk evaluation sets
+(:mod:`cliplab.data.evalsets`) into these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Union
+
+from PIL import Image
+
+__all__ = [
+    "ClassificationSet",
+    "ImageLike",
+    "RetrievalSet",
+    "images_fingerprint",
+    "load_classification",
+    "load_retrieval",
+]
+
+ImageLike = Union[Image.Image, str, os.PathLike]  # noqa: UP007 (a runtime alias)
+
+
+def images_fingerprint(images: Sequence[ImageLike]) -> str:
+    """Hex digest of a list of images: paths by (absolute path, size, mtime), PIL images by
+    mode, size and pixel bytes. Cheap for files (no reads), exact for in-memory images."""
+    h = hashlib.sha256()
+    for item in images:
+        if isinstance(item, Image.Image):
+            h.update(f"pil:{item.mode}:{item.size}:".encode())
+            h.update(item.tobytes())
+        else:
+            path = Path(item).resolve()
+            try:
+                st = path.stat()
+                h.update(f"file:{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"missing:{path}".encode())
+    return h.hexdigest()
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ClassificationSet:
+    """Images with one label each, the class names and (optionally) the set's own templates.
+
+    ``fingerprint`` is computed from the images, labels and class names when not given.
+    ``meta`` carries free-form facts from the set's source (e.g. its ``meta.json``).
+    """
+
+    images: Sequence[ImageLike]
+    labels: Sequence[int]
+    classnames: Sequence[str]
+    templates: Sequence[str] | None = None
+    name: str = "dataset"
+    fingerprint: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but {len(self.labels)} labels"
+            )
+        n = len(self.classnames)
+        bad = [y for y in self.labels if not 0 <= int(y) < n]
+        if bad:
+            raise ValueError(f"{self.name}: labels outside 0..{n - 1}: {bad[:5]}")
+        object.__setattr__(self, "labels", [int(y) for y in self.labels])
+        object.__setattr__(self, "classnames", list(self.classnames))
+        if self.templates is not None:
+            object.__setattr__(self, "templates", list(self.templates))
+        if not self.fingerprint:
+            fp = _digest(images_fingerprint(self.images), self.labels, self.classnames)
+            object.__setattr__(self, "fingerprint", fp)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ClassificationSet:
+        """The examples at ``indices`` (same classes and templates)."""
+        indices = [int(i) for i in indices]
+        return replace(
+            self,
+            images=[self.images[i] for i in indices],
+            labels=[self.labels[i] for i in indices],
+            name=name or self.name,
+            fingerprint=_digest(self.fingerprint, indices),
+        )
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """Images, each with one or more captions (a hit is any of its captions)."""
+
+    images: Sequence[ImageLike]
+    captions: Sequence[Sequence[str]]
+    name: str = "retrieval"
+    fingerprint: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.captions):
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but {len(self.captions)} caption lists"
+            )
+        empty = [i for i, c in enumerate(self.captions) if not c]
+        if empty:
+            raise ValueError(f"{self.name}: images without captions at {empty[:5]}")
+        object.__setattr__(self, "captions", [list(c) for c in self.captions])
+        if not self.fingerprint:
+            fp = _digest(images_fingerprint(self.images), self.captions)
+            object.__setattr__(self, "fingerprint", fp)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def texts(self) -> list[str]:
+        """Every caption, image by image."""
+        return [c for caps in self.captions for c in caps]
+
+    @property
+    def text_to_image(self) -> list[int]:
+        """For each caption of :attr:`texts`, the index of its image."""
+        return [i for i, caps in enumerate(self.captions) for _ in caps]
+
+
+def load_classification(path: str | os.PathLike[str]) -> ClassificationSet:
+    """A classification set from an evaluation-set directory (``cliplab.data.evalsets``)."""
+    from cliplab.data.evalsets import load_classification_set
+
+    files = load_classification_set(path)
+    return ClassificationSet(
+        images=list(files.images),
+        labels=list(files.labels),
+        classnames=list(files.classnames),
+        templates=list(files.templates) or None,
+        name=files.name,
+        meta=dict(files.meta),
+    )
+
+
+def load_retrieval(path: str | os.PathLike[str]) -> RetrievalSet:
+    """A retrieval set from an evaluation-set directory (``cliplab.data.evalsets``)."""
+    from cliplab.data.evalsets import load_retrieval_set
+
+    files = load_retrieval_set(path)
+    return RetrievalSet(
+        images=list(files.images),
+        captions=[list(c) for c in files.captions],
+        name=files.name,
+        meta=dict(files.meta),
+    )

@@ -1,0 +1,251 @@
+"""``cliplab eval ...`` and ``cliplab classify`` end to end through ``main(argv)``, on tiny
+evaluation sets written in the on-disk format (``cliplab.data.evalsets``)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+import cliplab
+from cliplab.cli import main
+from cliplab.data.evalsets import write_classification_set, write_retrieval_set
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220)}
+FAST = ["--quiet", "--max-iter", "50"]
+
+
+def shape(color: str, style: str, rng: random.Random) -> Image.Image:
+    image = Image.new("RGB", (36, 36), (255, 255, 255) if style == "circle" else (30, 30, 30))
+    draw = ImageDraw.Draw(image)
+    x = rng.randint(2, 10)
+    box = [x, x, x + 22, x + 22]
+    (draw.ellipse if style == "circle" else draw.rectangle)(box, fill=COLORS[color])
+    return image
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evalsets")
+    names = list(COLORS)
+    out = {}
+    for set_name, style, seed in [
+        ("circles", "circle", 0),
+        ("circles-test", "circle", 1),
+        ("squares", "square", 2),
+    ]:
+        rng = random.Random(seed)
+        items = [(shape(c, style, rng), i) for i, c in enumerate(names) for _ in range(4)]
+        write_classification_set(
+            root / set_name, items, name=set_name, classnames=names, templates=["a {} shape."]
+        )
+        out[set_name] = root / set_name
+    rng = random.Random(4)
+    write_classification_set(
+        root / "one-each",
+        [(shape(c, "circle", rng), i) for i, c in enumerate(names)],
+        name="one-each",
+        classnames=names,
+        templates=["a {} shape."],
+    )
+    out["one-each"] = root / "one-each"
+    rng = random.Random(3)
+    write_retrieval_set(
+        root / "captions",
+        [(shape(c, "circle", rng), [f"a {c} circle", f"something {c}"]) for c in names],
+        name="captions",
+    )
+    out["captions"] = root / "captions"
+    return out
+
+
+def common(tmp_path: Path, model: str = "random:tiny-vit") -> list[str]:
+    return [
+        "--model",
+        model,
+        "--out",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+
+
+def read(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / "out" / name).read_text())
+
+
+def test_zeroshot(sets, tmp_path, capsys) -> None:
+    assert (
+        main(["eval", "zeroshot", *common(tmp_path), "--dataset", str(sets["circles"]), "--quiet"])
+        == 0
+    )
+    r = read(tmp_path, "zeroshot-circles.json")
+    assert r["n"] == 12 and r["num_classes"] == 3 and r["chance"] == pytest.approx(1 / 3)
+    assert 0.0 <= r["top1"] <= 1.0 and r["top5"] == 1.0
+    assert set(r["per_class"]) == set(COLORS)
+    assert (
+        (tmp_path / "out" / "zeroshot-circles.md").read_text().startswith("### Zero-shot: circles")
+    )
+    assert (tmp_path / "out" / "zeroshot-circles-confusion.png").stat().st_size > 1000
+    assert "zero-shot circles: top-1" in capsys.readouterr().out
+    # A second run reads features and classifier from the cache and agrees.
+    cached = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(cached) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "zeroshot",
+                *common(tmp_path),
+                "--dataset",
+                str(sets["circles"]),
+                "--quiet",
+                "--templates",
+                "photo",
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3  # one more classifier
+
+
+def test_linear_probe_with_and_without_training_set(sets, tmp_path) -> None:
+    args = ["eval", "linear-probe", *common(tmp_path), *FAST]
+    assert (
+        main([*args, "--dataset", str(sets["circles-test"]), "--train", str(sets["circles"])]) == 0
+    )
+    r = read(tmp_path, "linear-probe-circles-test.json")
+    assert r["n_train"] == 12 and r["metrics"]["n"] == 12 and len(r["search"]) >= 7
+    assert main([*args, "--dataset", str(sets["squares"]), "--C", "1"]) == 0
+    r = read(tmp_path, "linear-probe-squares.json")
+    assert "split per class" in r["setup"] and r["metrics"]["n"] == 6
+
+
+def test_fewshot(sets, tmp_path) -> None:
+    argv = ["eval", "fewshot", *common(tmp_path), *FAST, "--dataset", str(sets["circles-test"])]
+    argv += ["--train", str(sets["circles"]), "--shots", "1,2", "--seeds", "2", "--C", "1"]
+    assert main(argv) == 0
+    r = read(tmp_path, "fewshot-circles-test.json")
+    assert r["shots"] == [1, 2] and len(r["curve"]["2"]["runs"]) == 2
+    assert r["curve"]["1"]["runs"][0]["n_train"] == 3
+    assert (tmp_path / "out" / "fewshot-circles-test-fewshot.png").exists()
+
+
+def test_retrieval(sets, tmp_path) -> None:
+    assert (
+        main(
+            ["eval", "retrieval", *common(tmp_path), "--quiet", "--dataset", str(sets["captions"])]
+        )
+        == 0
+    )
+    r = read(tmp_path, "retrieval-captions.json")
+    assert r["n_images"] == 3 and r["n_texts"] == 6
+    assert r["image_to_text_R@10"] == 1.0 and r["text_to_image_R@5"] == 1.0
+
+
+def test_prompts(sets, tmp_path) -> None:
+    argv = [
+        "eval",
+        "prompts",
+        *common(tmp_path),
+        "--quiet",
+        "--dataset",
+        str(sets["circles"]),
+        "--ensemble",
+        "imagenet7",
+    ]
+    assert main(argv) == 0
+    r = read(tmp_path, "prompts-circles.json")
+    assert list(r["results"]) == ["bare", "photo", "dataset", "ensemble"]
+    assert r["gain_points"]["bare"] == 0.0
+
+
+def test_robustness(sets, tmp_path) -> None:
+    # One image per class in the source: C is chosen on half of the in-distribution set.
+    argv = ["eval", "robustness", *common(tmp_path), *FAST, "--source", str(sets["one-each"])]
+    argv += ["--source-test", str(sets["circles-test"]), "--shifted", str(sets["squares"])]
+    assert main(argv) == 0
+    r = read(tmp_path, "robustness-one-each.json")
+    assert r["in_distribution"] == "circles-test (held out)" and r["shifted"] == ["squares"]
+    assert r["sets"]["circles-test (held out)"]["n"] == 6 and "one image per class" in r["setup"]
+    assert {"zero-shot", "linear probe", "probe, C x 0.01"} <= set(r["accuracy"])
+    assert "shift average" in r["effective_robustness"]["zero-shot"]
+    assert (tmp_path / "out" / "robustness-one-each-robustness.png").exists()
+
+
+def test_report_over_two_models(sets, tmp_path) -> None:
+    cliplab.save(cliplab.create_model("tiny-vit"), tmp_path / "model")
+    argv = ["eval", "report", *common(tmp_path), *FAST, "--C", "1"]
+    argv[argv.index("--model") + 1 : argv.index("--model") + 2] = [
+        "random:tiny-vit",
+        str(tmp_path / "model"),
+    ]
+    argv += ["--zeroshot", str(sets["circles"]), "--prompts", str(sets["squares"])]
+    argv += ["--ensemble", "imagenet7"]
+    argv += [
+        "--fewshot",
+        f"{sets['circles-test']}:{sets['circles']}",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1",
+    ]
+    argv += ["--retrieval", str(sets["captions"])]
+    argv += ["--robustness", f"{sets['circles']}@{sets['circles-test']}:{sets['squares']}"]
+    assert main(argv) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    for heading in (
+        "## Zero-shot classification",
+        "## Prompt engineering",
+        "## Zero-shot vs few-shot",
+        "## Retrieval",
+        "## Robustness",
+    ):
+        assert heading in md
+    runs = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [len(run["results"]) for run in runs] == [5, 5]
+    studies = [r for run in runs for r in run["results"] if r["protocol"] == "robustness"]
+    assert all(s["baseline_pooled_over"] == 2 for s in studies)
+    assert (tmp_path / "out" / "fewshot-circles-test.png").exists()
+
+
+def test_classify(tmp_path, capsys) -> None:
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
+    argv = [
+        "classify",
+        str(image),
+        str(image),
+        "--labels",
+        "cat, dog,car",
+        "--model",
+        "random:tiny-vit",
+        "--top",
+        "2",
+        "--json",
+    ]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and len(rows[0]["top"]) == 2
+    assert rows[0] == rows[1]
+    assert {label for label, _ in rows[0]["top"]} <= {"cat", "dog", "car"}
+    assert main(["classify", str(image), "--labels", "cat", "--model", "random:tiny-vit"]) == 0
+    assert "100.00%" in capsys.readouterr().out  # one label takes all the probability
+
+
+def test_bad_input_exits_2(sets, tmp_path, capsys) -> None:
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["classify", str(image), "--labels", "a,a", "--model", "random:tiny-vit"]) == 2
+    assert (
+        main(
+            ["classify", str(tmp_path / "nope.png"), "--labels", "a", "--model", "random:tiny-vit"]
+        )
+        == 2
+    )
+    assert main(["eval", "zeroshot", *common(tmp_path), "--dataset", str(tmp_path / "nope")]) == 2
+    assert main(["eval", "retrieval", *common(tmp_path), "--dataset", str(sets["circles"])]) == 2
+    assert "error" in capsys.readouterr().err

@@ -1,0 +1,279 @@
+"""Zero-shot classification: templates, the prompt-ensembled classifier, its disk cache, the
+feature store and the training hooks, checked with stub models whose answers are known."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import cliplab
+from cliplab.evaluation.datasets import ClassificationSet, RetrievalSet
+from cliplab.evaluation.features import FeatureStore, encode_images
+from cliplab.evaluation.hooks import RetrievalHook, ZeroShotHook
+from cliplab.evaluation.protocols import run_prompts, run_zeroshot
+from cliplab.zeroshot import (
+    build_zero_shot_classifier,
+    classify_images,
+    list_templates,
+    load_templates,
+    model_fingerprint,
+    zero_shot_logits,
+)
+
+CLASSES = ["apple", "banana", "cherry", "grape", "lemon"]
+
+
+class OneHotCLIP(nn.Module):
+    """A stub CLIP whose right answers are known.
+
+    Images are tensors holding their label (see :func:`stub_preprocess`); an image's feature
+    is the one-hot of ``perm[label]``. A text's feature is the one-hot of the class name it
+    mentions, plus, with ``template_dims``, a one in a dimension of its own for texts that
+    say "photo" or "drawing" (so prompt averaging is visible).
+    """
+
+    def __init__(self, classnames, perm=None, template_dims=False):
+        super().__init__()
+        self.classnames = list(classnames)
+        n = len(self.classnames)
+        self.register_buffer("perm", torch.as_tensor(perm if perm is not None else range(n)))
+        self.dim = n + 2
+        self.template_dims = template_dims
+        self.gain = nn.Parameter(torch.ones(()))  # weights for the fingerprint
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(100.0)))
+        self.context_length = 77
+        self.texts_seen = 0
+
+    def encode_image(self, x):
+        labels = x[:, 0].round().long()
+        return F.one_hot(self.perm[labels], self.dim).float() * self.gain
+
+    def encode_text(self, tokens):
+        self.texts_seen += tokens.shape[0]
+        out = torch.zeros(tokens.shape[0], self.dim)
+        n = len(self.classnames)
+        for i, row in enumerate(tokens):
+            text = cliplab.decode(row)
+            for c, name in enumerate(self.classnames):
+                if re.search(rf"\b{name}\b", text):
+                    out[i, c] = 1.0
+            if self.template_dims and "photo" in text:
+                out[i, n] += 1.0
+            if self.template_dims and "drawing" in text:
+                out[i, n + 1] += 1.0
+        return out * self.gain
+
+
+def stub_image(label: int) -> Image.Image:
+    return Image.new("RGB", (4, 4), (10 * label, 0, 0))
+
+
+def stub_preprocess(image: Image.Image) -> torch.Tensor:
+    return torch.tensor([image.getpixel((0, 0))[0] / 10.0])
+
+
+def stub_set(per_class: int = 3, name: str = "fruit") -> ClassificationSet:
+    labels = [c for c in range(len(CLASSES)) for _ in range(per_class)]
+    return ClassificationSet(
+        images=[stub_image(y) for y in labels],
+        labels=labels,
+        classnames=CLASSES,
+        templates=["a photo of a {}.", "a drawing of a {}."],
+        name=name,
+    )
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_bundled_template_sets() -> None:
+    names = list_templates()
+    for name in ("bare", "photo", "imagenet80", "pets", "text", "emoji", "clipart"):
+        assert name in names
+    assert load_templates("bare") == ["{}"]
+    assert load_templates("photo") == ["a photo of a {}."]
+    imagenet = load_templates("imagenet80")
+    assert len(imagenet) == len(set(imagenet)) == 80
+    assert imagenet[0] == "a bad photo of a {}." and imagenet[-1] == "a tattoo of the {}."
+    assert "itap of a {}." in imagenet and "a {} in a video game." in imagenet
+    assert load_templates("pets") == ["a photo of a {}, a type of pet."]
+    assert all('"{}"' in t for t in load_templates("text"))
+    assert "an emoji of a {}." in load_templates("emoji")
+    assert "a clip-art drawing of a {}." in load_templates("clipart")
+    for name in names:
+        assert all(t.count("{}") == 1 for t in load_templates(name))
+
+
+def test_load_templates_from_files(tmp_path) -> None:
+    (tmp_path / "list.json").write_text(json.dumps(["a {}", "the {}"]))
+    (tmp_path / "obj.json").write_text(json.dumps({"templates": ["x {} y"]}))
+    (tmp_path / "bad.json").write_text(json.dumps(["no placeholder"]))
+    assert load_templates(tmp_path / "list.json") == ["a {}", "the {}"]
+    assert load_templates(str(tmp_path / "obj.json")) == ["x {} y"]
+    with pytest.raises(ValueError, match="exactly one"):
+        load_templates(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="imagenet80"):
+        load_templates("no-such-set")
+
+
+# --------------------------------------------------------------------------- the classifier
+
+
+def test_classifier_rows_are_the_classes_and_zero_shot_is_exact() -> None:
+    model = OneHotCLIP(CLASSES)
+    weights = build_zero_shot_classifier(model, None, CLASSES, load_templates("imagenet80"))
+    assert weights.shape == (len(CLASSES), model.dim)
+    expected = torch.eye(len(CLASSES), model.dim)
+    torch.testing.assert_close(weights, expected)
+    data = stub_set()
+    features = encode_images(model, data.images, stub_preprocess, batch_size=4)
+    logits = zero_shot_logits(features, weights)
+    assert (logits.argmax(1) == torch.tensor(data.labels)).all()
+
+
+def test_prompt_ensembling_averages_normalised_embeddings() -> None:
+    model = OneHotCLIP(CLASSES, template_dims=True)
+    templates = ["a photo of a {}.", "a drawing of a {}.", "a {}."]
+    weights = build_zero_shot_classifier(model, cliplab.tokenize, CLASSES, templates)
+    n = len(CLASSES)
+    for c in range(n):
+        e = torch.eye(model.dim)
+        per_template = [e[c] + e[n], e[c] + e[n + 1], e[c]]
+        mean = torch.stack([F.normalize(v, dim=0) for v in per_template]).mean(0)
+        torch.testing.assert_close(weights[c], F.normalize(mean, dim=0))
+
+
+def test_permuted_stub_has_the_known_accuracy() -> None:
+    perm = [1, 0, 2, 3, 4]  # apples look like bananas and bananas like apples
+    model = OneHotCLIP(CLASSES, perm=perm)
+    data = stub_set(per_class=4)
+    store = FeatureStore(model, stub_preprocess, progress=False)
+    result = run_zeroshot(store, data, "photo")
+    assert result["top1"] == pytest.approx(3 / 5)
+    assert result["per_class"]["apple"] == 0.0 and result["per_class"]["cherry"] == 1.0
+    assert result["top5"] == 1.0
+    assert result["confusion"][0][1] == 4 and result["confusion"][1][0] == 4
+
+
+def test_classifier_is_batch_size_invariant() -> None:
+    model = cliplab.create_model("tiny-vit").eval()
+    templates = load_templates("imagenet7")
+    a = build_zero_shot_classifier(model, None, CLASSES, templates, batch_size=3)
+    b = build_zero_shot_classifier(model, None, CLASSES, templates, batch_size=256)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(len(CLASSES)))
+
+
+def test_classifier_cache_is_invalidated_by_names_templates_and_weights(tmp_path) -> None:
+    model = OneHotCLIP(CLASSES)
+    templates = ["a photo of a {}.", "a {}."]
+
+    def build(m, names=CLASSES, temps=templates):
+        before = m.texts_seen
+        w = build_zero_shot_classifier(m, None, names, temps, cache_dir=tmp_path)
+        return w, m.texts_seen - before
+
+    w1, encoded = build(model)
+    assert encoded == len(CLASSES) * len(templates)
+    w2, encoded = build(model)  # cached
+    assert encoded == 0
+    torch.testing.assert_close(w1, w2)
+    same = OneHotCLIP(CLASSES)  # another object with the same weights hits the cache
+    assert build(same)[1] == 0
+    assert build(model, names=CLASSES[::-1])[1] > 0  # class order is part of the key
+    assert build(model, temps=["a {}."])[1] > 0
+    with torch.no_grad():
+        model.gain.mul_(2.0)  # new weights
+    w3, encoded = build(model)
+    assert encoded > 0
+    torch.testing.assert_close(w3, w1)  # unit rows either way
+    assert len(list(tmp_path.glob("zeroshot-*.safetensors"))) == 4
+
+
+def test_fingerprint_sees_any_weight_change() -> None:
+    model = cliplab.create_model("tiny-vit")
+    fp = model_fingerprint(model)
+    assert fp == model_fingerprint(model)
+    clone = cliplab.create_model("tiny-vit")
+    clone.load_state_dict(model.state_dict())
+    assert model_fingerprint(clone) == fp
+    with torch.no_grad():  # one element that the evenly spaced samples skip
+        param = model.text.token_embedding.weight
+        param.view(-1)[7] += 1e-3
+    assert model_fingerprint(model) != fp
+
+
+def test_classify_images_gives_probabilities() -> None:
+    model = OneHotCLIP(CLASSES)
+    images = [stub_image(2), stub_image(0)]
+    probs = classify_images(model, stub_preprocess, images, CLASSES)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2))
+    assert probs.argmax(1).tolist() == [2, 0]
+    assert probs[0, 2] > 0.99  # scale 100 on a cosine gap of 1
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_feature_store_computes_once_per_model_and_set(tmp_path) -> None:
+    data = stub_set()
+    model = OneHotCLIP(CLASSES)
+    store = FeatureStore(model, stub_preprocess, cache_dir=tmp_path, progress=False)
+    a = store.dataset(data)
+    b = store.dataset(data)
+    assert store.computed == 1 and a is b
+    again = FeatureStore(OneHotCLIP(CLASSES), stub_preprocess, cache_dir=tmp_path, progress=False)
+    torch.testing.assert_close(again.dataset(data), a)
+    assert again.computed == 0  # read from disk
+    other = stub_set(per_class=2)
+    again.dataset(other)
+    assert again.computed == 1  # another set is another key
+    model2 = OneHotCLIP(CLASSES, perm=[4, 3, 2, 1, 0])
+    moved = FeatureStore(model2, stub_preprocess, cache_dir=tmp_path, progress=False)
+    assert not torch.equal(moved.dataset(data), a)
+    assert moved.computed == 1
+
+
+def test_prompt_ablation_on_stub() -> None:
+    store = FeatureStore(OneHotCLIP(CLASSES), stub_preprocess, progress=False)
+    result = run_prompts(store, stub_set(), ensemble="imagenet7")
+    assert set(result["results"]) == {"bare", "photo", "dataset", "ensemble"}
+    assert all(r["top1"] == 1.0 for r in result["results"].values())
+    assert all(g == 0.0 for g in result["gain_points"].values())
+    assert result["results"]["ensemble"]["templates"] == 7
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def test_zero_shot_hook_on_stub_and_on_a_real_model() -> None:
+    data = stub_set()
+    hook = ZeroShotHook(data, transform=stub_preprocess, batch_size=4)
+    metrics = hook(OneHotCLIP(CLASSES), step=10)
+    assert metrics == {
+        "zeroshot_fruit_top1": 1.0,
+        "zeroshot_fruit_top5": 1.0,
+        "zeroshot_fruit_mean_per_class_recall": 1.0,
+    }
+    model = cliplab.create_model("tiny-vit").train()
+    hook = ZeroShotHook(data, templates="photo", max_images=6)
+    metrics = hook(model, step=1)
+    assert model.training  # the mode is restored
+    assert 0.0 <= metrics["zeroshot_fruit_top1"] <= 1.0
+    assert metrics == hook(model, step=2)  # preprocessed once, same answer
+
+
+def test_retrieval_hook_on_stub() -> None:
+    images = [stub_image(c) for c in range(len(CLASSES))]
+    captions = [[f"a photo of a {c}", f"one {c}"] for c in CLASSES]
+    hook = RetrievalHook(RetrievalSet(images, captions, name="r"), transform=stub_preprocess)
+    metrics = hook(OneHotCLIP(CLASSES), 0)
+    assert metrics["retrieval_r_image_to_text_R@1"] == 1.0
+    assert metrics["retrieval_r_text_to_image_R@1"] == 1.0
