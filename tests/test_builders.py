@@ -215,9 +215,14 @@ def test_emoji_build_outputs_and_cache(sources, tmp_path):
         ("classification", "emoji-google"),
         ("classification", "emoji-google-pictorial"),
         ("classification", "emoji-twitter"),
+        ("classification", "emoji-twitter-skins"),
     }
     assert outputs["shards", "emoji-twitter"].count == len(EMOJI)
     assert outputs["shards", "emoji-twitter-skins"].count == 1
+    # the skin-tone variants as a test set: labelled with their base concept
+    skins = load_classification_set(out / "eval" / "emoji-twitter-skins")
+    assert len(skins) == 1 and len(skins.classnames) == 1
+    assert skins.classnames[0] in [e[2] for e in EMOJI]
     assert not (out / "shards" / "emoji-google").exists()
     google = load_classification_set(out / "eval" / "emoji-google")
     assert google.classnames == [e[2] for e in EMOJI] and google.labels == list(range(len(EMOJI)))

@@ -8,6 +8,7 @@ imports this package.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -30,9 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_logs() -> None:
+    """The library's INFO messages (data epochs and their skipped samples, in-memory loading)
+    on stderr, unless the application configured logging itself."""
+    logger = logging.getLogger("cliplab")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    _show_library_logs()
     try:
         return int(args.run(args) or 0)
     except (CheckpointError, ValueError, FileNotFoundError) as e:

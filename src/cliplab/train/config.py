@@ -73,9 +73,19 @@ class DataSection:
     workers: int = 0
     shuffle_buffer: int = 1000
     augment: bool = True  # random resized crop (the paper's only augmentation) vs center crop
+    crop_scale: tuple[float, float] = (0.9, 1.0)  # the crop's area fraction (OpenCLIP's default)
+    # decode every sample once and augment whole batches in the training process
+    # (cliplab.data.memory): for small datasets on CPU, where decoding is the bottleneck
+    in_memory: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
+        object.__setattr__(self, "crop_scale", tuple(float(x) for x in self.crop_scale))
+        lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(
+                f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}"
+            )
         if not self.sources:
             raise ValueError("data.sources must list at least one source")
         for spec in self.sources:

@@ -7,15 +7,23 @@ worker) and the loader's position is part of every checkpoint.
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
 import signal
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from cliplab.data import ImageTextStream, StreamingLoader, build_source
+from cliplab.data.memory import MemoryLoader
 from cliplab.tokenizer import tokenize
 from cliplab.train.config import Config
 from cliplab.transforms import EvalTransform, TrainTransform
+
+log = logging.getLogger("cliplab.train")
 
 
 def ignore_sigterm_in_worker(worker_id: int) -> None:
@@ -47,10 +55,12 @@ class ImageTransform:
     batches are reproducible); otherwise the eval resize and center crop.
     """
 
-    def __init__(self, image_size: int, augment: bool = True) -> None:
+    def __init__(
+        self, image_size: int, augment: bool = True, scale: tuple[float, float] = (0.9, 1.0)
+    ) -> None:
         self.augment = augment
         self.eval = EvalTransform(image_size)
-        self.train = TrainTransform(image_size)
+        self.train = TrainTransform(image_size, scale=scale)
 
     def __call__(self, image: Any, generator: torch.Generator) -> torch.Tensor:
         return self.train(image, generator=generator) if self.augment else self.eval(image)
@@ -64,6 +74,79 @@ def source_weights(specs: tuple[dict[str, Any], ...]) -> list[float] | None:
     return [float(s.get("weight", 1.0)) for s in specs]
 
 
+def resolve_caption_fn(name: str, trusted: bool = True) -> Callable[..., str]:
+    """``"package.module:function"`` -> the function. Names read from data files (a shard
+    directory's ``build.json``) are ``trusted=False`` and must live in ``cliplab``: a data
+    file must not choose code to import."""
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"caption_fn must look like 'package.module:function', got {name!r}")
+    if not trusted and not (module_name == "cliplab" or module_name.startswith("cliplab.")):
+        raise ValueError(f"refusing caption_fn {name!r} from a data file: not in cliplab")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"caption_fn {name!r} cannot be imported: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"caption_fn {name!r} is not callable")
+    return fn
+
+
+def source_caption_fn(spec: dict[str, Any]) -> Callable[..., str] | None:
+    """A source's caption function: its table's ``caption_fn`` ("module:function", or "none"
+    for the stored captions); by default the one the shards' ``build.json`` names (cliplab's
+    builders write ``cliplab.data.builders.captions:draw_caption``, which draws a fresh
+    caption each epoch from the sample's metadata)."""
+    name = spec.get("caption_fn", "auto")
+    if name in (None, "", "none", False):
+        return None
+    if name != "auto":
+        return resolve_caption_fn(str(name))
+    if spec.get("kind") != "webdataset" or "urls" not in spec:
+        return None
+    from cliplab.data.webdataset import expand_urls
+
+    try:
+        first = Path(expand_urls(spec["urls"])[0])
+    except ValueError:
+        return None
+    record = first.parent / "build.json"
+    if not record.is_file():
+        return None
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("caption_fn")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return resolve_caption_fn(recorded, trusted=False) if isinstance(recorded, str) else None
+
+
+def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
+    """One decoder per source: its own ``decode`` (synthetic) or an ``ImageDecoder``."""
+    from cliplab.data.decode import ImageDecoder  # image codecs, only for file-based sources
+
+    out = []
+    for spec, source in zip(config.data.sources, sources, strict=True):
+        own = getattr(source, "decode", None)
+        if callable(own):
+            out.append(own)
+        else:
+            # decoding straight to about the model's size (JPEG draft mode, one resize) is
+            # what makes file-based sources fast; the transform then crops from that
+            out.append(ImageDecoder(image_size=image_size, caption_fn=source_caption_fn(spec)))
+    return out
+
+
+class PerSourceDecoder:
+    """The stream's single ``decode``: each raw sample goes to its source's decoder (picklable)."""
+
+    def __init__(self, names: list[str], decoders: list[Any]) -> None:
+        self.by_name = dict(zip(names, decoders, strict=True))
+        self.default = decoders[0]
+
+    def __call__(self, sample: Any, rng: Any) -> Any:
+        return self.by_name.get(sample.source, self.default)(sample, rng)
+
+
 def build_loader(
     config: Config,
     image_size: int,
@@ -72,20 +155,36 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
-) -> StreamingLoader:
+) -> StreamingLoader | MemoryLoader:
     """This rank's loader of ``batch_size``-sample batches (the rank's share of the global batch)."""
     sources = [build_source(spec) for spec in config.data.sources]
+    names = [s.name for s in sources]
+    for i, source in enumerate(sources):  # samples go to their source's decoder by name
+        if names.count(source.name) > 1:
+            source.name = f"{source.name}-{i}"
+    decoders = _decoders(config, sources, image_size)
+    if config.data.in_memory:
+        return MemoryLoader(
+            sources,
+            decoders,
+            image_size=image_size,
+            tokenize=TokenizeCaptions(context_length),
+            batch_size=batch_size,
+            weights=source_weights(config.data.sources),
+            seed=config.train.seed,
+            rank=rank,
+            world_size=world_size,
+            augment=config.data.augment,
+            scale=config.data.crop_scale,
+            progress=lambda m: log.info("%s", m),
+        )
     decode = None
     if not all(callable(getattr(s, "decode", None)) for s in sources):
-        from cliplab.data.decode import ImageDecoder  # image codecs, only for file-based sources
-
-        # decoding straight to about the model's size (JPEG draft mode, one resize) is what
-        # makes file-based sources fast; the transform then crops from that
-        decode = ImageDecoder(image_size=image_size)
+        decode = PerSourceDecoder([s.name for s in sources], decoders)
     stream = ImageTextStream(
         sources,
         decode=decode,
-        transform=ImageTransform(image_size, config.data.augment),
+        transform=ImageTransform(image_size, config.data.augment, config.data.crop_scale),
         tokenize=TokenizeCaptions(context_length),
         batch_size=batch_size,
         weights=source_weights(config.data.sources),

@@ -14,6 +14,9 @@ Outputs (``out`` is the data directory, ``data/`` by default):
 - ``eval/emoji-google-pictorial``: the 1,412 concepts outside the Flags, Symbols and Component
   categories (the subset a reference trainer used: pictures rather than signs);
 - ``eval/emoji-twitter``: the training style, as a sanity check (in-distribution accuracy);
+- ``eval/emoji-twitter-skins``: every skin-tone variant of the 323 concepts that have them,
+  labelled with the base concept: the training style on images a model has not seen when
+  the skins shards stay out of training (the robustness study's in-distribution test);
 - ``eval/emoji-facebook``, ``eval/emoji-apple``: more held-out styles, for local evaluation only
   (their licenses do not allow redistribution; nothing here is ever committed).
 Google emoji never go into shards.
@@ -245,13 +248,17 @@ def build_eval(
     force: bool,
     log: common.Log,
     description: str,
+    skins: bool = False,
 ) -> common.Output:
+    """One classification set: an image per concept of ``classes``, or with ``skins`` every
+    skin-tone variant of them (labelled with the base concept)."""
     images, listing = _inputs(style, sources)
     fp = common.fingerprint(
         builder="emoji-eval",
         version=BUILDER_VERSION,
         name=name,
         style=style,
+        skins=skins,
         classes=[c.hexcode for c in classes],
         templates=TEMPLATES,
         inputs=listing,
@@ -288,15 +295,21 @@ def build_eval(
         for c in concepts:
             if c.hexcode not in index:
                 continue
-            file = images / c.image
-            if not c.has_image[style] or not file.is_file():
-                missing += 1
-                continue
-            writer.add(
-                common.on_white(common.open_image(file)),
-                label=index[c.hexcode],
-                extra={"hexcode": c.hexcode},
+            variants = (
+                [(s["hexcode"], s["image"], s["has_image"][style]) for s in c.skins]
+                if skins
+                else [(c.hexcode, c.image, c.has_image[style])]
             )
+            for hexcode, image, has_image in variants:
+                file = images / image
+                if not has_image or not file.is_file():
+                    missing += 1
+                    continue
+                writer.add(
+                    common.on_white(common.open_image(file)),
+                    label=index[c.hexcode],
+                    extra={"hexcode": hexcode, "base_hexcode": c.hexcode},
+                )
     output = common.Output(
         name,
         "classification",
@@ -358,6 +371,22 @@ def build(
                 description=f"Zero-shot emoji classification, {style} style ({role}): one image per concept, all {len(concepts)} concepts.",
             )
         )
+        if style == TRAIN_STYLE:
+            toned = [c for c in concepts if c.skins]
+            outputs.append(
+                build_eval(
+                    f"emoji-{style}-skins",
+                    style,
+                    concepts,
+                    toned,
+                    sources,
+                    out,
+                    force=force,
+                    log=log,
+                    skins=True,
+                    description=f"The {len(toned)} concepts with skin tones, {style} style: every skin-tone variant, labelled with its base concept. Same style as training, unseen images when the emoji-{style}-skins shards are left out of training (the robustness study's in-distribution test).",
+                )
+            )
         if style == "google":
             outputs.append(
                 build_eval(
