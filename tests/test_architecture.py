@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cliplab"
-APPLICATIONS = ("cliplab.cli", "cliplab.train", "cliplab.serve")
+APPLICATIONS = ("cliplab.cli", "cliplab.train", "cliplab.serve", "cliplab.demo")
 
 
 def module_name(path: Path) -> str:

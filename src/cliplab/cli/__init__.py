@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from cliplab import __version__
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.cli import classify, convert, data, evaluate, models, train
+from cliplab.cli import classify, convert, data, demo, evaluate, models, train
 
-COMMANDS = (models, convert, data, train, evaluate, classify)
+COMMANDS = (models, convert, data, train, evaluate, classify, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,87 @@
+"""``cliplab demo`` end to end on small fake sources (the real ones are installed by
+``make demo``): builders, in-memory training, the evaluation suite, the report and a model
+that ``cliplab classify`` loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cliplab.cli import main
+from test_builders import make_emoji, make_fashion, make_icons, make_tuxpaint
+
+RECIPE = """
+[model]
+name = "tiny-vit"
+overrides = { activation = "gelu" }
+
+[data]
+batch_size = 4
+in_memory = true
+crop_scale = [0.5, 1.0]
+
+[[data.sources]]
+shards = "emoji-twitter"
+weight = 2.0
+
+[[data.sources]]
+shards = "icons"
+
+[optim]
+lr = 1e-3
+warmup_steps = 1
+
+[train]
+steps = 3
+threads = 1
+
+[log]
+tensorboard = false
+progress = false
+"""
+
+
+def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    sources = data / "sources"
+    make_emoji(sources)
+    make_tuxpaint(sources)
+    make_fashion(sources, train=12, test=40)
+    make_icons(sources)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "demo"
+    argv = ["demo", "--data", str(data), "--out", str(out), "--recipe", str(recipe)]
+    assert main([*argv, "--no-install", "--quiet", "--set", "eval.interval=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "emoji-google" in printed and "chance" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {(r["set"], r["protocol"], r["metric"]): r for r in summary["rows"]}
+    google = rows["emoji-google", "zero-shot", "top-1"]
+    assert google["chance"] == 1 / 7  # the fake emoji set has 7 concepts
+    assert 0.0 <= google["value"] <= 1.0
+    assert ("fashion-mnist-test", "linear probe", "top-1") in rows
+    assert ("fashion-mnist-test", "1-shot probe", "top-1") in rows
+    assert summary["meta"]["steps"] == 3
+
+    report = (out / "report.md").read_text()
+    for picture in ("train/curves.png", "accuracy.png", "fewshot.png", "predictions.png"):
+        assert f"({picture})" in report
+        assert (out / picture).stat().st_size > 1000
+    # zero-shot accuracy on the Google style was tracked during training (every 2 steps)
+    metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").open()]
+    assert any(r.get("kind") == "eval" and "zeroshot_emoji-google_top1" in r for r in metrics)
+
+    # the trained model classifies images from the command line
+    image = next((data / "eval" / "emoji-google").rglob("*.png"))
+    model = out / "train" / "model"
+    assert (
+        main(["classify", str(image), "--model", str(model), "--labels", "cat,dog", "--json"]) == 0
+    )
+    answer = json.loads(capsys.readouterr().out)
+    assert answer[0]["image"] == str(image)
+    assert abs(sum(p for _, p in answer[0]["top"]) - 1) < 1e-4
+
+    # a re-run reuses the finished training (resume) and the built data
+    assert main([*argv, "--no-install", "--quiet"]) == 0
