@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.cliplab-installed
 
-.PHONY: setup test lint demo clean bench data sources-min
+.PHONY: setup test lint demo reproduce clean bench data sources-min
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ bench: setup
 
 demo: setup
 	$(PY) -m cliplab demo
+
+# The paper's findings at our scale (about 45 minutes; reuses the demo's data and model).
+reproduce: setup
+	$(PY) -m cliplab reproduce
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

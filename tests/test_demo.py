@@ -85,3 +85,41 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
 
     # a re-run reuses the finished training (resume) and the built data
     assert main([*argv, "--no-install", "--quiet"]) == 0
+
+
+def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
+    from cliplab.demo.reproduce import fit_power_law, run_reproduce
+
+    a, b = fit_power_law([1, 10, 100], [0.5, 0.25, 0.125])
+    assert abs(a - (-0.30103)) < 1e-5 and abs(10**b - 0.5) < 1e-9
+
+    data = tmp_path / "data"
+    sources = data / "sources"
+    make_emoji(sources)
+    make_tuxpaint(sources)
+    make_fashion(sources, train=12, test=40)
+    make_icons(sources)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "reproduce"
+    tiny = {"embed_dim": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 1}
+    report = run_reproduce(
+        data,
+        out,
+        tmp_path / "demo",
+        recipe=recipe,
+        install=False,
+        sizes={"xs": tiny},
+        fractions=(0.5,),
+        progress=False,
+        log=lambda m: None,
+    )
+    text = report.read_text()
+    assert "Claims side by side" in text and "Compute scaling" in text
+    results = json.loads((out / "results.json").read_text())
+    points = results["compute_scaling"]["points"]
+    assert [p["name"] for p in points] == ["xs", "demo"]
+    assert points[0]["gflops_per_pair"] < points[1]["gflops_per_pair"]
+    assert [p["fraction"] for p in results["data_scaling"]["points"]] == [0.5, 1.0]
+    for picture in ("fewshot.png", "compute-scaling.png", "data-scaling.png"):
+        assert (out / picture).stat().st_size > 1000
