@@ -228,3 +228,32 @@ def test_trainer_runs_in_memory_and_resumes_bit_identical(tmp_path: Path) -> Non
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(p, q), name
+
+
+def test_color_augment_ranges_and_probabilities() -> None:
+    from cliplab.data.memory import color_augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 3, 6, 6)
+    assert torch.equal(color_augment(x, g), x.clamp(0, 1))  # nothing asked: unchanged
+    grey = color_augment(x, g, grayscale=1.0)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    half = color_augment(x, g, grayscale=0.5)
+    is_grey = (half[:, 0] - half[:, 2]).abs().flatten(1).amax(1) < 1e-6
+    assert 0.4 < is_grey.float().mean() < 0.6
+    blurred = color_augment(x, g, blur=1.0)
+    assert blurred.std() < x.std()  # smoothing lowers the variance of noise
+    flat = torch.full((50, 3, 4, 4), 0.5)
+    jittered = color_augment(flat, g, jitter=0.3)
+    assert jittered.min() >= 0.5 * 0.7 - 1e-6 and jittered.max() <= 0.5 * 1.3 + 1e-6
+    assert jittered.flatten(1).std(1).max() < 1e-6  # a flat image stays flat
+    assert jittered.view(50, -1)[:, 0].std() > 0.02  # but brightness differs per image
+
+
+def test_color_options_need_the_memory_loader() -> None:
+    from train_helpers import tiny_config
+
+    with pytest.raises(ValueError, match="in_memory"):
+        tiny_config(data={"color_jitter": 0.3})
+    with pytest.raises(ValueError, match="probability"):
+        tiny_config(data={"in_memory": True, "blur": 2.0})

@@ -10,9 +10,10 @@ model's forward and backward pass. :class:`MemoryLoader` instead
    own decoder (alpha composited on white, bad samples counted and skipped), center-crops it
    to ``image_size`` and keeps it as uint8 (1,911 emoji at 32 px: 6 MB), together with the
    sample's raw metadata minus the image bytes;
-2. per batch, applies a random resized crop to the whole batch at once (``affine_grid`` +
-   bilinear ``grid_sample``; area fraction in ``scale``, aspect ratio in ``ratio``, as
-   torchvision's ``RandomResizedCrop`` samples them) and normalises with CLIP's mean and std;
+2. per batch, optionally jitters colours, greys or blurs images (:func:`color_augment`),
+   normalises with CLIP's mean and std and applies a random resized crop to the whole batch
+   at once (``affine_grid`` + bilinear ``grid_sample``; area fraction in ``scale``, aspect
+   ratio in ``ratio``, as torchvision's ``RandomResizedCrop`` samples them);
 3. draws every caption afresh each epoch with the source's ``caption_fn``, from a
    ``random.Random`` seeded by (seed, epoch, source, key): the same seeding as the stream.
 
@@ -51,7 +52,7 @@ from cliplab.transforms import OPENAI_MEAN, OPENAI_STD
 
 log = logging.getLogger("cliplab.data")
 
-__all__ = ["MemoryLoader", "random_resized_crop"]
+__all__ = ["MemoryLoader", "color_augment", "random_resized_crop"]
 
 _IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "ppm")
 
@@ -88,6 +89,46 @@ def random_resized_crop(
     return out + shift
 
 
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def color_augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    jitter: float = 0.0,
+    grayscale: float = 0.0,
+    blur: float = 0.0,
+) -> torch.Tensor:
+    """Per-image photometric augmentation of ``images`` (B, 3, H, W) in [0, 1].
+
+    ``jitter``: brightness, contrast and saturation factors each ~ U(1 - j, 1 + j);
+    ``grayscale``: probability of a grey (luma) image; ``blur``: probability of a 3x3
+    binomial blur. Emoji of another vendor differ from the training style in shading,
+    palette and line weight: these make the image tower lean less on them.
+    """
+    b = images.shape[0]
+    x = images
+    luma = torch.tensor(_LUMA, dtype=x.dtype).view(1, 3, 1, 1)
+    if jitter > 0:
+        factors = 1 + (torch.rand(3, b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
+        x = x * factors[0]
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * factors[1] + mean
+        grey = (x * luma).sum(1, keepdim=True)
+        x = (x - grey) * factors[2] + grey
+    if grayscale > 0:
+        mask = (torch.rand(b, 1, 1, 1, generator=generator) < grayscale).to(x.dtype)
+        grey = (x * luma).sum(1, keepdim=True).expand_as(x)
+        x = mask * grey + (1 - mask) * x
+    if blur > 0:
+        mask = (torch.rand(b, 1, 1, 1, generator=generator) < blur).to(x.dtype)
+        k = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype)
+        kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+        x = mask * blurred + (1 - mask) * x
+    return x.clamp(0, 1)
+
+
 def _square(image: Any, size: int) -> np.ndarray:
     """PIL image (shorter side about ``size``) -> (size, size, 3) uint8, resized and center-cropped."""
     from PIL import Image
@@ -121,6 +162,9 @@ class MemoryLoader:
         world_size: int = 1,
         augment: bool = True,
         scale: tuple[float, float] = (0.9, 1.0),
+        color_jitter: float = 0.0,
+        grayscale: float = 0.0,
+        blur: float = 0.0,
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
@@ -135,6 +179,7 @@ class MemoryLoader:
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.augment, self.scale, self.ratio = augment, scale, ratio
+        self.color = (color_jitter, grayscale, blur)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.white = ((1.0 - self.mean) / self.std).view(3)
@@ -237,9 +282,11 @@ class MemoryLoader:
         """The batch of ``picks`` (source, sample) for (epoch, batch index) on this rank."""
         images = torch.stack([self.images[s][i] for s, i in picks])  # (B, S, S, 3) uint8
         x = images.permute(0, 3, 1, 2).float().div_(255)
+        g = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index, self.rank))
+        if self.augment and any(self.color):
+            x = color_augment(x, g, *self.color)
         x = (x - self.mean) / self.std
         if self.augment:
-            g = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index, self.rank))
             x = random_resized_crop(x, g, self.scale, self.ratio, fill=self.white)
         captions, keys = [], []
         for s, i in picks:

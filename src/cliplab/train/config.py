@@ -77,10 +77,21 @@ class DataSection:
     # decode every sample once and augment whole batches in the training process
     # (cliplab.data.memory): for small datasets on CPU, where decoding is the bottleneck
     in_memory: bool = False
+    # photometric augmentation, in-memory loader only (cliplab.data.memory.color_augment)
+    color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - j, 1 + j]
+    grayscale: float = 0.0  # probability
+    blur: float = 0.0  # probability of a 3x3 blur
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
         object.__setattr__(self, "crop_scale", tuple(float(x) for x in self.crop_scale))
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError(f"data.color_jitter must be in [0, 1), got {self.color_jitter}")
+        for name in ("grayscale", "blur"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"data.{name} is a probability, got {getattr(self, name)}")
+        if (self.color_jitter or self.grayscale or self.blur) and not self.in_memory:
+            raise ValueError("data.color_jitter, grayscale and blur need data.in_memory = true")
         lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
         if not 0 < lo <= hi <= 1:
             raise ValueError(

@@ -176,6 +176,9 @@ def build_loader(
             world_size=world_size,
             augment=config.data.augment,
             scale=config.data.crop_scale,
+            color_jitter=config.data.color_jitter,
+            grayscale=config.data.grayscale,
+            blur=config.data.blur,
             progress=lambda m: log.info("%s", m),
         )
     decode = None
