@@ -46,14 +46,18 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.demo.pipeline import chance_note, format_table, run_demo
 
     start = time.perf_counter()
-    result = run_demo(
-        args.data,
-        args.out,
-        recipe=args.recipe,
-        overrides=args.settings,
-        install=not args.no_install,
-        progress=not args.quiet,
-    )
+    try:
+        result = run_demo(
+            args.data,
+            args.out,
+            recipe=args.recipe,
+            overrides=args.settings,
+            install=not args.no_install,
+            progress=not args.quiet,
+        )
+    except RuntimeError as e:  # a source that cannot be installed, a stopped training run
+        print(f"cliplab demo: {e}", file=sys.stderr)
+        return 1
     print()
     print(format_table(result.rows))
     note = chance_note(result.rows)
@@ -91,14 +95,18 @@ def add_reproduce_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     from cliplab.demo.reproduce import run_reproduce as reproduce
 
-    path = reproduce(
-        args.data,
-        args.out,
-        args.demo,
-        recipe=args.recipe,
-        overrides=args.settings,
-        install=not args.no_install,
-        progress=not args.quiet,
-    )
+    try:
+        path = reproduce(
+            args.data,
+            args.out,
+            args.demo,
+            recipe=args.recipe,
+            overrides=args.settings,
+            install=not args.no_install,
+            progress=not args.quiet,
+        )
+    except RuntimeError as e:
+        print(f"cliplab reproduce: {e}", file=sys.stderr)
+        return 1
     print(f"\nreport: {path}")
     return 0

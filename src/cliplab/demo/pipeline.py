@@ -3,20 +3,20 @@
 Steps (each shows progress; each is cached or resumable, so a re-run is cheap):
 
 1. **sources**: the npm and Debian packages the demo needs (Twitter and Google emoji,
-   emojibase labels, Tux Paint stamps, OpenClipart, icon themes, Fashion-MNIST), unpacked
-   into ``data/sources`` (:mod:`cliplab.data.install`);
+   emojibase labels, Tux Paint stamps, Fashion-MNIST, and whatever the recipe's shard sets
+   are built from), unpacked into ``data/sources`` (:mod:`cliplab.data.install`);
 2. **shards and evaluation sets** (:mod:`cliplab.data.builders`);
 3. **training** with :class:`cliplab.train.Trainer` from the recipe in ``recipe.toml`` (next
-   to this file): the Twitter emoji style plus clip art, icons and Tux Paint cartoons, held
-   in memory (decoded once, cropped in batches), captions drawn afresh every epoch; zero-shot
-   accuracy on the Google style is tracked during training;
+   to this file): the Twitter emoji style (with its skin-tone variants) held in memory
+   (decoded once, cropped and colour-jittered in batches), captions drawn afresh every epoch;
+   zero-shot accuracy on the Google style is tracked during training;
 4. **evaluation** of the final model (:mod:`cliplab.evaluation`): zero-shot with prompt
    ensembling on Google-style emoji (an unseen drawing style), Tux Paint photos of emoji
    concepts (an unseen domain) and Fashion-MNIST (an unseen task); a linear probe and the
    few-shot curve on Fashion-MNIST; retrieval on the Tux Paint photo descriptions;
 5. **report**: ``runs/demo/report.md`` with the summary table (chance beside every figure),
    training curves, accuracy per set, zero-shot vs k-shot and a grid of test images with
-   their top predictions; ``runs/demo/model`` works with ``cliplab classify``.
+   their top predictions; ``runs/demo/train/model`` works with ``cliplab classify``.
 
 The Google emoji style and all Tux Paint photos are never trained on.
 """
@@ -38,21 +38,46 @@ import torch
 
 Log = Callable[[str], None]
 
-#: The packages the demo installs (names of :data:`cliplab.data.install.PACKAGES`).
-SOURCES = (
-    "emoji-datasource-twitter",
-    "emoji-datasource-google",
-    "emojibase-data",
-    "tuxpaint-stamps-default",
-    "openclipart-png",
-    "openclipart-svg",
-    "oxygen-icon-theme",
-    "adwaita-icon-theme",
-    "papirus-icon-theme",
-    "dataset-fashion-mnist",
-)
-#: The builders the demo runs (names of :data:`cliplab.data.builders.BUILDERS`).
-BUILDERS = ("emoji", "tuxpaint", "openclipart", "icons", "fashion-mnist")
+#: Each builder and the packages (names of :data:`cliplab.data.install.PACKAGES`) it reads.
+BUILDER_PACKAGES: dict[str, tuple[str, ...]] = {
+    "emoji": ("emoji-datasource-twitter", "emoji-datasource-google", "emojibase-data"),
+    "tuxpaint": ("tuxpaint-stamps-default",),
+    "openclipart": ("openclipart-png", "openclipart-svg"),
+    "icons": ("oxygen-icon-theme", "adwaita-icon-theme", "papirus-icon-theme"),
+    "fashion-mnist": ("dataset-fashion-mnist",),
+}
+#: The builders every demo needs for its evaluation sets (Google emoji, Tux Paint photos,
+#: Fashion-MNIST test); the recipe's shard sets may add more.
+EVAL_BUILDERS = ("emoji", "tuxpaint", "fashion-mnist")
+#: Which builder makes a shard set.
+SHARD_BUILDERS = {
+    "emoji-twitter": "emoji",
+    "emoji-twitter-skins": "emoji",
+    "tuxpaint-cartoons": "tuxpaint",
+    "tuxpaint-symbols": "tuxpaint",
+    "openclipart": "openclipart",
+    "icons": "icons",
+    "fashion-mnist-train": "fashion-mnist",
+}
+
+
+def needed_builders(recipe: dict[str, Any]) -> list[str]:
+    """The builders for the evaluation sets and for the recipe's ``shards = ...`` sources."""
+    names = list(EVAL_BUILDERS)
+    for spec in recipe.get("data", {}).get("sources", []):
+        builder = SHARD_BUILDERS.get(spec.get("shards", ""))
+        if builder and builder not in names:
+            names.append(builder)
+    return names
+
+
+def shard_sets(recipe: dict[str, Any]) -> list[str]:
+    return [s["shards"] for s in recipe.get("data", {}).get("sources", []) if "shards" in s]
+
+
+def needed_packages(builders: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    return [p for b in builders for p in BUILDER_PACKAGES[b]] + list(extra)
+
 
 #: Evaluation sets: (directory under data/eval, what it tests).
 ZEROSHOT_SETS = (
@@ -125,11 +150,15 @@ class DemoResult:
 def prepare_data(
     data_dir: Path,
     log: Log = print,
-    sources: Sequence[str] = SOURCES,
-    builders: Sequence[str] = BUILDERS,
+    builders: Sequence[str] = EVAL_BUILDERS,
     install: bool = True,
+    extra_packages: Sequence[str] = (),
+    shard_sets: Sequence[str] = (),
 ) -> None:
-    """Install the sources (skipped when present) and build shards and evaluation sets."""
+    """Install what ``builders`` read (skipped when present), then run them. Fashion-MNIST's
+    training shards are built only when ``shard_sets`` (the recipe's) asks for them: the demo
+    uses Fashion-MNIST as an unseen task."""
+    sources = needed_packages(builders, extra_packages)
     from cliplab.data import builders as data_builders
     from cliplab.data import install as data_install
 
@@ -145,6 +174,7 @@ def prepare_data(
             )
     log(f"== shards and evaluation sets -> {data_dir}")
     rest = [b for b in builders if b != "fashion-mnist"]
+    uses_fashion_train = "fashion-mnist-train" in shard_sets
     data_builders.build(rest, data_dir / "sources", data_dir, log=log)
     if "fashion-mnist" in builders:
         # the test set only: Fashion-MNIST is an unseen task, its training images are not used
@@ -152,7 +182,9 @@ def prepare_data(
 
         log("fashion-mnist:")
         try:
-            for o in fashion_mnist.build(data_dir / "sources", data_dir, log=log, train=False):
+            for o in fashion_mnist.build(
+                data_dir / "sources", data_dir, log=log, train=uses_fashion_train
+            ):
                 log(o.line())
         except FileNotFoundError as e:
             log(f"  skipped: {e}")
@@ -187,7 +219,7 @@ def evaluate(
     log: Log = print,
     shots: Sequence[int] = SHOTS,
     seeds: Sequence[int] = (0, 1, 2),
-    max_iter: int = 300,
+    max_iter: int = 100,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], Any]:
     """The demo's evaluation suite on ``model_dir``; returns (protocol results, feature store).
@@ -501,11 +533,18 @@ def run_demo(
     data_dir, out = Path(data_dir), Path(out)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    prepare_data(data_dir, log, install=install)
+    recipe_dict = load_recipe(recipe)
+    prepare_data(
+        data_dir,
+        log,
+        needed_builders(recipe_dict),
+        install=install,
+        shard_sets=shard_sets(recipe_dict),
+    )
     seconds["data"] = time.perf_counter() - start
 
     t0 = time.perf_counter()
-    config = training_config(load_recipe(recipe), data_dir, out / "train", overrides)
+    config = training_config(recipe_dict, data_dir, out / "train", overrides)
     hooks = []
     google = data_dir / "eval" / "emoji-google"
     if google.is_dir():
@@ -583,8 +622,8 @@ def chance_note(rows: Sequence[dict[str, Any]]) -> str:
 
 
 __all__ = [
-    "BUILDERS",
-    "SOURCES",
+    "BUILDER_PACKAGES",
+    "EVAL_BUILDERS",
     "DemoResult",
     "evaluate",
     "format_table",

@@ -169,8 +169,16 @@ def run_reproduce(
     data_dir, out, demo_dir = Path(data_dir), Path(out), Path(demo_dir)
     out.mkdir(parents=True, exist_ok=True)
     sizes = SIZES if sizes is None else sizes
-    pipeline.prepare_data(data_dir, log, install=install)
     rec = pipeline.load_recipe(recipe)
+    # Apple and Facebook emoji: two more held-out styles for the robustness study
+    pipeline.prepare_data(
+        data_dir,
+        log,
+        pipeline.needed_builders(rec),
+        install=install,
+        extra_packages=("emoji-datasource-apple", "emoji-datasource-facebook"),
+        shard_sets=pipeline.shard_sets(rec),
+    )
     eval_dir = data_dir / "eval"
 
     def have(name: str) -> bool:
