@@ -214,6 +214,7 @@ def main():
     p.add_argument("--jitter", type=float, default=0.0)
     p.add_argument("--gray", type=float, default=0.0)
     p.add_argument("--blur", type=float, default=0.0)
+    p.add_argument("--invert", type=float, default=0.0, help="probability of 1 - image")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -275,6 +276,10 @@ def main():
             x = augment(x, g, scale=(a.scale, 1.0))
         if a.jitter or a.gray or a.blur:
             x = color_aug(x, g, a.jitter, a.gray, a.blur)
+        if a.invert:
+            flip = (torch.rand(x.shape[0], 1, 1, 1, generator=g) < a.invert).float()
+            img = x * STD + MEAN
+            x = (flip * (1 - img) + (1 - flip) * img - MEAN) / STD
         caps = []
         for s, i in idx:
             sample = RawSample(key=str(i), members={"json": data[s][1][i].encode()}, source="x")
