@@ -106,14 +106,16 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     recipe.write_text(RECIPE)
     out = tmp_path / "reproduce"
     tiny = {"embed_dim": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 1}
+    small = {"embed_dim": 32, "vision_width": 64, "vision_layers": 2, "vision_heads": 2}
     report = run_reproduce(
         data,
         out,
         tmp_path / "demo",
         recipe=recipe,
         install=False,
-        sizes={"xs": tiny},
+        sizes={"xs": tiny, "s": small},
         fractions=(0.5,),
+        scaling_steps=2,
         progress=False,
         log=lambda m: None,
     )
@@ -121,7 +123,8 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     assert "Claims side by side" in text and "Compute scaling" in text
     results = json.loads((out / "results.json").read_text())
     points = results["compute_scaling"]["points"]
-    assert [p["name"] for p in points] == ["xs", "demo"]
+    assert [p["name"] for p in points] == ["xs", "s"]
+    assert all(p["train_gflops"] == p["gflops_per_pair"] * 2 * 4 for p in points)  # 2 steps
     assert points[0]["gflops_per_pair"] < points[1]["gflops_per_pair"]
     assert [p["fraction"] for p in results["data_scaling"]["points"]] == [0.5, 1.0]
     for picture in ("fewshot.png", "compute-scaling.png", "data-scaling.png"):
