@@ -19,7 +19,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         help="install real data, train a small CLIP on CPU, evaluate zero-shot transfer",
         description=(
             "Install the real sources (npm and Debian packages), build shards and evaluation "
-            "sets, train the demo recipe (about 9 minutes on 2 CPU cores), evaluate on held-out "
+            "sets, train the demo recipe (about 10 minutes on 2 CPU cores), evaluate on held-out "
             "styles, domains and tasks, and write OUT/report.md. Re-running resumes or reuses "
             "what is done."
         ),
