@@ -41,7 +41,9 @@ progress = false
 """
 
 
-def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
+def fake_data(tmp_path: Path) -> tuple[Path, Path]:
+    """A data directory with small fake sources for every builder the recipe needs, and the
+    recipe file."""
     data = tmp_path / "data"
     sources = data / "sources"
     make_emoji(sources)
@@ -50,6 +52,11 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     make_icons(sources)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE)
+    return data, recipe
+
+
+def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
+    data, recipe = fake_data(tmp_path)
     out = tmp_path / "demo"
     argv = ["demo", "--data", str(data), "--out", str(out), "--recipe", str(recipe)]
     assert main([*argv, "--no-install", "--quiet", "--set", "eval.interval=2"]) == 0
@@ -96,14 +103,7 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     a, b = fit_power_law([1, 10, 100], [0.5, 0.25, 0.125])
     assert abs(a - (-0.30103)) < 1e-5 and abs(10**b - 0.5) < 1e-9
 
-    data = tmp_path / "data"
-    sources = data / "sources"
-    make_emoji(sources)
-    make_tuxpaint(sources)
-    make_fashion(sources, train=12, test=40)
-    make_icons(sources)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE)
+    data, recipe = fake_data(tmp_path)
     out = tmp_path / "reproduce"
     tiny = {"embed_dim": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 1}
     small = {"embed_dim": 32, "vision_width": 64, "vision_layers": 2, "vision_heads": 2}

@@ -292,17 +292,16 @@ class MemoryLoader:
         for s, i in picks:
             sample = self.samples[s][i]
             rng = random.Random(stable_seed(self.seed, epoch, sample.source, sample.key))
-            _, caption = self._caption(s, sample, rng)
-            captions.append(caption)
+            captions.append(self._caption(s, sample, rng))
             keys.append(sample.key)
         return Batch(images=x.contiguous(), tokens=self.tokenize(captions), keys=keys)
 
-    def _caption(self, s: int, sample: RawSample, rng: random.Random) -> tuple[None, str]:
+    def _caption(self, s: int, sample: RawSample, rng: random.Random) -> str:
         decode = self.decoders[s]
         caption_of = getattr(decode, "caption", None)
         if caption_of is None:  # e.g. the synthetic source: its samples hold no image bytes
-            return None, decode(sample, rng)[1]
-        return None, caption_of(sample, rng)
+            return decode(sample, rng)[1]
+        return caption_of(sample, rng)
 
     def iter_epoch(self) -> Iterator[Batch]:
         """The rest of the current epoch; then advances the epoch."""

@@ -36,6 +36,8 @@ from typing import Any
 import tomllib
 import torch
 
+from cliplab.evaluation.report import _pyplot, markdown_table
+
 Log = Callable[[str], None]
 
 #: Each builder and the packages (names of :data:`cliplab.data.install.PACKAGES`) it reads.
@@ -221,8 +223,9 @@ def evaluate(
     seeds: Sequence[int] = (0, 1, 2),
     max_iter: int = 100,
     progress: bool = True,
-) -> tuple[list[dict[str, Any]], Any]:
-    """The demo's evaluation suite on ``model_dir``; returns (protocol results, feature store).
+) -> tuple[list[dict[str, Any]], Any, list[Any]]:
+    """The demo's evaluation suite on ``model_dir``; returns (protocol results, feature store,
+    the zero-shot sets).
 
     Sets that are not built are left out with a note (the summary says so)."""
     import cliplab
@@ -234,19 +237,18 @@ def evaluate(
     eval_dir = data_dir / "eval"
     present = {p.name for p in eval_dir.iterdir()} if eval_dir.is_dir() else set()
     zeroshot = [_classification(eval_dir / n) for n, _ in ZEROSHOT_SETS if n in present]
+    probe = [(_classification(eval_dir / PROBE_SET), None)] if PROBE_SET in present else []
     suite = Suite(
         zeroshot=zeroshot,
-        linear_probe=[(_classification(eval_dir / PROBE_SET), None)]
-        if PROBE_SET in present
-        else [],
-        fewshot=[(_classification(eval_dir / PROBE_SET), None)] if PROBE_SET in present else [],
+        linear_probe=probe,
+        fewshot=probe,
         retrieval=[load_retrieval(eval_dir / RETRIEVAL_SET)] if RETRIEVAL_SET in present else [],
         shots=list(shots),
         seeds=list(seeds),
         max_iter=max_iter,
     )
     log(f"== evaluation ({len(zeroshot)} zero-shot sets, probe, few-shot, retrieval)")
-    return run_suite(store, suite), store
+    return run_suite(store, suite), store, zeroshot
 
 
 def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -336,9 +338,7 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
         for r in rows
     ]
     if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
-        return "\n".join(lines)
+        return markdown_table(headers, body)
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(
@@ -348,15 +348,6 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -556,7 +547,9 @@ def run_demo(
 
     t0 = time.perf_counter()
     model_dir = out / "train" / "model"
-    results, store = evaluate(model_dir, data_dir, out, log, shots, seeds, progress=progress)
+    results, store, zeroshot_sets = evaluate(
+        model_dir, data_dir, out, log, shots, seeds, progress=progress
+    )
     seconds["evaluate"] = time.perf_counter() - t0
 
     rows = summary_rows(results)
@@ -577,9 +570,8 @@ def run_demo(
             f"zero-shot vs k-shot linear probes: {fewshot[0]['dataset']}",
         )
         plots["fewshot"] = "fewshot.png"
-    shown = [s for s in store_sets(data_dir)]
-    if shown:
-        plot_predictions(store, shown, out / "predictions.png")
+    if zeroshot_sets:
+        plot_predictions(store, zeroshot_sets, out / "predictions.png")
         plots["predictions"] = "predictions.png"
 
     model = store.model
@@ -601,15 +593,6 @@ def run_demo(
     )
     seconds["total"] = time.perf_counter() - start
     return DemoResult(out=out, model=model_dir, report=report, rows=rows, seconds=seconds)
-
-
-def store_sets(data_dir: Path) -> list[Any]:
-    """The zero-shot sets that exist, for the predictions grid."""
-    return [
-        _classification(data_dir / "eval" / n)
-        for n, _ in ZEROSHOT_SETS
-        if (data_dir / "eval" / n).is_dir()
-    ]
 
 
 def chance_note(rows: Sequence[dict[str, Any]]) -> str:

@@ -34,6 +34,7 @@ import torch
 
 from cliplab.demo import pipeline
 from cliplab.demo.pipeline import Log
+from cliplab.evaluation.report import _pyplot
 
 #: The compute-scaling family: four sizes trained on the demo's data for the same
 #: ``SCALING_STEPS`` steps each ("s" is the demo model's shape; "l" the first demo model's).
@@ -125,7 +126,7 @@ def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, floa
 def plot_scaling(
     points: list[dict[str, Any]], key: str, path: Path, xlabel: str, title: str
 ) -> None:
-    plt = pipeline._pyplot()
+    plt = _pyplot()
     xs = [p[key] for p in points]
     ys = [100 * (1 - p["top1"]) for p in points]
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -165,7 +166,12 @@ def run_reproduce(
     """Every study (see the module docstring); returns the report's path."""
     import cliplab
     from cliplab.evaluation import FeatureStore, load_classification
-    from cliplab.evaluation.protocols import run_fewshot, run_prompts, run_robustness
+    from cliplab.evaluation.protocols import (
+        run_fewshot,
+        run_prompts,
+        run_robustness,
+        run_zeroshot,
+    )
     from cliplab.evaluation.report import (
         plot_fewshot,
         plot_prompts,
@@ -273,9 +279,9 @@ def run_reproduce(
         model_dir = _train_variant(name, rec, data_dir, runs_dir, log, overrides, None, fraction)
         top1, top5, _ = _zero_shot_top1(model_dir, target)
         data_points.append({"name": name, "fraction": fraction, "top1": top1, "top5": top5})
-    demo_top1, demo_top5, _ = _zero_shot_top1(demo_model, target)
-    data_points.append({"name": "data-100pct", "fraction": 1.0, "top1": demo_top1,
-                        "top5": demo_top5})  # fmt: skip
+    demo_zs = run_zeroshot(store, target)  # the demo model's store: features computed once
+    data_points.append({"name": "data-100pct", "fraction": 1.0, "top1": demo_zs["top1"],
+                        "top5": demo_zs["top5"]})  # fmt: skip
     plot_scaling(data_points, "fraction", out / "data-scaling.png", "fraction of training pairs",
                  "Data scaling: the demo model on part of the data")  # fmt: skip
     results["data_scaling"] = {"points": data_points}
