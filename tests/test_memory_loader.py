@@ -243,6 +243,11 @@ def test_color_augment_ranges_and_probabilities() -> None:
     assert 0.4 < is_grey.float().mean() < 0.6
     blurred = color_augment(x, g, blur=1.0)
     assert blurred.std() < x.std()  # smoothing lowers the variance of noise
+    assert torch.allclose(color_augment(x, g, invert=1.0), 1 - x)
+    some = color_augment(x, g, invert=0.5)
+    is_neg = (some - (1 - x)).abs().flatten(1).amax(1) < 1e-6
+    assert 0.4 < is_neg.float().mean() < 0.6
+    assert torch.equal(some[~is_neg], x[~is_neg])  # the rest untouched
     flat = torch.full((50, 3, 4, 4), 0.5)
     jittered = color_augment(flat, g, jitter=0.3)
     assert jittered.min() >= 0.5 * 0.7 - 1e-6 and jittered.max() <= 0.5 * 1.3 + 1e-6

@@ -98,13 +98,16 @@ def color_augment(
     jitter: float = 0.0,
     grayscale: float = 0.0,
     blur: float = 0.0,
+    invert: float = 0.0,
 ) -> torch.Tensor:
     """Per-image photometric augmentation of ``images`` (B, 3, H, W) in [0, 1].
 
     ``jitter``: brightness, contrast and saturation factors each ~ U(1 - j, 1 + j);
     ``grayscale``: probability of a grey (luma) image; ``blur``: probability of a 3x3
-    binomial blur. Emoji of another vendor differ from the training style in shading,
-    palette and line weight: these make the image tower lean less on them.
+    binomial blur; ``invert``: probability of the negative ``1 - x`` (light drawings on a
+    dark ground, as in Fashion-MNIST, where every training image is dark on white). Emoji of
+    another vendor differ from the training style in shading, palette and line weight: these
+    make the image tower lean less on them.
     """
     b = images.shape[0]
     x = images
@@ -126,6 +129,9 @@ def color_augment(
         kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
         blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
         x = mask * blurred + (1 - mask) * x
+    if invert > 0:
+        mask = (torch.rand(b, 1, 1, 1, generator=generator) < invert).to(x.dtype)
+        x = mask * (1 - x.clamp(0, 1)) + (1 - mask) * x
     return x.clamp(0, 1)
 
 
@@ -165,6 +171,7 @@ class MemoryLoader:
         color_jitter: float = 0.0,
         grayscale: float = 0.0,
         blur: float = 0.0,
+        invert: float = 0.0,
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
@@ -179,7 +186,7 @@ class MemoryLoader:
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.augment, self.scale, self.ratio = augment, scale, ratio
-        self.color = (color_jitter, grayscale, blur)
+        self.color = (color_jitter, grayscale, blur, invert)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.white = ((1.0 - self.mean) / self.std).view(3)

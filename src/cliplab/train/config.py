@@ -81,17 +81,20 @@ class DataSection:
     color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - j, 1 + j]
     grayscale: float = 0.0  # probability
     blur: float = 0.0  # probability of a 3x3 blur
+    invert: float = 0.0  # probability of the negative image (1 - x)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
         object.__setattr__(self, "crop_scale", tuple(float(x) for x in self.crop_scale))
         if not 0 <= self.color_jitter < 1:
             raise ValueError(f"data.color_jitter must be in [0, 1), got {self.color_jitter}")
-        for name in ("grayscale", "blur"):
+        for name in ("grayscale", "blur", "invert"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"data.{name} is a probability, got {getattr(self, name)}")
-        if (self.color_jitter or self.grayscale or self.blur) and not self.in_memory:
-            raise ValueError("data.color_jitter, grayscale and blur need data.in_memory = true")
+        if (self.color_jitter or self.grayscale or self.blur or self.invert) and not self.in_memory:
+            raise ValueError(
+                "data.color_jitter, grayscale, blur and invert need data.in_memory = true"
+            )
         lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
         if not 0 < lo <= hi <= 1:
             raise ValueError(

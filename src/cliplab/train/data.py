@@ -179,6 +179,7 @@ def build_loader(
             color_jitter=config.data.color_jitter,
             grayscale=config.data.grayscale,
             blur=config.data.blur,
+            invert=config.data.invert,
             progress=lambda m: log.info("%s", m),
         )
     decode = None
