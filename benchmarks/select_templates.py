@@ -3,13 +3,15 @@
 The demo reports zero-shot accuracy on the Google emoji style; choosing its prompts there
 would fit the test set. This script scores candidate template sets with a trained model on
 the Apple and Facebook styles (held out from training, used for nothing else in the demo),
-picks the set with the best mean top-1 there, and prints Google beside it for information.
+picks the set with the best mean top-1 there (over several models if given: the choice is
+then less tied to one run's noise), and prints Google beside it for information.
 The chosen set is ``cliplab.data.builders.emoji.TEMPLATES`` (and the bundled ``emoji``
 template file). It needs the Apple/Facebook sets, which ``make reproduce`` installs (or
 ``cliplab data install --only emoji-datasource-apple emoji-datasource-facebook`` then
 ``cliplab data build emoji``).
 
     python benchmarks/select_templates.py --model runs/demo/train/model --data data
+    python benchmarks/select_templates.py --model RUN_A/train/model --model RUN_B/train/model
 """
 
 from __future__ import annotations
@@ -53,35 +55,42 @@ TEST = "emoji-google"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="runs/demo/train/model")
+    p.add_argument("--model", action="append", help="a trained model (repeatable)")
     p.add_argument("--data", default="data")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/select_templates.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model, preprocess = cliplab.load(a.model)
-    store = FeatureStore(model, preprocess, batch_size=256, progress=False)
+    models = a.model or ["runs/demo/train/model"]
     eval_dir = Path(a.data) / "eval"
     missing = [n for n in (*VALIDATION, TEST) if not (eval_dir / n).is_dir()]
     if missing:
         raise SystemExit(f"missing evaluation sets in {eval_dir}: {missing} (see the docstring)")
     sets = {n: load_classification(eval_dir / n) for n in (*VALIDATION, TEST)}
+    scores: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in CANDIDATES}
+    for path in models:
+        model, preprocess = cliplab.load(path)
+        store = FeatureStore(model, preprocess, batch_size=256, progress=False)
+        for name, templates in CANDIDATES.items():
+            scores[name].append({n: run_zeroshot(store, d, templates) for n, d in sets.items()})
     rows = []
-    print(
-        f"{'templates':38s} {'validation top-1':>17s} {'apple':>11s} {'facebook':>11s} {'google (test)':>14s}"
-    )
+    head = "  ".join(f"{n.removeprefix('emoji-'):>11s}" for n in sets)
+    print(f"mean over {len(models)} model(s), top-1/top-5 %; Google is the test style\n")
+    print(f"{'templates':38s} {'validation':>10s}  {head}")
     for name, templates in CANDIDATES.items():
-        r = {n: run_zeroshot(store, d, templates) for n, d in sets.items()}
-        val = sum(r[n]["top1"] for n in VALIDATION) / len(VALIDATION)
-        rows.append({"name": name, "templates": templates, "validation_top1": val,
-                     **{n: {"top1": r[n]["top1"], "top5": r[n]["top5"]} for n in sets}})  # fmt: skip
-        cells = [f"{100 * r[n]['top1']:4.1f}/{100 * r[n]['top5']:4.1f}" for n in sets]
-        print(f"{name:38s} {100 * val:17.2f} {cells[0]:>11s} {cells[1]:>11s} {cells[2]:>14s}")
+        mean = {
+            n: {k: sum(r[n][k] for r in scores[name]) / len(models) for k in ("top1", "top5")}
+            for n in sets
+        }
+        val = sum(mean[n]["top1"] for n in VALIDATION) / len(VALIDATION)
+        rows.append({"name": name, "templates": templates, "validation_top1": val, **mean})
+        cells = "  ".join(f"{100 * m['top1']:4.1f}/{100 * m['top5']:4.1f}" for m in mean.values())
+        print(f"{name:38s} {100 * val:10.2f}  {cells}")
     best = max(rows, key=lambda row: row["validation_top1"])
     print(f"\nchosen on validation: {best['name']} -> Google top-1 {100 * best[TEST]['top1']:.1f}%")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(
-        json.dumps({"model": a.model, "chosen": best["name"], "rows": rows}, indent=1) + "\n"
+        json.dumps({"models": models, "chosen": best["name"], "rows": rows}, indent=1) + "\n"
     )
 
 

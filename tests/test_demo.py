@@ -76,6 +76,8 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     assert "emoji-twitter" in shards and not shards & {"fashion-mnist-train", "emoji-google"}
 
     report = (out / "report.md").read_text()
+    assert summary["meta"]["training_data"] == ["emoji-twitter", "icons"]  # the recipe's sources
+    assert "trained from scratch for 3 steps" in report and "on emoji-twitter, icons." in report
     for picture in ("train/curves.png", "accuracy.png", "fewshot.png", "predictions.png"):
         assert f"({picture})" in report
         assert (out / picture).stat().st_size > 1000

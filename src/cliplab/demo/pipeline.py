@@ -453,7 +453,7 @@ def write_report(
         f"{meta.get('date', '')} on {meta.get('machine', '')}: a {meta.get('parameters', '')} "
         f"parameter CLIP trained from scratch for {meta.get('steps', '')} steps "
         f"({meta.get('train_minutes', 0):.1f} min, {meta.get('samples_seen', 0):,} image-text pairs seen) "
-        "on the Twitter emoji style, OpenClipart, icon themes and Tux Paint cartoons. "
+        f"on {', '.join(meta.get('training_data') or ['?'])}. "
         "Everything below is measured on data never trained on.",
         "",
         "## Summary",
@@ -584,6 +584,7 @@ def run_demo(
         "steps": summary.get("step"),
         "batch_size": config.data.batch_size,
         "samples_seen": int(summary.get("step", 0)) * config.data.batch_size,
+        "training_data": [s.get("name") or s.get("kind", "?") for s in config.data.sources],
         "train_minutes": seconds["train"] / 60,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }

@@ -207,7 +207,7 @@ def run_reproduce(
     model, preprocess = cliplab.load(demo_model)
     model.eval()
     store = FeatureStore(model, preprocess, batch_size=256, progress=progress)
-    results: dict[str, Any] = {"seconds": {}}
+    results: dict[str, Any] = {"seconds": {}, "training_data": pipeline.shard_sets(rec)}
     md: list[str] = []
     t0 = time.perf_counter()
 
@@ -314,8 +314,8 @@ def _report(
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')} on {pipeline.machine()}; "
         f"{results['seconds']['total'] / 60:.1f} minutes. Models are tiny CLIPs trained for "
-        "minutes on emoji, clip art and icons, so agreement with the paper is about direction, "
-        "not size.",
+        f"minutes on {', '.join(results.get('training_data') or ['the demo recipe'])}, so "
+        "agreement with the paper is about direction, not size.",
         "",
         "## Claims side by side",
         "",
@@ -330,7 +330,7 @@ def _report(
         + (
             "yes, same order |"
             if cross in ("2-shot", "4-shot", "8-shot")
-            else "no: zero-shot is near chance here, so even 1-shot probes beat it |"
+            else "no: even a 1-shot probe beats zero-shot here |"
             if cross == "1-shot"
             else "no: zero-shot beats every probe |"
         )

@@ -50,8 +50,9 @@ METADATA_LICENSE = "emojibase-data: MIT; CLDR annotations: Unicode License"
 NON_PICTORIAL = ("Flags", "Symbols", "Component")
 #: Same wording as the bundled ``emoji`` template set (cliplab/assets/templates/emoji.json).
 #: Chosen among candidate sets by zero-shot top-1 on the Apple and Facebook styles (validation;
-#: Google is the test): ``python benchmarks/select_templates.py``. Without final periods:
-#: training captions have none.
+#: Google is the test) with one demo model: ``python benchmarks/select_templates.py``. Over
+#: three models a longer set leads by 0.1 point (benchmarks/results/select_templates.json):
+#: within noise. Without final periods: training captions have none.
 TEMPLATES = (
     "{}",
     "an emoji of a {}",
