@@ -131,3 +131,10 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     assert [p["fraction"] for p in results["data_scaling"]["points"]] == [0.5, 1.0]
     for picture in ("fewshot.png", "compute-scaling.png", "data-scaling.png"):
         assert (out / picture).stat().st_size > 1000
+    assert results["training_data"] == ["emoji-twitter", "icons"]
+    assert "on emoji-twitter, icons, so" in text and results["date"] in text
+    # the report can be rewritten from results.json alone, the same text
+    report.unlink()
+    assert main(["reproduce", "--out", str(out), "--report-only"]) == 0
+    assert report.read_text() == text
+    assert main(["reproduce", "--out", str(tmp_path / "none"), "--report-only"]) == 1

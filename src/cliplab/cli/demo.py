@@ -89,12 +89,23 @@ def add_reproduce_parser(subparsers: argparse._SubParsersAction) -> None:
                         metavar="SECTION.KEY=VALUE", help="override a recipe value")  # fmt: skip
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite OUT/report.md from OUT/results.json; train nothing")  # fmt: skip
     parser.set_defaults(run=run_reproduce)
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from cliplab.demo.reproduce import report_from_results
     from cliplab.demo.reproduce import run_reproduce as reproduce
 
+    if args.report_only:
+        try:
+            path = report_from_results(args.out)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            print(f"cliplab reproduce: {e}", file=sys.stderr)
+            return 1
+        print(f"report: {path}")
+        return 0
     try:
         path = reproduce(
             args.data,
