@@ -98,25 +98,22 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from cliplab.demo.reproduce import report_from_results
     from cliplab.demo.reproduce import run_reproduce as reproduce
 
-    if args.report_only:
-        try:
-            path = report_from_results(args.out)
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            print(f"cliplab reproduce: {e}", file=sys.stderr)
-            return 1
-        print(f"report: {path}")
-        return 0
+    # a missing or malformed results.json is the user's error only with --report-only
+    expected = (FileNotFoundError, KeyError, ValueError) if args.report_only else (RuntimeError,)
     try:
-        path = reproduce(
-            args.data,
-            args.out,
-            args.demo,
-            recipe=args.recipe,
-            overrides=args.settings,
-            install=not args.no_install,
-            progress=not args.quiet,
-        )
-    except RuntimeError as e:
+        if args.report_only:
+            path = report_from_results(args.out)
+        else:
+            path = reproduce(
+                args.data,
+                args.out,
+                args.demo,
+                recipe=args.recipe,
+                overrides=args.settings,
+                install=not args.no_install,
+                progress=not args.quiet,
+            )
+    except expected as e:
         print(f"cliplab reproduce: {e}", file=sys.stderr)
         return 1
     print(f"\nreport: {path}")

@@ -298,24 +298,11 @@ def run_reproduce(
 def report_from_results(out: str | os.PathLike[str] = "runs/reproduce") -> Path:
     """(Re)write ``OUT/report.md`` from ``OUT/results.json`` (``cliplab reproduce
     --report-only``): the report's wording can change without re-running an hour of training."""
-    from cliplab.evaluation.report import section_markdown
-
     out = Path(out)
     path = out / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `cliplab reproduce` first")
-    results = json.loads(path.read_text())
-    compute, data = results["compute_scaling"], results["data_scaling"]
-    md = _report(
-        results,
-        results["fewshot"],
-        results["prompts"],
-        results["robustness"],
-        compute["points"],
-        data["points"],
-        compute["slope"],
-        section_markdown,
-    )
+    md = _report(json.loads(path.read_text()))
     report = out / "report.md"
     report.write_text("\n".join(md), encoding="utf-8")
     return report
@@ -331,9 +318,13 @@ def _crossing(few: dict[str, Any]) -> str:
     return f"above {few['shots'][-1]}-shot"
 
 
-def _report(
-    results, few, prompts, robust, points, data_points, slope, section_markdown
-) -> list[str]:  # noqa: ANN001
+def _report(results: dict[str, Any]) -> list[str]:
+    """The report's Markdown lines, from ``results.json``'s contents."""
+    from cliplab.evaluation.report import section_markdown
+
+    few, prompts, robust = results["fewshot"], results["prompts"], results["robustness"]
+    points, slope = results["compute_scaling"]["points"], results["compute_scaling"]["slope"]
+    data_points = results["data_scaling"]["points"]
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = [
         "# cliplab reproduce: the paper's findings at our scale",
