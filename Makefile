@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/reference.txt
 
 # A few real sources (about 25 s once, under a second after) so the tests exercise real data.
 sources-min: setup
-	$(PY) src/cliplab/data/install.py --only emoji-datasource-twitter emojibase-data tuxpaint-stamps-default
+	$(PY) -m cliplab data install --only emoji-datasource-twitter emojibase-data tuxpaint-stamps-default
 
 # All real sources, then every shard set and evaluation set (cached: cheap on re-runs).
 data: setup

@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import cliplab  # noqa: E402
 from cliplab.data import ImageTextStream, StreamingLoader  # noqa: E402
 from cliplab.data.decode import ImageDecoder, decode_image  # noqa: E402
-from cliplab.data.webdataset import ShardWriter, WebDatasetSource  # noqa: E402
+from cliplab.data.shardwriter import ShardWriter  # noqa: E402
+from cliplab.data.webdataset import WebDatasetSource  # noqa: E402
 from cliplab.transforms import TrainTransform, resized_output_size  # noqa: E402
 
 SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200)]

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from cliplab.data import ImageTextStream, StreamingLoader
-from cliplab.data.builders import shard_urls
-from cliplab.data.builders.captions import draw_caption
+from cliplab.datasets.builders import shard_urls
+from cliplab.datasets.captions import draw_caption
 from cliplab.data.decode import ImageDecoder
 from cliplab.data.memory import MemoryLoader
 from cliplab.data.webdataset import WebDatasetSource

@@ -28,7 +28,7 @@ from PIL import Image
 
 import cliplab
 from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
-from cliplab.data.builders.captions import draw_caption
+from cliplab.datasets.captions import draw_caption
 from cliplab.data.stream import RawSample
 from cliplab.loss import clip_loss
 

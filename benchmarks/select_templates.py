@@ -5,7 +5,7 @@ would fit the test set. This script scores candidate template sets with a traine
 the Apple and Facebook styles (held out from training, used for nothing else in the demo),
 picks the set with the best mean top-1 there (over several models if given: the choice is
 then less tied to one run's noise), and prints Google beside it for information.
-The chosen set is ``cliplab.data.builders.emoji.TEMPLATES`` (and the bundled ``emoji``
+The chosen set is ``cliplab.datasets.builders.emoji.TEMPLATES`` (and the bundled ``emoji``
 template file). It needs the Apple/Facebook sets, which ``make reproduce`` installs (or
 ``cliplab data install --only emoji-datasource-apple emoji-datasource-facebook`` then
 ``cliplab data build emoji``).

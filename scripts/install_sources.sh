@@ -10,6 +10,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-# run the module as a file: it needs only the standard library, so a re-run does not pay for
-# importing cliplab (and torch)
-exec "$PY" src/cliplab/data/install.py "$@"
+exec "$PY" -m cliplab data install "$@"

@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cliplab.data import install
-from cliplab.data.builders import (
+from cliplab.datasets import install
+from cliplab.datasets.builders import (
     build,
     captions,
     emoji,
@@ -548,7 +548,7 @@ def test_install_reports_failures_and_groups(tmp_path, monkeypatch):
     ]
     with pytest.raises(KeyError):
         install.expand_names(["nope"])
-    with pytest.raises(FileNotFoundError, match="cliplab.data.install --only emojibase-data"):
+    with pytest.raises(FileNotFoundError, match="cliplab.datasets.install --only emojibase-data"):
         install.source_path("emojibase-data", tmp_path / "s")
 
 

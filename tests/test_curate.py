@@ -386,7 +386,8 @@ def test_workers_do_not_change_the_result(tmp_path, wordnet):
 
 
 def test_webdataset_input_writes_kept_shards(tmp_path, wordnet):
-    from cliplab.data.webdataset import ShardWriter, WebDatasetSource
+    from cliplab.data.shardwriter import ShardWriter
+    from cliplab.data.webdataset import WebDatasetSource
 
     with ShardWriter(tmp_path / "in", max_samples=4) as writer:
         for i, text in enumerate(
@@ -484,7 +485,7 @@ def test_real_captions_with_wordfreq(tmp_path):
     """The full recipe (wordfreq words, WordNet, PMI bigrams) on Tux Paint's real English
     descriptions and their real translations, mixed with generated junk."""
     pytest.importorskip("wordfreq")
-    from cliplab.data.builders.tuxpaint import load_stamps, stamps_root
+    from cliplab.datasets.builders.tuxpaint import load_stamps, stamps_root
 
     stamps, _ = load_stamps(stamps_root(REAL_SOURCES))
     rng = random.Random(0)

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cliplab.data.builders.captions import draw_caption
+from cliplab.datasets.captions import draw_caption
 from cliplab.data.decode import ImageDecoder
 from cliplab.data.memory import MemoryLoader, random_resized_crop
 from cliplab.data.sources import build_source
 from cliplab.data.stream import stable_seed
-from cliplab.data.webdataset import ShardWriter
+from cliplab.data.shardwriter import ShardWriter
 from cliplab.tokenizer import tokenize
 from cliplab.train.data import TokenizeCaptions, resolve_caption_fn, source_caption_fn
 from cliplab.transforms import OPENAI_MEAN, OPENAI_STD
@@ -61,7 +61,7 @@ def shards(tmp_path: Path) -> Path:
                 writer.write("broken", {"png": b"\x89PNG\r\n\x1a\n not really", "json": "{}"})
                 writer.write("noimage", {"json": json.dumps(emoji_meta("x"))})
     (out / "build.json").write_text(
-        json.dumps({"caption_fn": "cliplab.data.builders.captions:draw_caption"})
+        json.dumps({"caption_fn": "cliplab.datasets.captions:draw_caption"})
     )
     return out
 

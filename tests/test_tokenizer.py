@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import refs
-from cliplab import tokenizer as tk
+from cliplab.tokenizer import fast as tk
 from cliplab.tokenizer import ContextLengthError, Tokenizer, decode, tokenize
 
 SOT, EOT = 49406, 49407
@@ -660,3 +660,16 @@ def test_nfc_and_idempotence_assumptions():
     # lower-casing never creates whitespace, so splitting after it is the same as before
     assert not any(chr(c).lower().isspace() != chr(c).isspace() for c in range(0x110000))
     assert unicodedata.is_normalized("NFC", "e\u0301") is False
+
+
+def test_reference_path_gives_the_fast_paths_ids_on_the_hostile_corpus(ours, corpus):
+    """The short reference BPE (cliplab.tokenizer.reference) and the fast path agree on every
+    text of the hostile corpus, and both on OpenAI's ids (test_encode_matches_openai)."""
+    from cliplab.tokenizer.reference import ReferenceTokenizer
+
+    reference = ReferenceTokenizer()
+    texts = [t for t in corpus if len(t) < 2000]  # the reference is quadratic on long words
+    assert len(texts) > 5000
+    assert [reference.encode(t) for t in texts] == [ours.encode(t) for t in texts]
+    ids = ours.encode("A photo of a cat! <|endoftext|> 日本語 &amp; ﬁne")
+    assert reference.decode(ids) == ours.decode(ids)

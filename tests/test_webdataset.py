@@ -21,7 +21,8 @@ import cliplab
 from cliplab.data import ImageTextStream, StreamingLoader
 from cliplab.data.decode import ERROR_MEMBER, ImageDecoder
 from cliplab.data.sources import build_source
-from cliplab.data.webdataset import ShardWriter, WebDatasetSource, expand_urls, stream_share
+from cliplab.data.shardwriter import ShardWriter
+from cliplab.data.webdataset import WebDatasetSource, expand_urls, stream_share
 
 
 def jpeg(seed: int, size: tuple[int, int] = (24, 20)) -> bytes:

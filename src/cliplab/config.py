@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 Activation = Literal["quick_gelu", "gelu"]
 ACTIVATIONS: tuple[str, ...] = ("quick_gelu", "gelu")
@@ -339,3 +345,23 @@ def get_config(name: str, **overrides: Any) -> CLIPConfig:
     """The preset's config, with overrides applied (see ``CLIPConfig.replace``)."""
     config = PRESETS[canonical_name(name)]
     return config.replace(**overrides) if overrides else config
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value, the same in every command: a TOML value (``3``, ``1e-3``, ``true``,
+    ``[1, 2]``, ``"x"``) or, failing that, the bare text as a string (``gelu``)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``["activation=gelu", "vision_heads=16"]`` -> ``{"activation": "gelu", ...}``."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = parse_value(value.strip())
+    return settings

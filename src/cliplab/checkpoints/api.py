@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +32,13 @@ from cliplab.checkpoints.io import (
     read_torch_file,
     unwrap_state_dict,
 )
-from cliplab.config import PRESETS, CLIPConfig, canonical_name
+from cliplab.config import PRESETS, CLIPConfig, canonical_name, get_config
+from cliplab.fileio import atomic_write, write_json
 from cliplab.models import CLIP
 
 FORMAT_VERSION = 1
+#: ``random:<preset>``: an untrained model of a preset, seeded (see :func:`load`).
+RANDOM_PREFIX = "random:"
 
 #: File names of OpenAI's released checkpoints, as ``clip.load`` caches them.
 OPENAI_FILES = {
@@ -270,12 +272,26 @@ def load(
 ) -> tuple[CLIP, Callable[[Any], torch.Tensor]]:
     """Load any supported checkpoint: ``model, preprocess = cliplab.load(path)``.
 
-    ``overrides`` change what the file cannot say (``activation="gelu"`` for OpenCLIP's GELU
-    models, ``vision_heads=...``); the model is returned in eval mode, float32 unless
-    ``dtype`` is given, with its eval preprocessing.
+    ``name_or_path`` is a checkpoint file or directory in any supported format, an OpenAI
+    model name found in the local caches, or ``random:<preset>`` for an untrained model of a
+    preset (seeded: the same weights every time; a chance-level reference). ``overrides``
+    change what the file cannot say (``activation="gelu"`` for OpenCLIP's GELU models,
+    ``vision_heads=...``); the model is returned in eval mode, float32 unless ``dtype`` is
+    given, with its eval preprocessing. Every command's ``--model`` accepts the same.
     """
     from cliplab.transforms import EvalTransform
 
+    if isinstance(name_or_path, str) and name_or_path.startswith(RANDOM_PREFIX):
+        preset = name_or_path[len(RANDOM_PREFIX) :]
+        try:
+            config = get_config(preset, **overrides)
+        except ValueError as e:
+            raise CheckpointError(f"{name_or_path}: {e}") from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = CLIP(config)
+        model = model.to(device=device, dtype=dtype) if (device or dtype) else model
+        return model.eval(), EvalTransform(config.vision.image_size)
     config, sd, preprocess = load_checkpoint(name_or_path, **overrides)
     with torch.device("meta"):
         model = CLIP(config)
@@ -285,28 +301,6 @@ def load(
     return model.eval(), EvalTransform(config.vision.image_size, **preprocess)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with tmp_path.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
@@ -314,7 +308,7 @@ def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _write_safetensors(path: Path, sd: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    _atomic_write(path, lambda tmp: save_file(_cpu_contiguous(sd), str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(_cpu_contiguous(sd), str(tmp), metadata=metadata))
 
 
 def save(
@@ -343,9 +337,7 @@ def save(
     doc = {"format": "cliplab", "version": FORMAT_VERSION, "config": model.config.to_dict()}
     if preprocess:
         doc["preprocess"] = preprocess
-    _atomic_write(
-        path / "config.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    )
+    write_json(path / "config.json", doc)
     return path
 
 
@@ -355,7 +347,7 @@ def export_openai(model: CLIP, path: str | os.PathLike[str]) -> Path:
     for note in openai.openai_compatibility_warnings(model.config):
         warnings.warn(f"OpenAI format: {note}", stacklevel=2)
     sd = _cpu_contiguous(openai.to_openai(model.state_dict()))
-    _atomic_write(path, lambda tmp: torch.save(sd, tmp))
+    atomic_write(path, lambda tmp: torch.save(sd, tmp))
     return path
 
 
@@ -367,9 +359,7 @@ def export_hf(model: CLIP, path: str | os.PathLike[str]) -> Path:
     hf_config = hf.config_to_hf(model.config)
     path.mkdir(parents=True, exist_ok=True)
     _write_safetensors(path / "model.safetensors", hf.to_hf(model.state_dict()), {"format": "pt"})
-    _atomic_write(
-        path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
-    )
+    write_json(path / "config.json", hf_config)
     hf.write_hf_tokenizer_files(path, model.config.text.context_length)
     hf.write_hf_preprocessor_config(path, model.config.vision.image_size, OPENAI_MEAN, OPENAI_STD)
     return path

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from cliplab.cli.common import add_device, add_model, add_set, load_model
 from cliplab.zeroshot import classify_images, load_templates
 
 #: The model used when ``--model`` is not given (an OpenAI name looked up in local caches).
@@ -27,18 +28,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--labels", required=True, help='comma-separated class names, e.g. "cat,dog,car"'
     )
-    parser.add_argument(
-        "--model",
+    add_model(
+        parser,
+        required=False,
         default=os.environ.get("CLIPLAB_MODEL", DEFAULT_MODEL),
-        help=f"checkpoint or OpenAI model name (default: $CLIPLAB_MODEL or {DEFAULT_MODEL})",
+        help=f"checkpoint (any format cliplab.load reads), OpenAI model name or "
+        f"random:<preset> (default: $CLIPLAB_MODEL or {DEFAULT_MODEL})",
     )
+    add_set(parser)
     parser.add_argument(
         "--templates",
         default="photo",
         help="template set: bundled name (photo, imagenet80, ...) or JSON file (default: photo)",
     )
     parser.add_argument("--top", type=int, default=5, help="labels shown per image")
-    parser.add_argument("--device", default=None)
+    add_device(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -55,13 +59,11 @@ def parse_labels(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cliplab.cli.evaluate import load_model
-
     labels = parse_labels(args.labels)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
-    model, preprocess = load_model(args.model, args.device)
+    model, preprocess = load_model(args)
     probs = classify_images(
         model, preprocess, args.images, labels, templates=load_templates(args.templates)
     )

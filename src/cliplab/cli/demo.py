@@ -7,6 +7,8 @@ import argparse
 import sys
 import time
 
+from cliplab.cli.common import add_set
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_demo_parser(subparsers)
@@ -27,14 +29,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="data", help="data directory (sources/, shards/, eval/)")
     parser.add_argument("--out", default="runs/demo", help="output directory")
     parser.add_argument("--recipe", help="training recipe TOML (default: the built-in one)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a recipe value, e.g. --set train.steps=100",
-    )
+    add_set(parser, sections=True)
     parser.add_argument(
         "--no-install", action="store_true", help="use the sources already in DATA/sources"
     )
@@ -43,7 +38,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cliplab.demo.pipeline import chance_note, format_table, run_demo
+    from cliplab.demo.pipeline import run_demo
+    from cliplab.demo.report import chance_note, format_table
 
     start = time.perf_counter()
     try:
@@ -85,8 +81,7 @@ def add_reproduce_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/reproduce", help="output directory")
     parser.add_argument("--demo", default="runs/demo", help="the demo's output directory")
     parser.add_argument("--recipe", help="training recipe TOML (default: the demo's)")
-    parser.add_argument("--set", dest="settings", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a recipe value")  # fmt: skip
+    add_set(parser, sections=True)
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--report-only", action="store_true",
@@ -98,22 +93,24 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from cliplab.demo.reproduce import report_from_results
     from cliplab.demo.reproduce import run_reproduce as reproduce
 
-    # a missing or malformed results.json is the user's error only with --report-only
-    expected = (FileNotFoundError, KeyError, ValueError) if args.report_only else (RuntimeError,)
-    try:
-        if args.report_only:
+    if args.report_only:  # a missing or malformed results.json is bad input (exit 2)
+        try:
             path = report_from_results(args.out)
-        else:
-            path = reproduce(
-                args.data,
-                args.out,
-                args.demo,
-                recipe=args.recipe,
-                overrides=args.settings,
-                install=not args.no_install,
-                progress=not args.quiet,
-            )
-    except expected as e:
+        except KeyError as e:
+            raise ValueError(f"{args.out}/results.json lacks {e}") from None
+        print(f"\nreport: {path}")
+        return 0
+    try:
+        path = reproduce(
+            args.data,
+            args.out,
+            args.demo,
+            recipe=args.recipe,
+            overrides=args.settings,
+            install=not args.no_install,
+            progress=not args.quiet,
+        )
+    except RuntimeError as e:  # a source that cannot be installed, a stopped training run
         print(f"cliplab reproduce: {e}", file=sys.stderr)
         return 1
     print(f"\nreport: {path}")

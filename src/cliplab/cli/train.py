@@ -1,4 +1,4 @@
-"""``cliplab train [CONFIG.toml] [--set section.key=value ...] [--output DIR]``.
+"""``cliplab train [CONFIG.toml] [--set section.key=value ...] [--out DIR] [--device D]``.
 
 Runs one process, or one rank under ``torchrun --nproc_per_node N -m cliplab train ...``.
 Re-running the same command with the same output directory resumes from its newest
@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from cliplab.cli.common import add_device, add_set
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,8 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="contrastive pre-training (one CPU to many GPUs with torchrun)",
         description=(
             "Train a CLIP model from a TOML config (see configs/). Settings can be changed with "
-            "--set section.key=value (e.g. --set train.steps=500 --set optim.lr=1e-3). "
-            "An output directory that already holds checkpoints of the same run is resumed."
+            "--set section.key=value (e.g. --set train.steps=500 --set optim.lr=1e-3); a bare "
+            "key is a model setting (--set activation=gelu). An output directory that already "
+            "holds checkpoints of the same run is resumed."
         ),
         epilog=(
             "exit status: 0 done; 2 bad configuration; 3 stopped after train.max_nonfinite "
@@ -29,15 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("config", nargs="?", help="TOML config file (default: built-in defaults)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (TOML syntax; bare words are strings); repeatable",
-    )
-    parser.add_argument("--output", "-o", help="output directory (overrides the config's 'output')")
+    add_set(parser, sections=True)
+    parser.add_argument("--out", "-o", help="output directory (overrides the config's 'output')")
+    add_device(parser)
     parser.set_defaults(run=run)
 
 
@@ -45,11 +42,14 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.train import INTERRUPTED_EXIT, NonFiniteError, Trainer, load_config
     from cliplab.train.distributed import init_distributed, shutdown
 
-    config = load_config(args.config, args.settings)
-    if args.output:
-        config = config.replace(output=args.output)
+    settings = list(args.settings)
+    if args.out:
+        settings.append(f"output={json.dumps(str(args.out))}")
+    if args.device:
+        settings.append(f"train.device={json.dumps(args.device)}")
+    config = load_config(args.config, settings)
     if not config.output:
-        raise ValueError("no output directory: pass --output DIR or set 'output' in the config")
+        raise ValueError("no output directory: pass --out DIR or set 'output' in the config")
     env = init_distributed(config.train.device)
     try:
         trainer = Trainer(config, env=env)

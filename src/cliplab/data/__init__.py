@@ -1,6 +1,7 @@
-"""Image-text data: deterministic resumable streaming, sources, and the synthetic set."""
+"""Image-text data: typed source specs, formats (WebDataset, CSV/Parquet manifests, folders,
+evaluation sets), robust decoding, deterministic resumable streaming, curation."""
 
-from cliplab.data.sources import build_source
+from cliplab.data.sources import KINDS, SourceSpec, build_source, spec_for_path, spec_from_dict
 from cliplab.data.stream import (
     BadSample,
     Batch,
@@ -13,13 +14,17 @@ from cliplab.data.stream import (
 from cliplab.data.synthetic import SyntheticSource
 
 __all__ = [
+    "KINDS",
     "BadSample",
     "Batch",
     "ImageTextStream",
     "RawSample",
     "Source",
+    "SourceSpec",
     "StreamingLoader",
     "SyntheticSource",
     "build_source",
+    "spec_for_path",
+    "spec_from_dict",
     "stable_seed",
 ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from cliplab.fileio import AtomicDirectory, write_json
 
 __all__ = [
     "FORMAT",
@@ -299,15 +300,16 @@ class EvalSetWriter:
             "license": license,
             **dict(meta or {}),
         }
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._staging: AtomicDirectory | None = None
+        self._tmp = self.path
         self._index: io.TextIOWrapper | None = None
         self._count = 0
         self._captions = 0
         self._labels: Counter[int] = Counter()
 
     def __enter__(self) -> EvalSetWriter:
-        if self._tmp.exists():
-            shutil.rmtree(self._tmp)
+        self._staging = AtomicDirectory(self.path)
+        self._tmp = self._staging.tmp
         (self._tmp / "images").mkdir(parents=True)
         self._index = open(self._tmp / "index.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         return self
@@ -353,8 +355,9 @@ class EvalSetWriter:
             raise ValueError("the set is not open")
         self._index.close()
         self._index = None
+        assert self._staging is not None
         if self._count == 0:
-            shutil.rmtree(self._tmp)
+            self._staging.discard()
             raise ValueError(f"evaluation set {self.meta['name']!r} has no images")
         meta = dict(self.meta, num_images=self._count)
         if self.task == "classification":
@@ -373,16 +376,15 @@ class EvalSetWriter:
         else:
             meta["num_captions"] = self._captions
         _write_json(self._tmp / "meta.json", meta)
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self._tmp, self.path)
+        self._staging.commit()
         return meta
 
     def abort(self) -> None:
         if self._index is not None:
             self._index.close()
             self._index = None
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._staging is not None:
+            self._staging.discard()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
@@ -392,7 +394,7 @@ class EvalSetWriter:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_json(path, data, indent=1)
 
 
 def write_classification_set(

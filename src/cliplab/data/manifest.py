@@ -1,4 +1,6 @@
-"""Sources from image files on disk: CSV and Parquet manifests, and folders with sidecar captions.
+"""Sources from image files on disk: CSV and Parquet manifests, and folders with sidecar captions;
+and :func:`iter_rows`, the streaming reader of manifest tables (CSV, TSV, JSONL, Parquet) that
+every table reader here and curation use.
 
 Each record is a ``RawSample`` shaped like a WebDataset sample: the image bytes under their
 extension (``jpg``, ``png`` ...; ``img`` when neither the file name nor the bytes tell),
@@ -27,7 +29,81 @@ from cliplab.data.decode import IMAGE_EXTS, error_sample
 from cliplab.data.stream import RawSample, stable_seed
 from cliplab.data.webdataset import iter_units, stream_share
 
-__all__ = ["CsvSource", "FolderSource", "ParquetSource", "image_ext"]
+__all__ = [
+    "TABLE_FORMATS",
+    "CsvSource",
+    "FolderSource",
+    "ParquetSource",
+    "image_ext",
+    "iter_rows",
+    "table_format",
+]
+
+#: Manifest table formats :func:`iter_rows` reads (the text ones also gzip-compressed).
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def table_format(path: str | os.PathLike[str]) -> str | None:
+    """The table format a file name says (``.csv``, ``.tsv``, ``.jsonl``/``.json``,
+    ``.parquet``, the text ones optionally ``.gz``), or None."""
+    lower = str(path).lower()
+    for suffix, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".parquet", "parquet"),
+    ):
+        if lower.endswith(suffix) or (fmt != "parquet" and lower.endswith(suffix + ".gz")):
+            return fmt
+    return None
+
+
+def _open_text(path: Path) -> Any:
+    if path.name.lower().endswith(".gz"):
+        import gzip
+        import io
+
+        return io.TextIOWrapper(
+            gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline=""
+        )
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
+
+
+def csv_reader(f: Any, delimiter: str) -> csv.DictReader:
+    """A ``DictReader`` that allows fields up to 16 MB (long alt texts, embedded JSON)."""
+    csv.field_size_limit(1 << 24)
+    return csv.DictReader(f, delimiter=delimiter)
+
+
+def iter_rows(
+    path: str | os.PathLike[str], fmt: str | None = None, delimiter: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every row of a manifest table as a dict, streamed in bounded memory. A JSONL line that
+    is not a JSON object becomes ``{"_malformed": <its start>}`` (or ``{"_value": v}``), so
+    a reader can count it instead of failing."""
+    path = Path(path)
+    fmt = fmt or table_format(path)
+    if fmt == "parquet":
+        pq = _pyarrow_parquet()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+        return
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"{path}: not a table ({', '.join(TABLE_FORMATS)}); got format {fmt!r}")
+    with _open_text(path) as f:
+        if fmt == "jsonl":
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = {"_malformed": line[:200]}
+                yield row if isinstance(row, dict) else {"_value": row}
+            return
+        yield from csv_reader(f, delimiter or ("\t" if fmt == "tsv" else ","))
+
 
 _MAGIC = (
     (b"\xff\xd8\xff", "jpg"),
@@ -143,7 +219,7 @@ class CsvSource(_RowSource):
         delimiter = delimiter or ("\t" if self.path.suffix.lower() == ".tsv" else ",")
         try:
             with open(self.path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f, delimiter=delimiter)
+                reader = csv_reader(f, delimiter)
                 columns = list(reader.fieldnames or [])
                 for column in (image_column, caption_column):
                     if column is not None and column not in columns:

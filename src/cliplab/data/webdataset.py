@@ -1,4 +1,5 @@
-"""WebDataset tar shards: read them (as img2dataset writes them), write them, list them.
+"""WebDataset tar shards, reading: expand their names, stream their samples, count them, survey
+them. Writing is :mod:`cliplab.data.shardwriter`.
 
 A shard is a plain tar whose members are grouped into samples by key, the way ``webdataset``
 does: the key is the member path up to the first dot of its basename, the rest is the
@@ -28,22 +29,23 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from cliplab.data.decode import ERROR_MEMBER, error_sample
-from cliplab.data.stream import RawSample, stable_seed
+from cliplab.data.decode import ERROR_MEMBER, ImageDecoder, error_sample, image_member, probe_image
+from cliplab.data.stream import BadSample, RawSample, stable_seed
 
 __all__ = [
-    "ShardWriter",
     "WebDatasetSource",
     "expand_urls",
     "iter_tar_records",
     "iter_units",
+    "shard_stats",
     "shard_stats_path",
     "split_key",
     "stream_share",
@@ -408,200 +410,78 @@ def iter_units(
             )
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- survey
 
 
-def _check_key(key: str) -> None:
-    if (
-        not isinstance(key, str)
-        or not key
-        or "/" in key
-        or "." in key
-        or "\0" in key
-        or "\\" in key
-    ):
-        raise ValueError(
-            f"bad sample key {key!r}: keys must be non-empty, without '/', '.', '\\\\' or NUL"
-        )
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "mean": round(statistics.fmean(ordered), 2),
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+    }
 
 
-def _member_bytes(ext: str, value: bytes | str | Any) -> bytes:
-    if not isinstance(ext, str) or not ext or "/" in ext or ext.startswith(".") or "\0" in ext:
-        raise ValueError(f"bad member extension {ext!r}")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if ext.endswith("json") and isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    raise TypeError(
-        f"member {ext!r} must be bytes or str (or a dict/list for json), got {type(value).__name__}"
-    )
-
-
-class ShardWriter:
-    """Writes samples into ``prefix-000000.tar``, ``prefix-000001.tar``, ... in ``directory``,
-    each with a ``prefix-000000.json`` stats file: samples written, failures by reason.
-
-    A shard closes after ``max_samples`` samples or before it would exceed ``max_bytes``. Each
-    tar is written under a temporary name and renamed when complete, so a crash never leaves a
-    truncated shard behind. Members are stored with fixed metadata (mtime 0, root owner), so
-    the same input gives byte-identical shards. Callers report samples they could not use
-    with ``fail(reason)``; the count goes to the stats of the shard being written.
-    """
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        prefix: str = "shard",
-        max_samples: int = 10000,
-        max_bytes: int | None = None,
-    ) -> None:
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be positive, got {max_samples}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        if not prefix or "/" in prefix:
-            raise ValueError(f"bad shard prefix {prefix!r}")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.prefix = prefix
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
-        self.shards: list[Path] = []
-        self.samples = 0
-        self.bytes = 0
-        self.failures: Counter[str] = Counter()
-        self._tar: tarfile.TarFile | None = None
-        self._tmp: Path | None = None
-        self._shard_samples = 0
-        self._shard_bytes = 0
-        self._shard_failures: Counter[str] = Counter()
-        self._last_key: str | None = None
-        self._closed = False
-
-    def _shard_path(self, index: int) -> Path:
-        return self.directory / f"{self.prefix}-{index:06d}.tar"
-
-    def _open(self) -> None:
-        final = self._shard_path(len(self.shards))
-        self._tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-        self._shard_samples = self._shard_bytes = 0
-
-    def _finish_shard(self) -> None:
-        assert self._tar is not None and self._tmp is not None
-        self._tar.close()
-        final = self._shard_path(len(self.shards))
-        os.replace(self._tmp, final)
-        self.shards.append(final)
-        size = final.stat().st_size
-        self.bytes += size
-        self._write_stats(len(self.shards) - 1, self._shard_samples, size, self._shard_failures)
-        self._tar, self._tmp = None, None
-        self._shard_failures = Counter()
-        self._last_key = None
-
-    def _write_stats(
-        self, index: int, samples: int, size: int, failures: Mapping[str, int]
-    ) -> None:
-        path = self._shard_path(index).with_suffix(".json")
-        stats = {
-            "shard": self._shard_path(index).name,
-            "samples": samples,
-            "bytes": size,
-            "failures": dict(sorted(failures.items())),
-            "failed": sum(failures.values()),
-        }
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        os.replace(tmp, path)
-
-    def write(self, key: str, members: Mapping[str, bytes | str]) -> None:
-        """Add one sample: ``members`` maps extensions (``"jpg"``, ``"txt"``, ``"json"``) to
-        bytes or text. ``key`` must be non-empty with no '/' or '.' (``ValueError``)."""
-        if self._closed:
-            raise ValueError("ShardWriter is closed")
-        _check_key(key)
-        if not members:
-            raise ValueError(f"sample {key!r} has no members")
-        data = {ext: _member_bytes(ext, value) for ext, value in members.items()}
-        # a header block per member, data padded to whole blocks (long names add pax headers)
-        block = tarfile.BLOCKSIZE
-        size = sum(block + -(-len(v) // block) * block for v in data.values())
-        if key == self._last_key:
-            raise ValueError(
-                f"sample key {key!r} written twice in a row: readers would merge the two samples"
-            )
-        if self._tar is not None and (
-            self._shard_samples >= self.max_samples
-            or (self.max_bytes is not None and self._shard_bytes + size > self.max_bytes)
-        ):
-            self._finish_shard()
-        if self._tar is None:
-            self._open()
-        assert self._tar is not None
-        for ext, value in data.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(value)
-            info.mtime = 0
-            info.mode = 0o444
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(value))
-        self._last_key = key
-        self._shard_samples += 1
-        self._shard_bytes += size
-        self.samples += 1
-
-    def fail(self, reason: str, count: int = 1) -> None:
-        """Record ``count`` samples that could not be written, by reason ("not-an-image")."""
-        if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        self._shard_failures[reason] += count
-        self.failures[reason] += count
-
-    def close(self) -> dict[str, Any]:
-        """Finish the last shard; returns a summary: shards, samples, bytes, failures by reason.
-
-        Failures reported after the last sample go to the last shard's stats (an empty shard
-        is written when no sample was written at all, so the counts are never lost).
-        """
-        if not self._closed:
-            self._closed = True
-            if self._tar is not None:
-                self._finish_shard()
-            elif self._shard_failures:
-                if self.shards:
-                    index = len(self.shards) - 1
-                    stats = json.loads(self._shard_path(index).with_suffix(".json").read_text())
-                    merged = Counter(stats.get("failures", {})) + self._shard_failures
-                    self._write_stats(index, stats["samples"], stats["bytes"], merged)
-                    self._shard_failures = Counter()
-                else:
-                    self._open()
-                    self._finish_shard()
-        return {
-            "directory": str(self.directory),
-            "shards": [str(p) for p in self.shards],
-            "samples": self.samples,
-            "bytes": self.bytes,
-            "failures": dict(sorted(self.failures.items())),
-            "failed": sum(self.failures.values()),
-        }
-
-    def abort(self) -> None:
-        """Drop the shard being written (its temporary file); shards already finished stay."""
-        if self._tar is not None and self._tmp is not None:
-            self._tar.close()
-            self._tmp.unlink(missing_ok=True)
-            self._tar = self._tmp = None
-        self._closed = True
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
+def shard_stats(
+    source: WebDatasetSource, decode: bool = False, limit: int | None = None
+) -> dict[str, Any]:
+    """A survey of shards (``cliplab data stats``): what their writers recorded, records read,
+    bad samples by reason, image formats, caption and image sizes (from the image headers,
+    or from decoding every image with ``decode``)."""
+    decoder = ImageDecoder()
+    writer_samples, writer_failures, with_stats = 0, Counter(), 0
+    for url in source.urls:
+        path = shard_stats_path(url)
+        if path is None:
+            continue
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        with_stats += 1
+        writer_samples += int(stats.get("samples", stats.get("successes", 0)))
+        writer_failures.update(stats.get("failures", {}))
+    bad: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    chars, words, widths, heights = [], [], [], []
+    records = 0
+    for records, sample in enumerate(source.scan(), start=1):
+        rng = random.Random(0)
+        try:
+            caption = decoder.caption(sample, rng)
+            ext = image_member(sample.members)
+            if ext is None:
+                raise BadSample("no-image")
+            if decode:
+                image, _ = decoder(sample, rng)
+                fmt, width, height = probe_image(sample.members[ext])[0], *image.size
+            else:
+                fmt, width, height = probe_image(sample.members[ext])
+        except BadSample as e:
+            bad[e.reason] += 1
         else:
-            self.abort()
+            formats[fmt] += 1
+            chars.append(len(caption))
+            words.append(len(caption.split()))
+            widths.append(width)
+            heights.append(height)
+        if limit is not None and records >= limit:
+            break
+    return {
+        "shards": len(source.urls),
+        "shards_with_stats": with_stats,
+        "written": {"samples": writer_samples, "failures": dict(sorted(writer_failures.items()))},
+        "records": records,
+        "ok": len(chars),
+        "bad": dict(sorted(bad.items())),
+        "formats": dict(formats.most_common()),
+        "caption_chars": _summary(chars),
+        "caption_words": _summary(words),
+        "image_width": _summary(widths),
+        "image_height": _summary(heights),
+        "checked": "decoded" if decode else "headers",
+    }

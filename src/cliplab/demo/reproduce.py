@@ -32,9 +32,13 @@ from typing import Any
 
 import torch
 
-from cliplab.demo import pipeline
-from cliplab.demo.pipeline import Log
-from cliplab.evaluation.report import _pyplot
+from cliplab.demo import plan
+from cliplab.demo.plan import Log
+from cliplab.demo.report import machine
+from cliplab.demo.train import train
+from cliplab.evaluation.output import pyplot, save_figure
+from cliplab.evaluation.registry import get, result_from_dict
+from cliplab.fileio import write_json, write_text
 
 #: The compute-scaling family: four sizes trained on the demo's data for the same
 #: ``SCALING_STEPS`` steps each ("s" is the demo model's shape; "l" the first demo model's).
@@ -79,7 +83,7 @@ def training_gflops(model: torch.nn.Module, caption_tokens: int = 12) -> float:
 
 def _train_variant(
     name: str,
-    recipe: dict[str, Any],
+    recipe: str | os.PathLike[str] | None,
     data_dir: Path,
     out: Path,
     log: Log,
@@ -87,29 +91,37 @@ def _train_variant(
     model_overrides: dict[str, Any] | None = None,
     fraction: float = 1.0,
 ) -> Path:
-    d = json.loads(json.dumps(recipe))
+    """Train (or reuse) one variant of the recipe: other model sizes or part of the data."""
+    from cliplab.data.sources import ShardsSpec
+
+    config = plan.training_config(recipe, data_dir, out / name, overrides)
     if model_overrides:
-        d["model"]["overrides"] = {**d["model"].get("overrides", {}), **model_overrides}
-    config = pipeline.training_config(d, data_dir, out / name, overrides, fraction=fraction)
+        merged = {**config.model.overrides, **model_overrides}
+        config = config.replace(model=dataclasses.replace(config.model, overrides=merged))
+    if fraction < 1.0:
+        sources = tuple(
+            dataclasses.replace(s, fraction=fraction) if isinstance(s, ShardsSpec) else s
+            for s in config.data.sources
+        )
+        config = config.replace(data=dataclasses.replace(config.data, sources=sources))
     config = config.replace(
-        eval=dataclasses.replace(config.eval, interval=0),
+        eval=dataclasses.replace(config.eval, interval=0, sets=()),
         log=dataclasses.replace(config.log, progress=True, plots=False),
     )
     model_dir = out / name / "model"
     if not (model_dir / "config.json").is_file():
-        pipeline.train(config, log)
+        train(config, log)
     return model_dir
 
 
 def _zero_shot_top1(model_dir: Path, dataset: Any) -> tuple[float, float, Any]:
     import cliplab
-    from cliplab.evaluation import FeatureStore
-    from cliplab.evaluation.protocols import run_zeroshot
+    from cliplab.encode import FeatureStore
 
     model, preprocess = cliplab.load(model_dir)
     store = FeatureStore(model, preprocess, batch_size=256, progress=False)
-    r = run_zeroshot(store, dataset)
-    return r["top1"], r["top5"], model
+    r = get("zeroshot")(store, dataset=dataset)
+    return r.top1, r.top5, model
 
 
 def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -126,7 +138,7 @@ def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, floa
 def plot_scaling(
     points: list[dict[str, Any]], key: str, path: Path, xlabel: str, title: str
 ) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     xs = [p[key] for p in points]
     ys = [100 * (1 - p["top1"]) for p in points]
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -145,8 +157,7 @@ def plot_scaling(
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run_reproduce(
@@ -165,32 +176,25 @@ def run_reproduce(
 ) -> Path:
     """Every study (see the module docstring); returns the report's path."""
     import cliplab
-    from cliplab.evaluation import FeatureStore, load_classification
-    from cliplab.evaluation.protocols import (
-        run_fewshot,
-        run_prompts,
-        run_robustness,
-        run_zeroshot,
-    )
-    from cliplab.evaluation.report import (
-        plot_fewshot,
-        plot_prompts,
-        plot_robustness,
-    )
+    from cliplab.encode import FeatureStore
+    from cliplab.evaluation.datasets import load_classification
+    from cliplab.evaluation.protocols.fewshot import plot_fewshot
+    from cliplab.evaluation.protocols.prompts import plot_prompts
+    from cliplab.evaluation.protocols.robustness import plot_robustness
 
     start = time.perf_counter()
     data_dir, out, demo_dir = Path(data_dir), Path(out), Path(demo_dir)
     out.mkdir(parents=True, exist_ok=True)
     sizes = SIZES if sizes is None else sizes
-    rec = pipeline.load_recipe(recipe)
-    # Apple and Facebook emoji: two more held-out styles for the robustness study
-    pipeline.prepare_data(
+    config = plan.training_config(recipe, data_dir, demo_dir / "train", overrides)
+    evalsets = list(dict.fromkeys(["fashion-mnist-test", *PROMPT_SETS, ROBUSTNESS_SOURCE, TARGET]))
+    # Apple and Facebook emoji: two more held-out styles for the robustness study, if installed
+    plan.prepare_data(
         data_dir,
+        plan.needed_outputs(config, [*plan.evaluation_sets(config, []), *evalsets]),
         log,
-        pipeline.needed_builders(rec),
-        install=install,
-        extra_packages=("emoji-datasource-apple", "emoji-datasource-facebook"),
-        shard_sets=pipeline.shard_sets(rec),
+        install,
+        optional=[f"eval/{n}" for n in SHIFTED],
     )
     eval_dir = data_dir / "eval"
 
@@ -201,15 +205,13 @@ def run_reproduce(
     demo_model = demo_dir / "train" / "model"
     if not (demo_model / "config.json").is_file():
         log(f"== no demo model at {demo_model}: training it")
-        config = pipeline.training_config(rec, data_dir, demo_dir / "train", overrides)
-        pipeline.train(config, log)
+        train(config, log)
     model, preprocess = cliplab.load(demo_model)
-    model.eval()
     store = FeatureStore(model, preprocess, batch_size=256, progress=progress)
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": pipeline.machine(),
-        "training_data": pipeline.shard_sets(rec),
+        "machine": machine(),
+        "training_data": plan.shard_sets(config),
         "seconds": {},
     }
     t0 = time.perf_counter()
@@ -217,28 +219,32 @@ def run_reproduce(
     # 1. zero-shot vs few-shot
     log("== zero-shot vs few-shot (Fashion-MNIST)")
     fmnist = load_classification(eval_dir / "fashion-mnist-test")
-    few = run_fewshot(store, fmnist, shots=(1, 2, 4, 8, 16, 32), seeds=(0, 1, 2), max_iter=150)
+    few = get("fewshot")(
+        store, {"shots": (1, 2, 4, 8, 16, 32), "seeds": 3, "max_iter": 150}, dataset=fmnist
+    )
     plot_fewshot({"demo model": few}, out / "fewshot.png", "zero-shot vs k-shot: Fashion-MNIST")
-    results["fewshot"] = few
+    results["fewshot"] = few.to_dict()
     # 2. prompts
     log("== prompt engineering")
     prompts = [
-        run_prompts(store, load_classification(eval_dir / n)) for n in PROMPT_SETS if have(n)
+        get("prompts")(store, dataset=load_classification(eval_dir / n))
+        for n in PROMPT_SETS
+        if have(n)
     ]
     for r in prompts:
-        plot_prompts(r, out / f"prompts-{r['dataset']}.png")
-    results["prompts"] = prompts
+        plot_prompts(r, out / f"prompts-{r.key}.png")
+    results["prompts"] = [r.to_dict() for r in prompts]
     # 3. robustness
     log("== robustness to distribution shift")
     source = load_classification(eval_dir / ROBUSTNESS_SOURCE)
     shifted = [load_classification(eval_dir / n) for n in SHIFTED if have(n)]
     try:
-        robust = run_robustness(store, source, shifted, max_iter=300)
+        robust = get("robustness")(store, {"max_iter": 300}, source=source, shifted=shifted)
         plot_robustness({"demo model": robust}, out / "robustness.png")
+        results["robustness"] = robust.to_dict()
     except ValueError as e:  # e.g. a source with one image per class: no probe test split
         log(f"   robustness skipped: {e}")
-        robust = {"protocol": "robustness", "skipped": str(e)}
-    results["robustness"] = robust
+        results["robustness"] = {"protocol": "robustness", "skipped": str(e)}
     results["seconds"]["analyses"] = time.perf_counter() - t0
 
     # 4. compute scaling
@@ -250,9 +256,9 @@ def run_reproduce(
     scaling_overrides = [*overrides, f"train.steps={steps}"]
     for name, ov in sizes.items():
         log(f"== compute scaling: model {name}, {steps} steps")
-        model_dir = _train_variant(name, rec, data_dir, runs_dir, log, scaling_overrides, ov)
+        model_dir = _train_variant(name, recipe, data_dir, runs_dir, log, scaling_overrides, ov)
         compute.append((name, model_dir))
-    batch = pipeline.training_config(rec, data_dir, out, overrides).data.batch_size
+    batch = config.data.batch_size
     points = []
     for name, model_dir in compute:
         top1, top5, m = _zero_shot_top1(model_dir, target)
@@ -279,18 +285,18 @@ def run_reproduce(
     for fraction in fractions:
         name = f"data-{int(100 * fraction)}pct"
         log(f"== data scaling: {100 * fraction:.0f}% of the pairs")
-        model_dir = _train_variant(name, rec, data_dir, runs_dir, log, overrides, None, fraction)
+        model_dir = _train_variant(name, recipe, data_dir, runs_dir, log, overrides, None, fraction)
         top1, top5, _ = _zero_shot_top1(model_dir, target)
         data_points.append({"name": name, "fraction": fraction, "top1": top1, "top5": top5})
-    demo_zs = run_zeroshot(store, target)  # the demo model's store: features computed once
-    data_points.append({"name": "data-100pct", "fraction": 1.0, "top1": demo_zs["top1"],
-                        "top5": demo_zs["top5"]})  # fmt: skip
+    demo_zs = get("zeroshot")(store, dataset=target)  # the demo model's features, once
+    data_points.append({"name": "data-100pct", "fraction": 1.0, "top1": demo_zs.top1,
+                        "top5": demo_zs.top5})  # fmt: skip
     plot_scaling(data_points, "fraction", out / "data-scaling.png", "fraction of training pairs",
                  "Data scaling: the demo model on part of the data")  # fmt: skip
     results["data_scaling"] = {"points": data_points}
     results["seconds"]["data_scaling"] = time.perf_counter() - t0
     results["seconds"]["total"] = time.perf_counter() - start
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_json(out / "results.json", results, indent=1)
 
     return report_from_results(out)
 
@@ -303,26 +309,24 @@ def report_from_results(out: str | os.PathLike[str] = "runs/reproduce") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `cliplab reproduce` first")
     md = _report(json.loads(path.read_text()))
-    report = out / "report.md"
-    report.write_text("\n".join(md), encoding="utf-8")
-    return report
+    return write_text(out / "report.md", "\n".join(md))
 
 
-def _crossing(few: dict[str, Any]) -> str:
-    zs = few.get("zero_shot")
-    if zs is None:
+def _crossing(few: Any) -> str:
+    if few.zero_shot is None:
         return "-"
-    for k in few["shots"]:
-        if few["curve"][str(k)]["mean"] >= zs:
+    for k in few.shots:
+        if few.mean(k) >= few.zero_shot:
             return f"{k}-shot"
-    return f"above {few['shots'][-1]}-shot"
+    return f"above {few.shots[-1]}-shot"
 
 
 def _report(results: dict[str, Any]) -> list[str]:
     """The report's Markdown lines, from ``results.json``'s contents."""
-    from cliplab.evaluation.report import section_markdown
-
-    few, prompts, robust = results["fewshot"], results["prompts"], results["robustness"]
+    few = result_from_dict(results["fewshot"])
+    prompts = [result_from_dict(r) for r in results["prompts"]]
+    robust = results["robustness"]
+    study = None if "skipped" in robust else result_from_dict(robust)
     points, slope = results["compute_scaling"]["points"], results["compute_scaling"]["slope"]
     data_points = results["data_scaling"]["points"]
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
@@ -330,7 +334,7 @@ def _report(results: dict[str, Any]) -> list[str]:
         "# cliplab reproduce: the paper's findings at our scale",
         "",
         f"{results.get('date') or time.strftime('%Y-%m-%d %H:%M')} on "
-        f"{results.get('machine') or pipeline.machine()}; "
+        f"{results.get('machine') or machine()}; "
         f"{results['seconds']['total'] / 60:.1f} minutes. Models are tiny CLIPs trained for "
         f"minutes on {', '.join(results.get('training_data') or ['the demo recipe'])}, so "
         "agreement with the paper is about direction, not size.",
@@ -340,7 +344,7 @@ def _report(results: dict[str, Any]) -> list[str]:
         "| finding | paper | cliplab (this run) | agrees? |",
         "|---|---|---|---|",
     ]
-    zs = few.get("zero_shot") or 0.0
+    zs = few.zero_shot or 0.0
     cross = _crossing(few)
     lines.append(
         f"| zero-shot matches a k-shot linear probe | ImageNet: about 4-shot (Figure 6) | "
@@ -354,25 +358,24 @@ def _report(results: dict[str, Any]) -> list[str]:
         )
     )
     for r in prompts:
-        g = r["gain_points"]
+        g = r.gain_points
         # the paper's method is an ensemble written for the task ("dataset": the set's own
         # templates); the ImageNet-80 ensemble ("ensemble") is shown as well
         ens = "dataset" if "dataset" in g else "ensemble"
-        n = {k: v.get("templates", "?") for k, v in r["results"].items()}
+        n = {k: v.get("templates", "?") for k, v in r.results.items()}
         lines.append(
             f"| prompt engineering and ensembling beat the bare label | ImageNet: +1.3 (one "
-            f"template) to about +5 points (80-template ensemble) | {r['dataset']}, points vs "
+            f"template) to about +5 points (80-template ensemble) | {r.key}, points vs "
             "bare label: "
             + ", ".join(f"{k} ({n.get(k)}) {v:+.1f}" for k, v in g.items() if k != "bare")
             + f" | {'yes' if g[ens] > 0 else 'no'} ({ens}) |"
         )
-    er = robust.get("effective_robustness", {})
-    if "skipped" in robust:
+    if study is None:
         lines.append(f"| robustness | Figures 13-14 | not run: {robust['skipped']} | - |")
-    zs_er = er.get("zero-shot", {}).get("shift average")
-    probe_er = er.get("linear probe", {}).get("shift average")
-    acc = robust.get("accuracy", {})
-    if "skipped" not in robust:
+    else:
+        er, acc = study.effective_robustness, study.accuracy
+        zs_er = er.get("zero-shot", {}).get("shift average")
+        probe_er = er.get("linear probe", {}).get("shift average")
         lines.append(
             "| zero-shot is more robust to shift than a probe fitted on the source | effective robustness "
             "up to +75% of the gap closed (Figure 13-14); adapting to ImageNet lowers robustness | "
@@ -399,22 +402,17 @@ def _report(results: dict[str, Any]) -> list[str]:
         "",
         "![few-shot](fewshot.png)",
         "",
-        section_markdown(few),
+        few.markdown(),
         "",
     ]
     lines += ["## Prompt engineering", ""]
     for r in prompts:
-        lines += [
-            f"![prompts {r['dataset']}](prompts-{r['dataset']}.png)",
-            "",
-            section_markdown(r),
-            "",
-        ]
-    if "skipped" in robust:
+        lines += [f"![prompts {r.key}](prompts-{r.key}.png)", "", r.markdown(), ""]
+    if study is None:
         lines += ["## Robustness", "", f"Not run: {robust['skipped']}", ""]
     else:
         lines += ["## Robustness", "", "![robustness](robustness.png)", ""]
-        lines += [section_markdown(robust), ""]
+        lines += [study.markdown(), ""]
     lines += ["## Compute scaling", "", "![compute scaling](compute-scaling.png)", "",
               "| model | parameters | GFLOPs per pair (fwd+bwd) | training GFLOPs | top-1 | top-5 |",
               "|---|---|---|---|---|---|"]  # fmt: skip

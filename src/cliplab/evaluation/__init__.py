@@ -1,72 +1,50 @@
 """The paper's evaluation protocols on frozen CLIP features (any model cliplab can load).
 
-- :mod:`~cliplab.evaluation.metrics`: top-k, confusion matrix, per-class recall;
-- :mod:`~cliplab.evaluation.features`: batched image features, cached per model and set;
-- :mod:`~cliplab.evaluation.linear_probe`: L-BFGS logistic regression, the paper's C search;
-- :mod:`~cliplab.evaluation.fewshot`: k-shot probes against zero-shot (Figure 6);
-- :mod:`~cliplab.evaluation.retrieval`: Recall@K with several captions per image;
-- :mod:`~cliplab.evaluation.prompts`: the prompt-engineering ablation;
-- :mod:`~cliplab.evaluation.robustness`: accuracy under shift, effective robustness;
-- :mod:`~cliplab.evaluation.protocols`: each protocol end to end on a model;
-- :mod:`~cliplab.evaluation.report`: Markdown and plots; :mod:`~cliplab.evaluation.hooks`:
-  evaluators for the training loop.
+- :mod:`~cliplab.evaluation.registry`: every protocol by name (zero-shot, prompts, linear
+  probe, few-shot, retrieval, robustness), each a module of ``protocols/`` following
+  :mod:`~cliplab.evaluation.protocol`: options, a typed result, ``run``;
+- :mod:`~cliplab.evaluation.datasets`: classification and retrieval sets;
+- :mod:`~cliplab.evaluation.metrics`: ranks with one tie rule, top-k, confusion matrices;
+- :mod:`~cliplab.evaluation.probe`: L-BFGS logistic regression and the paper's C search;
+- :mod:`~cliplab.evaluation.effective_robustness`: baselines and effective robustness;
+- :mod:`~cliplab.evaluation.report`: several models in one Markdown report;
+- :mod:`~cliplab.evaluation.training`: any protocol as an evaluator for the training loop.
 
-Zero-shot classification itself is :mod:`cliplab.zeroshot`.
+Features come from :mod:`cliplab.encode` (:class:`~cliplab.encode.FeatureStore`); zero-shot
+classification itself is :mod:`cliplab.zeroshot`::
+
+    store = FeatureStore(model, preprocess, cache_dir="~/.cache/cliplab/eval")
+    result = PROTOCOLS["zeroshot"](store, dataset=load_classification("data/eval/emoji-google"))
+    print(result.summary())
 """
 
+from cliplab.encode import FeatureStore
 from cliplab.evaluation.datasets import (
     ClassificationSet,
     RetrievalSet,
     load_classification,
     load_retrieval,
 )
-from cliplab.evaluation.features import FeatureStore, encode_images
-from cliplab.evaluation.fewshot import FewShotResult, few_shot_curve
-from cliplab.evaluation.hooks import RetrievalHook, ZeroShotHook
-from cliplab.evaluation.linear_probe import (
-    LinearClassifier,
-    ProbeResult,
-    fit_logistic_regression,
-)
-from cliplab.evaluation.metrics import classification_metrics, confusion_matrix
-from cliplab.evaluation.protocols import (
-    Suite,
-    run_fewshot,
-    run_linear_probe,
-    run_prompts,
-    run_retrieval,
-    run_robustness,
-    run_suite,
-    run_zeroshot,
-)
-from cliplab.evaluation.retrieval import retrieval_metrics
-from cliplab.evaluation.robustness import effective_robustness, fit_baseline
+from cliplab.evaluation.protocol import Input, Protocol, Result, Row
+from cliplab.evaluation.registry import PROTOCOLS, get, result_from_dict
+from cliplab.evaluation.report import ModelRun, write_report
+from cliplab.evaluation.training import ProtocolEvaluator, evaluator_from_spec
 
 __all__ = [
+    "PROTOCOLS",
     "ClassificationSet",
     "FeatureStore",
-    "FewShotResult",
-    "LinearClassifier",
-    "ProbeResult",
-    "RetrievalHook",
+    "Input",
+    "ModelRun",
+    "Protocol",
+    "ProtocolEvaluator",
+    "Result",
     "RetrievalSet",
-    "Suite",
-    "ZeroShotHook",
-    "classification_metrics",
-    "confusion_matrix",
-    "effective_robustness",
-    "encode_images",
-    "few_shot_curve",
-    "fit_baseline",
-    "fit_logistic_regression",
+    "Row",
+    "evaluator_from_spec",
+    "get",
     "load_classification",
     "load_retrieval",
-    "retrieval_metrics",
-    "run_fewshot",
-    "run_linear_probe",
-    "run_prompts",
-    "run_retrieval",
-    "run_robustness",
-    "run_suite",
-    "run_zeroshot",
+    "result_from_dict",
+    "write_report",
 ]

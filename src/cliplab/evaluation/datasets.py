@@ -1,6 +1,6 @@
 """The evaluators' view of data: small in-memory protocols, independent of the storage format.
 
-A classification set is images (PIL images or paths), integer labels, class names and
+A classification set is images (PIL images, paths, or a tensor of preprocessed pixels), integer labels, class names and
 optionally its own prompt templates; a retrieval set is images with one or more captions
 each. Both carry a ``fingerprint`` that names their content for the feature caches.
 :func:`load_classification` and :func:`load_retrieval` read the on-disk evaluation sets
@@ -15,9 +15,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
+import torch
 from PIL import Image
+
+from cliplab.encode import ImageLike
 
 __all__ = [
     "ClassificationSet",
@@ -28,13 +31,16 @@ __all__ = [
     "load_retrieval",
 ]
 
-ImageLike = Union[Image.Image, str, os.PathLike]  # noqa: UP007 (a runtime alias)
 
-
-def images_fingerprint(images: Sequence[ImageLike]) -> str:
+def images_fingerprint(images: Sequence[ImageLike] | torch.Tensor) -> str:
     """Hex digest of a list of images: paths by (absolute path, size, mtime), PIL images by
-    mode, size and pixel bytes. Cheap for files (no reads), exact for in-memory images."""
+    mode, size and pixel bytes, a tensor of preprocessed pixels by its bytes. Cheap for files
+    (no reads), exact for in-memory images."""
     h = hashlib.sha256()
+    if isinstance(images, torch.Tensor):
+        h.update(f"pixels:{tuple(images.shape)}:{images.dtype}".encode())
+        h.update(images.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
     for item in images:
         if isinstance(item, Image.Image):
             h.update(f"pil:{item.mode}:{item.size}:".encode())
@@ -49,6 +55,12 @@ def images_fingerprint(images: Sequence[ImageLike]) -> str:
     return h.hexdigest()
 
 
+def _take(images: Sequence[ImageLike] | torch.Tensor, indices: list[int]) -> Any:
+    if isinstance(images, torch.Tensor):
+        return images[indices]
+    return [images[i] for i in indices]
+
+
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()
 
@@ -61,7 +73,7 @@ class ClassificationSet:
     ``meta`` carries free-form facts from the set's source (e.g. its ``meta.json``).
     """
 
-    images: Sequence[ImageLike]
+    images: Sequence[ImageLike] | torch.Tensor
     labels: Sequence[int]
     classnames: Sequence[str]
     templates: Sequence[str] | None = None
@@ -93,12 +105,16 @@ class ClassificationSet:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    def with_images(self, images: Sequence[ImageLike] | torch.Tensor) -> ClassificationSet:
+        """The same set (same fingerprint) with its images replaced, e.g. by their pixels."""
+        return replace(self, images=images)
+
     def subset(self, indices: Sequence[int], name: str | None = None) -> ClassificationSet:
         """The examples at ``indices`` (same classes and templates)."""
         indices = [int(i) for i in indices]
         return replace(
             self,
-            images=[self.images[i] for i in indices],
+            images=_take(self.images, indices),
             labels=[self.labels[i] for i in indices],
             name=name or self.name,
             fingerprint=_digest(self.fingerprint, indices),
@@ -109,7 +125,7 @@ class ClassificationSet:
 class RetrievalSet:
     """Images, each with one or more captions (a hit is any of its captions)."""
 
-    images: Sequence[ImageLike]
+    images: Sequence[ImageLike] | torch.Tensor
     captions: Sequence[Sequence[str]]
     name: str = "retrieval"
     fingerprint: str = ""
@@ -130,6 +146,21 @@ class RetrievalSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> RetrievalSet:
+        """The images at ``indices`` with their captions."""
+        indices = [int(i) for i in indices]
+        return replace(
+            self,
+            images=_take(self.images, indices),
+            captions=[self.captions[i] for i in indices],
+            name=name or self.name,
+            fingerprint=_digest(self.fingerprint, indices),
+        )
+
+    def with_images(self, images: Sequence[ImageLike] | torch.Tensor) -> RetrievalSet:
+        """The same set (same fingerprint) with its images replaced, e.g. by their pixels."""
+        return replace(self, images=images)
 
     @property
     def texts(self) -> list[str]:

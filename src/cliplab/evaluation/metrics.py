@@ -1,9 +1,15 @@
-"""Classification metrics on logits: top-k accuracy, confusion matrix, per-class recall.
+"""Ranking and classification metrics: one tie rule for every protocol.
 
-Conventions follow scikit-learn (checked against it in the tests): the confusion matrix has
-true classes as rows and predictions as columns; per-class recall is the diagonal over the
-row sums; the mean per-class recall (``balanced_accuracy_score``) averages over the classes
-present in the labels. Accuracies are fractions in [0, 1].
+**Ranks.** The rank of the right answer is the number of *wrong* candidates that score at
+least as high as the best right one (0 = first place). A tie therefore counts against the
+model, as a strict ranking does: a model whose scores are all equal ranks last, never first,
+and a NaN score for the right answer ranks it last. Top-k accuracy (zero-shot, probes) and
+Recall@K (retrieval, with several right captions per image) are both "rank < k".
+
+**Classification.** The confusion matrix has true classes as rows and predictions as columns
+(the label where it ranks first, else the best wrong class); per-class recall is the diagonal over the row sums; the mean per-class recall
+(``balanced_accuracy_score``) averages over the classes present in the labels. These follow
+scikit-learn, checked against it in the tests. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -18,9 +24,33 @@ __all__ = [
     "confusion_matrix",
     "mean_per_class_recall",
     "per_class_recall",
+    "predictions",
+    "strict_ranks",
+    "target_ranks",
     "topk_accuracy",
     "topk_correct",
 ]
+
+
+def strict_ranks(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Ranks (N,) of each row's best right candidate among the wrong ones (see the module
+    docstring). ``scores`` (N, M); ``correct`` (N, M) bool with at least one True per row."""
+    if scores.shape != correct.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and mask {tuple(correct.shape)} differ")
+    if scores.numel() and not bool(correct.any(dim=1).all()):
+        raise ValueError("every row needs at least one right candidate")
+    best = scores.masked_fill(~correct, float("-inf")).amax(dim=1)  # (N,)
+    ranks = ((scores >= best[:, None]) & ~correct).sum(dim=1)
+    wrong = (~correct).sum(dim=1)
+    return torch.where(torch.isnan(best), wrong, ranks)
+
+
+def target_ranks(logits: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Rank (N,) of each example's label among the classes (one right class per row)."""
+    labels = _labels(labels).to(logits.device)
+    correct = torch.zeros_like(logits, dtype=torch.bool)
+    correct[torch.arange(labels.numel(), device=logits.device), labels] = True
+    return strict_ranks(logits, correct)
 
 
 def _labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -30,19 +60,28 @@ def _labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
 def topk_correct(
     logits: torch.Tensor, labels: torch.Tensor | Sequence[int], k: int
 ) -> torch.Tensor:
-    """Bool (N,): whether each true label is among the ``k`` highest logits (``k`` is capped
-    at the number of classes)."""
-    labels = _labels(labels).to(logits.device)
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices  # (N, k)
-    return (top == labels[:, None]).any(dim=1)
+    """Bool (N,): whether each true label ranks within the top ``k`` (ties count against)."""
+    return target_ranks(logits, labels) < k
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], k: int = 1) -> float:
-    """Fraction of examples whose label is in the top ``k`` (``top_k_accuracy_score``)."""
+    """Fraction of examples whose label ranks within the top ``k``."""
     if logits.shape[0] == 0:
         raise ValueError("no examples")
     return float(topk_correct(logits, labels, k).float().mean())
+
+
+def predictions(
+    logits: torch.Tensor, labels: torch.Tensor | Sequence[int], ranks: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The predicted class of each example under the tie rule: the label where it ranks
+    first, else the best-scoring wrong class (so accuracy equals the confusion diagonal)."""
+    labels = _labels(labels)
+    ranks = target_ranks(logits, labels).cpu() if ranks is None else ranks
+    rows = torch.arange(labels.numel())
+    others = logits.detach().float().cpu().clone()
+    others[rows, labels] = float("-inf")
+    return torch.where(ranks == 0, labels, others.argmax(dim=1))
 
 
 def confusion_matrix(
@@ -92,9 +131,12 @@ def classification_metrics(
     names = list(classnames) if classnames is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} logit columns")
-    confusion = confusion_matrix(logits.argmax(dim=1).cpu(), labels, num_classes)
+    if labels.numel() == 0:
+        raise ValueError("no examples")
+    ranks = target_ranks(logits, labels).cpu()
+    confusion = confusion_matrix(predictions(logits, labels, ranks), labels, num_classes)
     recall = per_class_recall(confusion)
-    result: dict[str, Any] = {f"top{k}": topk_accuracy(logits, labels, k) for k in topk}
+    result: dict[str, Any] = {f"top{k}": float((ranks < k).double().mean()) for k in topk}
     result["mean_per_class_recall"] = mean_per_class_recall(confusion)
     result["n"] = int(labels.numel())
     result["num_classes"] = num_classes

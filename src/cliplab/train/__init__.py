@@ -6,7 +6,7 @@ CLI) never imports it.
 """
 
 from cliplab.train.config import Config, load_config
-from cliplab.train.evaluation import Evaluator, RetrievalEvaluator, paired_retrieval_metrics
+from cliplab.train.evaluation import Evaluator
 from cliplab.train.trainer import INTERRUPTED_EXIT, NonFiniteError, StepResult, Trainer
 
 __all__ = [
@@ -14,9 +14,7 @@ __all__ = [
     "Config",
     "Evaluator",
     "NonFiniteError",
-    "RetrievalEvaluator",
     "StepResult",
     "Trainer",
     "load_config",
-    "paired_retrieval_metrics",
 ]

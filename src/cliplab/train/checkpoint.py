@@ -4,7 +4,7 @@ A checkpoint is ``OUTPUT/checkpoints/step_00000100.pt``: one ``torch.save`` of p
 (tensors, numbers, strings, lists, dicts) holding the model, optimiser, scheduler and loss
 scaler, the step and counters, every rank's RNG states and data position, and the config. It
 is written to a temporary file in the same directory, fsynced, then renamed
-(``cliplab.checkpoints.api._atomic_write``), so a crash at any moment leaves either the old
+(``cliplab.fileio.atomic_write``), so a crash at any moment leaves either the old
 set or the new one. Loading uses ``torch.load(weights_only=True)``: no code runs.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from cliplab.checkpoints.api import _atomic_write
+from cliplab.fileio import atomic_write
 
 FORMAT = "cliplab-train"
 VERSION = 1
@@ -103,7 +103,7 @@ def save_checkpoint(output: Path, step: int, state: dict[str, Any], keep: int) -
         )
     path = checkpoint_path(output, step)
     payload = {"format": FORMAT, "version": VERSION, "step": step, **state}
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     for _, old in list_checkpoints(output)[:-keep]:
         old.unlink(missing_ok=True)
     return path

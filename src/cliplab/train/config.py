@@ -8,7 +8,7 @@ A config file looks like ``configs/synthetic-tiny.toml``::
     name = "tiny-vit"
     [data]
     batch_size = 64                  # the global contrastive batch (all ranks, all micro-batches)
-    [[data.sources]]
+    [[data.sources]]                 # one table per source: cliplab.data.sources' kinds
     kind = "synthetic"
     num_samples = 20000
     [optim]
@@ -26,6 +26,9 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from cliplab.config import parse_value
+from cliplab.data.sources import ShardsSpec, SourceSpec, SyntheticSpec, spec_from_dict
 
 try:
     import tomllib
@@ -66,9 +69,12 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """Where batches come from. ``batch_size`` is the global contrastive batch N."""
+    """Where batches come from. ``batch_size`` is the global contrastive batch N; ``dir`` is
+    the data directory where built shard sets (``shards/<name>``, the ``shards`` kind) and
+    evaluation sets (``eval/<name>``, named in ``[[eval.sets]]``) are found."""
 
-    sources: tuple[dict[str, Any], ...] = ({"kind": "synthetic", "num_samples": 20000},)
+    sources: tuple[SourceSpec, ...] = (SyntheticSpec(num_samples=20000),)
+    dir: str = "data"
     batch_size: int = 64
     workers: int = 0
     shuffle_buffer: int = 1000
@@ -84,7 +90,13 @@ class DataSection:
     invert: float = 0.0  # probability of the negative image (1 - x)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
+        specs = []
+        for table in self.sources:
+            spec = spec_from_dict(table)
+            if isinstance(spec, ShardsSpec) and not spec.dir:
+                spec = dataclasses.replace(spec, dir=self.dir)
+            specs.append(spec)
+        object.__setattr__(self, "sources", tuple(specs))
         object.__setattr__(self, "crop_scale", tuple(float(x) for x in self.crop_scale))
         if not 0 <= self.color_jitter < 1:
             raise ValueError(f"data.color_jitter must be in [0, 1), got {self.color_jitter}")
@@ -102,9 +114,6 @@ class DataSection:
             )
         if not self.sources:
             raise ValueError("data.sources must list at least one source")
-        for spec in self.sources:
-            if "kind" not in spec:
-                raise ValueError(f"every [[data.sources]] table needs a 'kind'; got {spec}")
         _at_least("data", 1, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer)
         _at_least("data", 0, workers=self.workers)
 
@@ -186,22 +195,22 @@ class LogSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    """Periodic evaluation on rank 0. ``synthetic_pairs > 0`` adds held-out retrieval on
-    the synthetic set; ``hooks`` name ``"module:factory"`` callables that build more
-    evaluators from the config (``factory(config) -> Evaluator``)."""
+    """Periodic evaluation on rank 0, with the protocols of ``cliplab eval``. Each
+    ``[[eval.sets]]`` table names a protocol, its sets (by name under ``data.dir/eval`` or
+    by path) and options (see :mod:`cliplab.evaluation.training`); ``synthetic_pairs > 0``
+    adds retrieval on held-out pairs of the synthetic set."""
 
     interval: int = 0  # 0: at the end only
     synthetic_pairs: int = 0
     batch_size: int = 256
-    hooks: tuple[str, ...] = ()
+    sets: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hooks", tuple(self.hooks))
+        object.__setattr__(self, "sets", tuple(dict(t) for t in self.sets))
         _at_least("eval", 0, interval=self.interval, synthetic_pairs=self.synthetic_pairs)
         _at_least("eval", 1, batch_size=self.batch_size)
-        for hook in self.hooks:
-            if ":" not in hook:
-                raise ValueError(f"eval.hooks entries are 'module:factory', got {hook!r}")
+        for table in self.sets:
+            check_eval_set(table)
 
 
 SECTIONS: dict[str, type] = {
@@ -243,8 +252,9 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); ``Config.from_dict`` inverts it."""
         d = dataclasses.asdict(self)
-        d["data"]["sources"] = [dict(s) for s in self.data.sources]
-        d["eval"]["hooks"] = list(self.eval.hooks)
+        d["data"]["sources"] = [s.to_dict() for s in self.data.sources]
+        d["data"]["crop_scale"] = list(self.data.crop_scale)
+        d["eval"]["sets"] = [dict(t) for t in self.eval.sets]
         return d
 
     @classmethod
@@ -265,6 +275,23 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def check_eval_set(table: dict[str, Any]) -> None:
+    """Fail early (at config load, not after training) on an ``[[eval.sets]]`` table whose
+    protocol, input or option names are wrong; the sets themselves are read later."""
+    from cliplab.evaluation.registry import get
+    from cliplab.evaluation.training import SPEC_KEYS
+
+    if "protocol" not in table:
+        raise ValueError(f"every [[eval.sets]] table needs a 'protocol'; got {table}")
+    protocol = get(str(table["protocol"]))
+    inputs = {i.name for i in protocol.inputs}
+    missing = [i.name for i in protocol.inputs if i.required and i.name not in table]
+    if missing:
+        raise ValueError(f"[[eval.sets]] for {protocol.name} needs {', '.join(missing)}")
+    options = {k: v for k, v in table.items() if k not in inputs and k not in SPEC_KEYS}
+    protocol.make_options(options)
 
 
 def _unknown_message(kind: str, key: str, valid: list[str]) -> str:
@@ -304,6 +331,8 @@ def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
     elif isinstance(default, tuple):
         ok = isinstance(value, list | tuple)
         value = tuple(value) if ok else value
+        if ok and f.name == "sources":
+            ok = all(isinstance(v, dict | SourceSpec) for v in value)
     else:
         ok = True
     if not ok:
@@ -316,22 +345,17 @@ def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
-def parse_value(text: str) -> Any:
-    """A TOML value (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``) or, failing that, the
-    bare text as a string (so ``--set model.name=tiny-vit`` needs no quotes)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def apply_override(d: dict[str, Any], item: str) -> None:
-    """Apply one ``section.key=value`` (or ``section.table.key=value``) to a config dict."""
+    """Apply one ``--set`` to a config dict: ``section.key=value`` (or
+    ``section.table.key=value``), or a bare ``key=value``, which is a model setting
+    (``activation=gelu`` is ``model.overrides.activation``), as in every command."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
     parts = key.split(".")
+    if len(parts) == 1 and key != "output":  # a model setting, as for every other command
+        parts = ["model", "overrides", key]
     if parts[0] not in SECTIONS and parts != ["output"]:
         raise ValueError(
             _unknown_message("section", parts[0], [*SECTIONS, "output"]) + f" (in --set {item})"

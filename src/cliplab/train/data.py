@@ -1,24 +1,21 @@
 """The training data pipeline built from ``[data]``: sources, transform, tokenizer, loader.
 
-Every ``[[data.sources]]`` table goes to ``cliplab.data.build_source`` (its optional
-``weight`` sets the mixing proportion). Batches are deterministic for (seed, epoch, rank,
+Every ``[[data.sources]]`` table is a typed spec (:mod:`cliplab.data.sources`) that opens its
+source and names its caption function; its optional ``weight`` sets the mixing proportion. Batches are deterministic for (seed, epoch, rank,
 worker) and the loader's position is part of every checkpoint.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import signal
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from cliplab.data import ImageTextStream, StreamingLoader, build_source
+from cliplab.data import ImageTextStream, StreamingLoader
 from cliplab.data.memory import MemoryLoader
+from cliplab.data.sources import source_weights
 from cliplab.tokenizer import tokenize
 from cliplab.train.config import Config
 from cliplab.transforms import EvalTransform, TrainTransform
@@ -66,60 +63,6 @@ class ImageTransform:
         return self.train(image, generator=generator) if self.augment else self.eval(image)
 
 
-def source_weights(specs: tuple[dict[str, Any], ...]) -> list[float] | None:
-    """Mixing weights from the tables' ``weight`` keys (1.0 where absent); None when no
-    table gives one (the stream then mixes by source size)."""
-    if not any("weight" in s for s in specs):
-        return None
-    return [float(s.get("weight", 1.0)) for s in specs]
-
-
-def resolve_caption_fn(name: str, trusted: bool = True) -> Callable[..., str]:
-    """``"package.module:function"`` -> the function. Names read from data files (a shard
-    directory's ``build.json``) are ``trusted=False`` and must live in ``cliplab``: a data
-    file must not choose code to import."""
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"caption_fn must look like 'package.module:function', got {name!r}")
-    if not trusted and not (module_name == "cliplab" or module_name.startswith("cliplab.")):
-        raise ValueError(f"refusing caption_fn {name!r} from a data file: not in cliplab")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"caption_fn {name!r} cannot be imported: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"caption_fn {name!r} is not callable")
-    return fn
-
-
-def source_caption_fn(spec: dict[str, Any]) -> Callable[..., str] | None:
-    """A source's caption function: its table's ``caption_fn`` ("module:function", or "none"
-    for the stored captions); by default the one the shards' ``build.json`` names (cliplab's
-    builders write ``cliplab.data.builders.captions:draw_caption``, which draws a fresh
-    caption each epoch from the sample's metadata)."""
-    name = spec.get("caption_fn", "auto")
-    if name in (None, "", "none", False):
-        return None
-    if name != "auto":
-        return resolve_caption_fn(str(name))
-    if spec.get("kind") != "webdataset" or "urls" not in spec:
-        return None
-    from cliplab.data.webdataset import expand_urls
-
-    try:
-        first = Path(expand_urls(spec["urls"])[0])
-    except ValueError:
-        return None
-    record = first.parent / "build.json"
-    if not record.is_file():
-        return None
-    try:
-        recorded = json.loads(record.read_text(encoding="utf-8")).get("caption_fn")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return resolve_caption_fn(recorded, trusted=False) if isinstance(recorded, str) else None
-
-
 def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
     """One decoder per source: its own ``decode`` (synthetic) or an ``ImageDecoder``."""
     from cliplab.data.decode import ImageDecoder  # image codecs, only for file-based sources
@@ -132,7 +75,7 @@ def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
         else:
             # decoding straight to about the model's size (JPEG draft mode, one resize) is
             # what makes file-based sources fast; the transform then crops from that
-            out.append(ImageDecoder(image_size=image_size, caption_fn=source_caption_fn(spec)))
+            out.append(ImageDecoder(image_size=image_size, caption_fn=spec.caption_function()))
     return out
 
 
@@ -157,7 +100,7 @@ def build_loader(
     pin_memory: bool = False,
 ) -> StreamingLoader | MemoryLoader:
     """This rank's loader of ``batch_size``-sample batches (the rank's share of the global batch)."""
-    sources = [build_source(spec) for spec in config.data.sources]
+    sources = [spec.open() for spec in config.data.sources]
     names = [s.name for s in sources]
     for i, source in enumerate(sources):  # samples go to their source's decoder by name
         if names.count(source.name) > 1:

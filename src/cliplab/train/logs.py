@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from cliplab.checkpoints.api import _atomic_write
+from cliplab.fileio import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -71,7 +71,7 @@ class MetricsLogger:
         Path(output).mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        _atomic_write(self.path, lambda tmp: tmp.write_text(text))  # a kill here loses nothing
+        atomic_write(self.path, lambda tmp: tmp.write_text(text))  # a kill here loses nothing
         self._file = self.path.open("a", buffering=1)
         if tensorboard:
             try:

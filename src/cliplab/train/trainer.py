@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -34,9 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cliplab.checkpoints.api import _atomic_write
 from cliplab.checkpoints.api import save as save_model
 from cliplab.factory import create_model
+from cliplab.fileio import write_json
 from cliplab.loss import chunked_clip_loss, distributed_clip_loss
 from cliplab.models import MAX_LOGIT_SCALE
 from cliplab.train import checkpoint as ckpt
@@ -137,8 +136,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, device.type)
         self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
-        self.extra_evaluators = list(evaluators)  # added to those the config asks for
-        self.evaluators: list[Evaluator] | None = None  # built at the first evaluation
+        # the config's evaluators (built now, so a missing set fails before training) + those given
+        self.evaluators: list[Evaluator] = (
+            build_evaluators(config) + list(evaluators) if self.env.is_main else []
+        )
         self.step = 0
         self.counters = {"nonfinite_steps": 0, "nonfinite_in_a_row": 0, "overflow_steps": 0}
         self._stop_signal: int | None = None
@@ -310,9 +311,6 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Run every evaluator on rank 0 (the others wait); returns the merged metrics."""
         results: dict[str, float] = {}
-        if self.env.is_main and self.evaluators is None:
-            built = build_evaluators(self.config, self.model.image_size, self.model.context_length)
-            self.evaluators = built + self.extra_evaluators
         if self.env.is_main and self.evaluators:
             self.model.eval()
             try:
@@ -365,8 +363,7 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume()
         if main:  # the settings of this run, for people (the checkpoints carry their own copy)
-            text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-            _atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
+            write_json(out / "config.json", self.config.to_dict())
         logger = MetricsLogger(
             out, enabled=main, tensorboard=self.config.log.tensorboard, resume_step=self.step
         )

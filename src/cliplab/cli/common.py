@@ -1,0 +1,92 @@
+"""What every command shares, so the same flag means the same thing everywhere:
+
+- ``--model``: anything :func:`cliplab.load` reads (a checkpoint in any format, an OpenAI
+  model name in the local caches, ``random:<preset>``);
+- ``--set KEY=VALUE`` (repeatable): a bare key is a model setting the checkpoint cannot tell
+  (``--set activation=gelu``); commands with a training config also take
+  ``section.key=value`` (``--set train.steps=100``). Values are TOML (``3``, ``1e-3``,
+  ``true``, ``[1, 2]``) or bare strings;
+- ``--device``: a torch device (default: CPU, or the config's);
+- ``--out``: the output directory (or file) of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["add_device", "add_model", "add_out", "add_set", "load_model", "model_settings"]
+
+
+def add_model(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = True,
+    nargs: str | None = None,
+    default: str | None = None,
+    help: str | None = None,
+) -> None:
+    parser.add_argument(
+        "--model",
+        required=required,
+        nargs=nargs,
+        default=default,
+        help=help
+        or "checkpoint (any format cliplab.load reads), OpenAI model name, or random:<preset>",
+    )
+
+
+def add_set(parser: argparse.ArgumentParser, sections: bool = False) -> None:
+    extra = "; section.key=value changes the config, e.g. train.steps=100" if sections else ""
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a model setting the checkpoint cannot tell, e.g. activation=gelu{extra}; repeatable",
+    )
+
+
+def add_device(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--device", default=default, help="torch device: cpu, cuda, cuda:1 (default: cpu)"
+    )
+
+
+def add_out(
+    parser: argparse.ArgumentParser, default: str | None = None, help: str = "output directory"
+) -> None:
+    parser.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        default=Path(default) if default else None,
+        required=default is None,
+        help=help,
+    )
+
+
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--set`` values that are model settings (the keys without a dot)."""
+    from cliplab.config import parse_settings
+
+    settings = parse_settings(args.settings)
+    dotted = [k for k in settings if "." in k]
+    if dotted:
+        raise ValueError(
+            f"--set {dotted[0]}=...: this command has no configuration sections; "
+            "give model settings such as --set activation=gelu"
+        )
+    return settings
+
+
+def load_model(args: argparse.Namespace, spec: str | None = None) -> tuple[torch.nn.Module, Any]:
+    """``(model, preprocess)`` for ``--model`` (or ``spec``) with the ``--set`` settings, on
+    ``--device``."""
+    from cliplab import load
+
+    return load(spec or args.model, device=args.device, **model_settings(args))

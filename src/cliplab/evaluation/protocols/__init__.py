@@ -1,0 +1,2 @@
+"""One module per evaluation protocol, each following :mod:`cliplab.evaluation.protocol`;
+:mod:`cliplab.evaluation.registry` lists them."""

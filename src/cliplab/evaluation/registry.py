@@ -1,0 +1,50 @@
+"""The evaluation protocols, by name: the one list the CLI's ``cliplab eval`` subcommands, the
+report's sections and training-time evaluation are built from.
+
+Adding a protocol is one module in ``protocols/`` and one line below (see
+``docs/adding-a-protocol.md``). The order here is the order of a report's sections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cliplab.evaluation.protocol import Protocol, Result
+from cliplab.evaluation.protocols import (
+    fewshot,
+    linear_probe,
+    prompts,
+    retrieval,
+    robustness,
+    zeroshot,
+)
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        zeroshot.PROTOCOL,
+        prompts.PROTOCOL,
+        linear_probe.PROTOCOL,
+        fewshot.PROTOCOL,
+        retrieval.PROTOCOL,
+        robustness.PROTOCOL,
+    )
+}
+
+__all__ = ["PROTOCOLS", "get", "result_from_dict"]
+
+
+def get(name: str) -> Protocol:
+    """The protocol called ``name``, or ``ValueError`` listing the known ones."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown evaluation protocol {name!r}; known: {', '.join(PROTOCOLS)}"
+        ) from None
+
+
+def result_from_dict(data: Mapping[str, Any]) -> Result:
+    """A result from its ``to_dict()`` form (its ``protocol`` key picks the class)."""
+    return get(str(data.get("protocol"))).result.from_dict(data)
