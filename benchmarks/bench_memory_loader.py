@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 from cliplab.data import ImageTextStream, StreamingLoader
-from cliplab.datasets.builders import shard_urls
-from cliplab.datasets.captions import draw_caption
 from cliplab.data.decode import ImageDecoder
 from cliplab.data.memory import MemoryLoader
 from cliplab.data.webdataset import WebDatasetSource
+from cliplab.datasets.builders import shard_urls
+from cliplab.datasets.captions import draw_caption
 from cliplab.train.data import ImageTransform, TokenizeCaptions
 
 SIZE, BATCH, CONTEXT = 32, 256, 32

@@ -29,7 +29,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=str(ROOT / "configs" / "synthetic-tiny.toml"))
-    parser.add_argument("--output", help="run directory (default: a fresh temporary one)")
+    parser.add_argument("--out", help="run directory (default: a fresh temporary one)")
     parser.add_argument("--set", dest="settings", action="append", default=[])
     args = parser.parse_args()
 
@@ -38,8 +38,8 @@ def main() -> None:
     from cliplab.cli import main as cliplab_main
     from cliplab.train.logs import read_metrics
 
-    output = args.output or tempfile.mkdtemp(prefix="cliplab-proof-")
-    argv = ["train", args.config, "--output", output]
+    output = args.out or tempfile.mkdtemp(prefix="cliplab-proof-")
+    argv = ["train", args.config, "--out", output]
     for setting in args.settings:
         argv += ["--set", setting]
     stdout = io.StringIO()
@@ -53,19 +53,21 @@ def main() -> None:
     train = [r for r in read_metrics(Path(output) / "metrics.jsonl") if r["kind"] == "train"]
     evals = [r for r in read_metrics(Path(output) / "metrics.jsonl") if r["kind"] == "eval"]
     final = summary["eval"]
+    config = json.loads((Path(output) / "config.json").read_text())
+    pairs = config["eval"]["synthetic_pairs"]
     report = {
         "command": " ".join(["python -m cliplab", *argv]).replace(str(ROOT) + "/", ""),
         "config": os.path.relpath(args.config, ROOT),
         "overrides": args.settings,
         "steps": summary["step"],
-        "held_out_pairs": round(1 / final["synthetic_chance_top1"]),
-        "text_to_image_top1": final["synthetic_text_to_image_top1"],
-        "text_to_image_top5": final["synthetic_text_to_image_top5"],
-        "image_to_text_top1": final["synthetic_image_to_text_top1"],
-        "chance_top1": final["synthetic_chance_top1"],
-        "chance_top5": 5 * final["synthetic_chance_top1"],
+        "held_out_pairs": pairs,
+        "text_to_image_top1": final["synthetic_text_to_image_R@1"],
+        "text_to_image_top5": final["synthetic_text_to_image_R@5"],
+        "image_to_text_top1": final["synthetic_image_to_text_R@1"],
+        "chance_top1": 1 / pairs,
+        "chance_top5": 5 / pairs,
         "eval_curve": [
-            {"step": r["step"], "text_to_image_top1": r["synthetic_text_to_image_top1"]}
+            {"step": r["step"], "text_to_image_top1": r["synthetic_text_to_image_R@1"]}
             for r in evals
         ],
         "first_loss": train[0]["loss"],

@@ -28,8 +28,8 @@ from PIL import Image
 
 import cliplab
 from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
-from cliplab.datasets.captions import draw_caption
 from cliplab.data.stream import RawSample
+from cliplab.datasets.captions import draw_caption
 from cliplab.loss import clip_loss
 
 ROOT = Path("data")

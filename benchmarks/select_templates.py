@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 import cliplab
-from cliplab.evaluation import FeatureStore, load_classification
-from cliplab.evaluation.protocols import run_zeroshot
+from cliplab.encode import FeatureStore
+from cliplab.evaluation import load_classification
+from cliplab.evaluation.registry import get
 
 CANDIDATES: dict[str, list[str]] = {
     "bare label": ["{}"],
@@ -72,7 +73,12 @@ def main() -> None:
         model, preprocess = cliplab.load(path)
         store = FeatureStore(model, preprocess, batch_size=256, progress=False)
         for name, templates in CANDIDATES.items():
-            scores[name].append({n: run_zeroshot(store, d, templates) for n, d in sets.items()})
+            scores[name].append(
+                {
+                    n: get("zeroshot")(store, {"templates": templates}, dataset=d).to_dict()
+                    for n, d in sets.items()
+                }
+            )
     rows = []
     head = "  ".join(f"{n.removeprefix('emoji-'):>11s}" for n in sets)
     print(f"mean over {len(models)} model(s), top-1/top-5 %; Google is the test style\n")

@@ -8,8 +8,9 @@
   package (skipping its ``__init__``, which registers the compiled ops) and import
   ``torchvision.transforms`` from it. OpenCLIP then imports on top of that.
 
-Each loader calls ``pytest.importorskip``-style skips only when the reference package is not
-installed at all; ``make test`` installs all of them (requirements/reference.txt).
+A missing reference package fails the tests that need it, naming the package and the
+install command: parity is never silently skipped. ``make test`` installs all of them
+(requirements/reference.txt).
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
+
+INSTALL = "pip install --no-deps -r requirements/reference.txt (make test does)"
+
+
+def missing(what: str) -> None:
+    """Fail (not skip) the test: a parity test without its reference proves nothing."""
+    pytest.fail(f"reference package {what} is not installed; {INSTALL}", pytrace=False)
 
 
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"reference package {name!r} is not installed (make test installs it)")
+        missing(repr(name))
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -75,7 +84,7 @@ def install_torchvision_shim() -> bool:
 def torchvision_transforms() -> ModuleType:
     """``torchvision.transforms`` imported without torchvision's compiled extension."""
     if not install_torchvision_shim():
-        pytest.skip("torchvision is not installed (make test installs it, --no-deps)")
+        missing("torchvision")
     import torchvision.transforms as T
 
     return T
@@ -86,7 +95,7 @@ def open_clip() -> ModuleType:
     """The ``open_clip`` package, imported on top of the torchvision shim."""
     torchvision_transforms()
     if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip_torch is not installed (make test installs it, --no-deps)")
+        missing("open_clip_torch")
     import open_clip as oc
 
     return oc
@@ -122,7 +131,43 @@ def transformers() -> ModuleType:
     """Hugging Face ``transformers`` (imported after the torchvision shim)."""
     install_torchvision_shim()
     if importlib.util.find_spec("transformers") is None:
-        pytest.skip("transformers is not installed (make test installs it)")
+        missing("transformers")
     import transformers as tf
 
     return tf
+
+
+@torch.no_grad()
+def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every weight of ``model`` off its initial value, in place, and return it.
+
+    At initialisation every LayerNorm is 1/0 and every attention and MLP bias 0, so a model
+    with swapped LayerNorms or a dropped bias computes the same features as the reference
+    and passes a parity test. Here each floating tensor of the state dict gets noise of half
+    its own spread (0.2 for constant tensors: LayerNorm weights and biases, zero biases),
+    BatchNorm statistics become non-trivial, and the logit scale moves.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        if name.endswith("running_var"):
+            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        elif name.endswith("running_mean"):
+            t.copy_(0.1 * torch.randn(t.shape, generator=g))
+        elif t.numel() == 1:
+            t.add_(0.3)
+        else:
+            spread = float(t.float().std())
+            scale = 0.5 * spread if spread > 1e-6 else 0.2
+            t.add_(scale * torch.randn(t.shape, generator=g).to(t.dtype))
+    return model
+
+
+def require(module: str) -> ModuleType:
+    """A reference module (scikit-learn for the metrics and probes), or fail naming it."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.fail(
+            f"reference package {module!r} is not installed; pip install '.[eval]'", pytrace=False
+        )
+    return importlib.import_module(module)

@@ -18,21 +18,23 @@ import pytest
 import torch
 from PIL import Image
 
-from cliplab.datasets import install
-from cliplab.datasets.builders import (
-    build,
-    captions,
-    emoji,
-    fashion_mnist,
-    icons,
-    openclipart,
-    shard_urls,
-    tuxpaint,
-)
 from cliplab.data.decode import ImageDecoder
 from cliplab.data.evalsets import load_classification_set, load_retrieval_set
 from cliplab.data.stream import ImageTextStream
 from cliplab.data.webdataset import WebDatasetSource
+from cliplab.datasets import captions, install
+from cliplab.datasets.builders import (
+    BUILDERS,
+    build,
+    builder_of,
+    emoji,
+    fashion_mnist,
+    icons,
+    openclipart,
+    plan,
+    shard_urls,
+    tuxpaint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SOURCES = Path(os.environ.get("CLIPLAB_SOURCES", REPO / "data" / "sources"))
@@ -443,6 +445,48 @@ def test_build_reports_missing_sources(tmp_path):
         build(["nope"], tmp_path, tmp_path)
 
 
+def test_builders_declare_their_packages_and_outputs():
+    """A plan from outputs alone: the builders that make them and the packages they read."""
+    assert builder_of("eval/emoji-google").name == "emoji"
+    assert builder_of("shards/fashion-mnist-train").name == "fashion-mnist"
+    with pytest.raises(ValueError, match="no builder makes 'eval/nope'"):
+        builder_of("eval/nope")
+    builders, packages = plan(
+        ["shards/emoji-twitter", "eval/emoji-google", "eval/fashion-mnist-test"]
+    )
+    assert builders == {
+        "emoji": ["shards/emoji-twitter", "eval/emoji-google"],
+        "fashion-mnist": ["eval/fashion-mnist-test"],
+    }
+    assert packages == [
+        "emojibase-data",
+        "emoji-datasource-twitter",
+        "emoji-datasource-google",
+        "dataset-fashion-mnist",
+    ]
+    # Apple's style needs Apple's package, Twitter's own evaluation set does not
+    assert "emoji-datasource-apple" in plan(["eval/emoji-apple"])[1]
+    assert "emoji-datasource-apple" not in plan(["eval/emoji-twitter"])[1]
+    # every declared package exists, and every output has one builder
+    known = {p.name for p in install.PACKAGES}
+    outputs = [o for b in BUILDERS.values() for o in b.outputs]
+    assert len(outputs) == len(set(outputs))
+    for b in BUILDERS.values():
+        assert set(b.packages_for(b.outputs)) <= known, b.name
+
+
+def test_build_only_makes_the_outputs_asked_for(sources, tmp_path):
+    make_fashion(sources)
+    out = tmp_path / "data"
+    build(["fashion-mnist"], sources, out, log=QUIET, only=["eval/fashion-mnist-test"])
+    assert (out / "eval" / "fashion-mnist-test" / "build.json").is_file()
+    assert not (out / "shards" / "fashion-mnist-train").exists()
+    build(None, sources, out, log=QUIET, only=["shards/emoji-twitter"])
+    assert (out / "shards" / "emoji-twitter" / "build.json").is_file()
+    assert not (out / "eval" / "emoji-google").exists()
+    assert not (out / "shards" / "tuxpaint-cartoons").exists()
+
+
 def test_cli_build(sources, tmp_path):
     from cliplab.cli import main
 
@@ -520,11 +564,14 @@ def test_install_is_idempotent(tmp_path, monkeypatch):
     assert second == first and log.read_text().splitlines() == calls  # nothing run again
     install.install(["wordnet-base"], data, force=True, log=QUIET)
     assert len(log.read_text().splitlines()) == 3
-    # the script form needs only the standard library (a re-run never imports torch)
+    # the command line: a re-run checks markers and runs nothing
     run = subprocess.run(
         [
             sys.executable,
-            str(REPO / "src/cliplab/data/install.py"),
+            "-m",
+            "cliplab",
+            "data",
+            "install",
             "--data-dir",
             str(data),
             "--only",
@@ -548,7 +595,7 @@ def test_install_reports_failures_and_groups(tmp_path, monkeypatch):
     ]
     with pytest.raises(KeyError):
         install.expand_names(["nope"])
-    with pytest.raises(FileNotFoundError, match="cliplab.datasets.install --only emojibase-data"):
+    with pytest.raises(FileNotFoundError, match="cliplab data install --only emojibase-data"):
         install.source_path("emojibase-data", tmp_path / "s")
 
 

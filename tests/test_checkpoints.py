@@ -312,27 +312,18 @@ def test_cli_convert_and_list_models(tmp_path: Path, capsys) -> None:
 
     ref = openai_reference(VIT, fp16=True)
     torch.save(ref.state_dict(), tmp_path / "openai.pt")
-    assert (
-        main(["convert", str(tmp_path / "openai.pt"), str(tmp_path / "out"), "--to", "cliplab"])
-        == 0
-    )
+    src, out = str(tmp_path / "openai.pt"), str(tmp_path / "out")
+    assert main(["convert", "--model", src, "--out", out, "--to", "cliplab"]) == 0
     assert "wrote cliplab checkpoint" in capsys.readouterr().out
     loaded, _ = cliplab.load(tmp_path / "out")
     assert_same_features(loaded, ref.float(), 32)
     assert (
-        main(
-            [
-                "convert",
-                str(tmp_path / "openai.pt"),
-                str(tmp_path / "g"),
-                "--set",
-                "activation=gelu",
-            ]
-        )
+        main(["convert", "--model", src, "--out", str(tmp_path / "g"), "--set", "activation=gelu"])
         == 0
     )
     assert cliplab.load(tmp_path / "g")[0].config.text.activation == "gelu"
-    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
+    missing = ["convert", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]
+    assert main(missing) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["list-models"]) == 0
     out = capsys.readouterr().out

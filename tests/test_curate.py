@@ -24,6 +24,7 @@ from cliplab.data.curate import (
     tokenize,
     wordnet_lemmas,
 )
+from cliplab.data.curate.filters import STOPWORDS
 
 #: Captions as the sources write them: emoji labels and tags (emojibase), Tux Paint stamp
 #: descriptions, OpenClipart titles.
@@ -279,7 +280,7 @@ def test_pmi_bigrams_find_collocations():
     texts = [" ".join(rng.choices(words, k=6)) for _ in range(400)] + ["new york city"] * 30
     found = {b: (p, c) for b, p, c in pmi_bigrams(texts, min_count=5, min_pmi=3.0)}
     assert "new york" in found and "york city" in found and found["new york"][1] == 30
-    assert not any(w in STOP for b in found for w in b.split() for STOP in [curate.STOPWORDS])
+    assert not any(w in STOP for b in found for w in b.split() for STOP in [STOPWORDS])
 
 
 def test_wordnet_lemmas(wordnet):
@@ -410,6 +411,34 @@ def test_webdataset_input_writes_kept_shards(tmp_path, wordnet):
     ] in ("cat", "cat face", "face")
 
 
+def test_malformed_shards_are_counted_by_the_data_layers_reasons(tmp_path, wordnet):
+    """Shards are read by the data layer's reader: a duplicate key and a truncated shard are
+    counted by reason and skipped, and the good samples around them are curated."""
+    import io
+    import tarfile
+
+    def member(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    good = tmp_path / "in" / "a.tar"
+    good.parent.mkdir()
+    with tarfile.open(good, "w") as tar:
+        member(tar, "s0.txt", b"A zebra.")
+        member(tar, "s1.txt", b"cat face")
+        member(tar, "s1.txt", b"cat face again")  # the same key and extension twice
+        member(tar, "s2.txt", b"A teapot.")
+    data = good.read_bytes()
+    (tmp_path / "in" / "b.tar").write_bytes(data[: 3 * 512 + 100])  # cut in the third member
+    out = tmp_path / "out"
+    report = curate.curate([str(tmp_path / "in")], out, _config(wordnet), log=lambda *_: None)
+    assert report["dropped"]["duplicate-key"] == 1
+    assert report["dropped"]["truncated-tar"] == 1
+    kept = [k["text"] for k in _kept(out)]
+    assert kept.count("A zebra.") == 2 and kept.count("A teapot.") == 1
+
+
 def test_jsonl_and_parquet_inputs(tmp_path, wordnet):
     rows = [
         {"url": f"http://x/{i}.jpg", "caption": t}
@@ -462,7 +491,7 @@ def test_cli(tmp_path, wordnet, capsys):
     assert "texts/s" in printed and "kept" in printed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["kept"] == len(REAL) and report["queries"]["file"] == len(
-        [w for w in VOCAB if w not in curate.STOPWORDS and len(w) > 1]
+        [w for w in VOCAB if w not in STOPWORDS and len(w) > 1]
     )
     assert (
         main(["data", "curate", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
@@ -501,7 +530,13 @@ def test_real_captions_with_wordfreq(tmp_path):
         writer = csv.DictWriter(f, ["origin", "caption"])
         writer.writeheader()
         writer.writerows(rows)
-    config = CurateConfig(workers=2, cap=20, progress_every=0.0)
+    from cliplab.datasets.install import source_path
+
+    try:
+        wordnet_dir = str(source_path("wordnet-base", REAL_SOURCES))
+    except FileNotFoundError:
+        wordnet_dir = None  # the recipe then runs without WordNet lemmas
+    config = CurateConfig(workers=2, cap=20, progress_every=0.0, wordnet_dir=wordnet_dir)
     curate.curate([str(tmp_path / "pool.csv")], tmp_path / "out", config, log=lambda *_: None)
     kept = {k["row"]["caption"] for k in _kept(tmp_path / "out")}
     share = {

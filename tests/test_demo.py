@@ -21,11 +21,13 @@ in_memory = true
 crop_scale = [0.5, 1.0]
 
 [[data.sources]]
-shards = "emoji-twitter"
+kind = "shards"
+set = "emoji-twitter"
 weight = 2.0
 
 [[data.sources]]
-shards = "icons"
+kind = "shards"
+set = "icons"
 
 [optim]
 lr = 1e-3
@@ -38,6 +40,10 @@ threads = 1
 [log]
 tensorboard = false
 progress = false
+
+[[eval.sets]]
+protocol = "zeroshot"
+dataset = "emoji-google"
 """
 
 
@@ -98,6 +104,24 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     # a re-run reuses the finished training (resume) and the built data
     assert main([*argv, "--no-install", "--quiet"]) == 0
 
+    # the built-in recipe is a plain `cliplab train` config (no demo dialect)
+    from cliplab.demo.plan import recipe_path
+
+    # the demo built only what its recipe needs; the built-in recipe also reads the skins
+    assert not (data / "shards" / "emoji-twitter-skins").exists()
+    assert (
+        main(["data", "build", "emoji", "--sources", str(data / "sources"), "--out", str(data)])
+        == 0
+    )
+    plain = [
+        "train", str(recipe_path()), "--out", str(tmp_path / "plain"),
+        "--set", f"data.dir={data}", "--set", "train.steps=2", "--set", "data.batch_size=8",
+        "--set", "eval.interval=1", "--set", "log.progress=false",
+    ]  # fmt: skip
+    assert main(plain) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").open()]
+    assert any("zeroshot_emoji-google_top1" in r for r in metrics if r["kind"] == "eval")
+
 
 def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     from cliplab.demo.reproduce import fit_power_law, run_reproduce
@@ -137,4 +161,4 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     report.unlink()
     assert main(["reproduce", "--out", str(out), "--report-only"]) == 0
     assert report.read_text() == text
-    assert main(["reproduce", "--out", str(tmp_path / "none"), "--report-only"]) == 1
+    assert main(["reproduce", "--out", str(tmp_path / "none"), "--report-only"]) == 2

@@ -9,15 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import refs
 from cliplab.evaluation.datasets import ClassificationSet
-from cliplab.evaluation.fewshot import few_shot_curve, matching_shots, sample_shots
-from cliplab.evaluation.linear_probe import (
-    fit_logistic_regression,
-    linear_probe,
-    search_regularization,
-    stratified_split,
-)
-from cliplab.evaluation.robustness import (
+from cliplab.evaluation.effective_robustness import (
     EvalSplit,
     align_to_source,
     effective_robustness,
@@ -25,6 +19,14 @@ from cliplab.evaluation.robustness import (
     pool_baselines,
     robustness_study,
 )
+from cliplab.evaluation.probe import (
+    fit_logistic_regression,
+    linear_probe,
+    sample_shots,
+    search_regularization,
+    stratified_split,
+)
+from cliplab.evaluation.protocols.fewshot import few_shot_curve, matching_shots, summarise
 
 
 def make_blobs(n_per_class: int, c: int = 4, d: int = 16, spread: float = 0.6, seed: int = 0):
@@ -41,7 +43,7 @@ def make_blobs(n_per_class: int, c: int = 4, d: int = 16, spread: float = 0.6, s
 
 @pytest.mark.parametrize("C", [0.05, 1.0, 20.0])
 def test_torch_lbfgs_matches_sklearn(C: float) -> None:
-    pytest.importorskip("sklearn")
+    refs.require("sklearn")
     x, y = make_blobs(30, c=5, spread=1.5)
     ours = fit_logistic_regression(x, y, C=C, tol=1e-8, max_iter=5000)
     ref = fit_logistic_regression(x, y, C=C, backend="sklearn", tol=1e-8, max_iter=5000)
@@ -57,7 +59,7 @@ def test_torch_lbfgs_matches_sklearn(C: float) -> None:
 
 
 def test_binary_problem_matches_sklearn() -> None:
-    pytest.importorskip("sklearn")
+    refs.require("sklearn")
     x, y = make_blobs(25, c=2, spread=2.0)
     ours = fit_logistic_regression(x, y, C=0.3, tol=1e-8, max_iter=5000)
     ref = fit_logistic_regression(x, y, C=0.3, backend="sklearn", tol=1e-8, max_iter=5000)
@@ -155,13 +157,15 @@ def test_matching_shots() -> None:
 def test_few_shot_curve_improves_with_k() -> None:
     x, y = make_blobs(40, c=4, spread=2.0)
     xt, yt = make_blobs(40, c=4, spread=2.0, seed=0)
-    result = few_shot_curve(x, y, xt, yt, num_classes=4, shots=(1, 4, 16), seeds=(0, 1), C=1.0)
-    means = [result.mean(k) for k in (1, 4, 16)]
+    runs = few_shot_curve(x, y, xt, yt, num_classes=4, shots=(1, 4, 16), seeds=(0, 1), C=1.0)
+    curve = summarise(runs)
+    means = [curve[str(k)]["mean"] for k in (1, 4, 16)]
     assert means[0] < means[2]
-    assert all(len(result.runs[k]) == 2 for k in (1, 4, 16))
-    assert result.runs[4][0]["n_train"] == 16
-    d = result.to_dict()
-    assert set(d["curve"]) == {"1", "4", "16"} and d["zero_shot"] is None
+    assert all(len(runs[k]) == 2 for k in (1, 4, 16))
+    assert runs[4][0]["n_train"] == 16
+    assert set(curve) == {"1", "4", "16"}
+    a, b = (r["top1"] for r in runs[1])
+    assert curve["1"]["std"] == pytest.approx(abs(a - b) / 2**0.5)  # unbiased, two draws
 
 
 # --------------------------------------------------------------------------- robustness

@@ -227,8 +227,8 @@ def test_build_source_every_kind(tmp_path: Path, image_folder: Path) -> None:
     }
     for kind, spec in specs.items():
         assert build_source({"kind": kind, **spec}).num_samples() > 0
-    assert set(KINDS) == {"synthetic", "webdataset", "csv", "parquet", "folder"}
-    with pytest.raises(ValueError, match="bad fields"):
+    assert set(KINDS) == {"synthetic", "webdataset", "shards", "csv", "parquet", "folder"}
+    with pytest.raises(ValueError, match="unknown field 'nope' for a csv source"):
         build_source({"kind": "csv", "nope": 1})
     with pytest.raises(ValueError, match="unknown data source kind"):
         build_source({"kind": "laion"})
@@ -239,7 +239,7 @@ def test_build_source_every_kind(tmp_path: Path, image_folder: Path) -> None:
 
 def test_cli_write_and_stats_from_a_folder(image_folder: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "shards"
-    assert main(["data", "write", str(image_folder), str(out), "--max-samples", "2"]) == 0
+    assert main(["data", "write", str(image_folder), "--out", str(out), "--max-samples", "2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 5 and summary["failures"] == {
         "missing-caption": 1,
@@ -278,7 +278,9 @@ def test_cli_write_from_a_csv_with_resize(tmp_path: Path, capsys) -> None:
         [[f"{i}.png", f"picture {i}", ""] for i in range(4)] + [["5.png", "x", ""]],
     )
     out = tmp_path / "out"
-    assert main(["data", "write", str(tmp_path / "m.csv"), str(out), "--resize", "64"]) == 0
+    assert (
+        main(["data", "write", str(tmp_path / "m.csv"), "--out", str(out), "--resize", "64"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["failures"] == {"missing-file": 1}
     records = list(WebDatasetSource(str(out / "shard-000000.tar")).scan())
     image, caption = ImageDecoder()(records[2], random.Random(0))
@@ -294,10 +296,15 @@ def test_cli_write_from_a_csv_with_resize(tmp_path: Path, capsys) -> None:
 
 
 def test_cli_write_synthetic_and_errors(tmp_path: Path, capsys) -> None:
-    assert main(["data", "write", "synthetic", str(tmp_path / "syn"), "--num-samples", "12"]) == 0
+    syn = str(tmp_path / "syn")
+    assert main(["data", "write", "synthetic", "--out", syn, "--num-samples", "12"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 12
     assert WebDatasetSource(str(tmp_path / "syn" / "shard-000000.tar")).num_samples() == 12
-    assert main(["data", "write", str(tmp_path / "nothing-here"), str(tmp_path / "x")]) == 2
+    missing = ["data", "write", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")]
+    assert main(missing) == 2
+    assert "no such source" in capsys.readouterr().err
+    (tmp_path / "odd.bin").write_bytes(b"x")
+    assert main(["data", "write", str(tmp_path / "odd.bin"), "--out", str(tmp_path / "x")]) == 2
     assert "cannot tell" in capsys.readouterr().err
     assert main(["data", "stats", str(tmp_path / "syn"), "--limit", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 3

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cliplab.datasets.captions import draw_caption
 from cliplab.data.decode import ImageDecoder
 from cliplab.data.memory import MemoryLoader, random_resized_crop
-from cliplab.data.sources import build_source
-from cliplab.data.stream import stable_seed
 from cliplab.data.shardwriter import ShardWriter
+from cliplab.data.sources import ShardsSpec, build_source, resolve_caption_fn, spec_from_dict
+from cliplab.data.stream import stable_seed
+from cliplab.datasets.captions import draw_caption
 from cliplab.tokenizer import tokenize
-from cliplab.train.data import TokenizeCaptions, resolve_caption_fn, source_caption_fn
+from cliplab.train.data import TokenizeCaptions
 from cliplab.transforms import OPENAI_MEAN, OPENAI_STD
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0)}
@@ -67,9 +67,11 @@ def shards(tmp_path: Path) -> Path:
 
 
 def make_loader(shards: Path, **kwargs) -> MemoryLoader:
-    spec = {"kind": "webdataset", "urls": str(shards / "shard-{000000..000002}.tar")}
-    source = build_source(spec)
-    decoder = ImageDecoder(image_size=16, caption_fn=source_caption_fn(spec))
+    spec = spec_from_dict(
+        {"kind": "webdataset", "urls": str(shards / "shard-{000000..000002}.tar")}
+    )
+    source = spec.open()
+    decoder = ImageDecoder(image_size=16, caption_fn=spec.caption_function())
     options = dict(image_size=16, tokenize=TokenizeCaptions(32), batch_size=4, seed=3)
     options.update(kwargs)
     return MemoryLoader([source], [decoder], **options)
@@ -181,18 +183,56 @@ def test_random_resized_crop_full_crop_is_identity_and_partial_zooms() -> None:
 
 
 def test_caption_fn_from_build_json_only_when_in_cliplab(shards: Path) -> None:
-    spec = {"kind": "webdataset", "urls": str(shards / "shard-000000.tar")}
-    assert source_caption_fn(spec) is draw_caption
-    assert source_caption_fn(spec | {"caption_fn": "none"}) is None
+    table = {"kind": "webdataset", "urls": str(shards / "shard-000000.tar")}
+    assert spec_from_dict(table).caption_function() is draw_caption
+    # "none" in a source table: the stored captions (it used to fail as an unexpected argument)
+    none = spec_from_dict(table | {"caption_fn": "none"})
+    assert none.caption_function() is None and none.open().num_samples() > 0
     (shards / "build.json").write_text(json.dumps({"caption_fn": "os:system"}))
     with pytest.raises(ValueError, match="refusing"):
-        source_caption_fn(spec)
+        spec_from_dict(table).caption_function()
     with pytest.raises(ValueError, match="looks like|look like"):
         resolve_caption_fn("no-colon")
     with pytest.raises(ValueError, match="cannot be imported"):
         resolve_caption_fn("cliplab.nothing_here:fn")
     # a trusted name (from the config file) may live anywhere
     assert resolve_caption_fn("json:dumps") is json.dumps
+    assert spec_from_dict(table | {"caption_fn": "json:dumps"}).caption_function() is json.dumps
+
+
+def test_source_specs_are_typed_and_checked(shards: Path, tmp_path: Path) -> None:
+    """One dataclass per kind, from a TOML table, with its name, weight and caption_fn."""
+    data = tmp_path / "data"
+    (data / "shards").mkdir(parents=True)
+    (shards / "build.json").write_text(
+        json.dumps(
+            {
+                "caption_fn": "cliplab.datasets.captions:draw_caption",
+                "shards": [f"shard-{i:06d}.tar" for i in range(3)],
+                "output": {"count": 8},
+            }
+        )
+    )
+    (data / "shards" / "emoji").symlink_to(shards)
+    spec = spec_from_dict({"kind": "shards", "set": "emoji", "dir": str(data), "weight": 2.0})
+    assert isinstance(spec, ShardsSpec) and spec.display_name == "emoji" and spec.weight == 2.0
+    assert spec.caption_function() is draw_caption
+    source = spec.open()
+    assert source.name == "emoji" and len(source.urls) == 3
+    half = spec_from_dict(spec.to_dict() | {"fraction": 0.5})
+    assert half.open().num_samples() == 4 and spec_from_dict(half.to_dict()) == half
+    with pytest.raises(
+        ValueError, match="unknown field 'sets' for a shards source .*did you mean 'set'"
+    ):
+        spec_from_dict({"kind": "shards", "sets": "emoji"})
+    with pytest.raises(ValueError, match="unknown data source kind 'tarball'"):
+        spec_from_dict({"kind": "tarball"})
+    with pytest.raises(ValueError, match="needs a 'kind'"):
+        spec_from_dict({"urls": "x.tar"})
+    with pytest.raises(ValueError, match="weight must be positive"):
+        spec_from_dict({"kind": "synthetic", "weight": 0})
+    with pytest.raises(FileNotFoundError, match="cliplab data build"):
+        spec_from_dict({"kind": "shards", "set": "nope", "dir": str(data)}).open()
 
 
 def test_trainer_runs_in_memory_and_resumes_bit_identical(tmp_path: Path) -> None:

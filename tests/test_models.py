@@ -1,7 +1,16 @@
 """Architectures: every preset builds with the references' parameter counts, and outputs
-equal OpenAI's, OpenCLIP's and Hugging Face's implementations for the same weights."""
+equal OpenAI's, OpenCLIP's and Hugging Face's implementations for the same weights.
+
+Parity is checked on perturbed weights (``refs.perturb_``): at initialisation every
+LayerNorm is 1/0 and every bias 0, where a wrong model can pass.
+``test_parity_catches_deliberate_bugs`` shows that each of four classic bugs fails it."""
 
 from __future__ import annotations
+
+import math
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,13 +144,7 @@ def test_parity_with_openai_model_code(kind: str, half_text: bool) -> None:
     """Same weights in OpenAI's clip/model.py and in cliplab give the same features."""
     # OpenAI's code fixes the vision heads at width / 64 (one head for tiny-vit's width 64)
     config = get_config("tiny-vit", vision_heads=1) if kind == "vit" else PRESETS["tiny-rn"]
-    ref = refs.openai_model_module().CLIP(*openai_args(config)).eval()
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for module in ref.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.normal_(1, 0.1)
+    ref = refs.perturb_(refs.openai_model_module().CLIP(*openai_args(config)).eval())
     ours = CLIP(config).eval()
     ours.load_state_dict(openai.from_openai(ref.state_dict()))
     images = torch.randn(4, 3, config.vision.image_size, config.vision.image_size)
@@ -191,6 +194,7 @@ def test_parity_with_open_clip(kind: str, activation: str) -> None:
         )
     text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
     ref = oc.model.CLIP(32, vision_cfg, text_cfg, quick_gelu=activation == "quick_gelu").eval()
+    refs.perturb_(ref, seed=1)
     ours = CLIP(config).eval()
     ours.load_state_dict(openai.from_openai(ref.state_dict()))
     size = config.vision.image_size
@@ -199,6 +203,7 @@ def test_parity_with_open_clip(kind: str, activation: str) -> None:
     with torch.no_grad():
         assert relative_error(ours.encode_image(images), ref.encode_image(images)) <= 1e-5
         assert relative_error(ours.encode_text(tokens), ref.encode_text(tokens)) <= 1e-5
+        assert float(ours.logit_scale) == float(ref.logit_scale) != math.log(1 / 0.07)
 
 
 def _features(output: object) -> torch.Tensor:
@@ -231,7 +236,7 @@ def test_parity_with_transformers_clipmodel(activation: str) -> None:
         projection_dim=32,
     )
     torch.manual_seed(0)
-    ref = tf.CLIPModel(hf_config).eval()
+    ref = refs.perturb_(tf.CLIPModel(hf_config).eval(), seed=2)
     config = hf.config_from_hf(hf_config.to_dict())
     assert config.text.activation == activation and config.vision.heads == 2
     ours = CLIP(config).eval()
@@ -285,3 +290,88 @@ def test_bad_inputs_give_clear_errors() -> None:
         model.encode_text(torch.zeros(2, 100, dtype=torch.long))
     with pytest.raises(ValueError, match="token ids of shape"):
         model.encode_text(torch.zeros(77, dtype=torch.long))
+
+
+# -- deliberate bugs -----------------------------------------------------------------------
+
+MODELS = Path(__file__).resolve().parents[1] / "src" / "cliplab" / "models"
+
+#: Four classic bugs, each as an edit of the model source: (file, classes whose instances
+#: get the edited code, the line as written, the line with the bug).
+BUGS = {
+    "swapped ln_1/ln_2": (
+        "transformer.py",
+        ("ResidualAttentionBlock",),
+        "x = x + self.attn(self.ln_1(x), causal=causal)\n        return x + self.mlp(self.ln_2(x))",
+        "x = x + self.attn(self.ln_2(x), causal=causal)\n        return x + self.mlp(self.ln_1(x))",
+    ),
+    "dropped attention bias": (
+        "transformer.py",
+        ("SelfAttention",),
+        "F.linear(x, self.in_proj_weight, self.in_proj_bias)",
+        "F.linear(x, self.in_proj_weight)",
+    ),
+    "pooling at the last token, not EOT": (
+        "text.py",
+        ("TextTransformer",),
+        "x = x[torch.arange(B, device=x.device), eot]",
+        "x = x[:, -1]",
+    ),
+    "ln_pre skipped": ("vit.py", ("VisionTransformer",), "x = self.ln_pre(x)", "x = x"),
+}
+
+
+def with_bug(model: CLIP, bug: str) -> CLIP:
+    """``model`` with the source of one of its classes edited to carry ``bug``: the edited
+    file is compiled as a new module and the instances of the classes switch to it."""
+    file, classes, right, wrong = BUGS[bug]
+    source = (MODELS / file).read_text(encoding="utf-8")
+    assert source.count(right) == 1, f"{bug}: the line to break is not in {file}"
+    module = types.ModuleType(f"_buggy_{file[:-3]}")
+    sys.modules[module.__name__] = module  # dataclasses and typing look modules up by name
+    try:
+        exec(compile(source.replace(right, wrong), file, "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    for m in model.modules():
+        if type(m).__name__ in classes:
+            m.__class__ = getattr(module, type(m).__name__)
+    return model
+
+
+def parity_errors(perturbed: bool, bug: str | None = None) -> tuple[float, float]:
+    """Relative error of cliplab's image and text features against OpenAI's code."""
+    config = get_config("tiny-vit", vision_heads=1)
+    ref = refs.openai_model_module().CLIP(*openai_args(config)).eval()
+    if perturbed:
+        refs.perturb_(ref)
+    ours = CLIP(config).eval()
+    ours.load_state_dict(openai.from_openai(ref.state_dict()))
+    if bug is not None:
+        with_bug(ours, bug)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tokens = random_tokens(4)
+    tokens[0, -1] = 0  # every row has padding after its EOT
+    tokens[0, -2] = 49407
+    with torch.no_grad():
+        return (
+            relative_error(ours.encode_image(images), ref.encode_image(images)),
+            relative_error(ours.encode_text(tokens), ref.encode_text(tokens)),
+        )
+
+
+def test_parity_harness_passes_the_right_model() -> None:
+    assert max(parity_errors(perturbed=True)) <= 1e-5
+
+
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_parity_catches_deliberate_bugs(bug: str) -> None:
+    """Each bug moves the features far past the parity tolerance on perturbed weights."""
+    assert max(parity_errors(perturbed=True, bug=bug)) > 1e-2, bug
+
+
+@pytest.mark.parametrize("bug", ["swapped ln_1/ln_2", "dropped attention bias"])
+def test_these_bugs_hide_at_initial_weights(bug: str) -> None:
+    """Why the parity tests perturb: at initialisation (LayerNorms 1/0, biases 0) these two
+    bugs give the reference's features exactly, and a parity test would pass them."""
+    assert max(parity_errors(perturbed=False, bug=bug)) <= 1e-5

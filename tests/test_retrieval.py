@@ -1,5 +1,5 @@
 """Retrieval Recall@K with several captions per image: against brute force, and on stub
-features whose answers are known."""
+features whose answers are known; ties count against the model (the one tie rule)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cliplab.evaluation.retrieval import retrieval_metrics, retrieval_ranks
+from cliplab.evaluation.protocols.retrieval import retrieval_metrics, retrieval_ranks
 
 
 def brute_force(image_features, text_features, owner, k):
@@ -66,14 +66,29 @@ def test_perfect_and_permuted_stubs() -> None:
     m = retrieval_metrics(images, swapped, owner, ks=(1, 2))
     assert m["image_to_text_R@1"] == pytest.approx(8 / 10)
     assert m["text_to_image_R@1"] == pytest.approx(16 / 20)
-    # Ties (all the wrong images score 0) count in the model's favour at rank 2.
-    assert m["text_to_image_R@2"] == 1.0
+    # A swapped caption scores 1 for the wrong image and 0 for its own and the 8 others: the
+    # ties count against the model, so its image ranks last (9), not second.
+    assert m["text_to_image_R@2"] == pytest.approx(16 / 20)
+    _, t2i = retrieval_ranks(images, swapped, owner)
+    assert t2i.tolist() == [9] * 4 + [0] * 16
+
+
+def test_ties_count_against_the_model() -> None:
+    """Constant features: every candidate ties, so nothing is retrieved at any K < N."""
+    n = 6
+    owner = list(range(n))
+    m = retrieval_metrics(torch.ones(n, 4), torch.ones(n, 4), owner, ks=(1, 5))
+    assert m["image_to_text_R@1"] == m["text_to_image_R@5"] == 0.0
+    assert m["text_to_image_median_rank"] == n
+    # NaN features rank the right answer last too
+    nan = torch.full((n, 4), float("nan"))
+    assert retrieval_metrics(nan, nan, owner, ks=(1,))["mean_recall"] == 0.0
 
 
 def test_one_good_caption_is_enough() -> None:
     images = torch.eye(3)
     texts = torch.stack(
-        [torch.tensor([0.0, 1.0, 0.0]), torch.eye(3)[0], torch.eye(3)[1], torch.eye(3)[2]]
+        [torch.tensor([0.0, 1.0, 1.0]), torch.eye(3)[0], torch.eye(3)[1], torch.eye(3)[2]]
     )
     owner = [0, 0, 1, 2]  # image 0 has a wrong caption and a right one
     m = retrieval_metrics(images, texts, owner, ks=(1,))

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import cliplab
 from cliplab.cli import main
 from cliplab.models import MAX_LOGIT_SCALE
-from cliplab.train import NonFiniteError, Trainer, load_config, paired_retrieval_metrics
+from cliplab.train import NonFiniteError, Trainer, load_config
 from cliplab.train.checkpoint import NonFiniteCheckpointError
 from cliplab.train.config import Config, check_resume_compatible
 from cliplab.train.distributed import DistEnv
@@ -37,15 +37,26 @@ def test_toml_config_with_overrides(tmp_path: Path) -> None:
         '[data]\nbatch_size = 32\n[[data.sources]]\nkind = "synthetic"\nnum_samples = 100\nweight = 2\n'
         '[train]\nsteps = 10\nprecision = "bf16"\n'
     )
+    sets = '[{protocol = "zeroshot", dataset = "emoji-google", max_images = 50}]'
     config = load_config(
-        path, ["optim.lr=1e-3", "train.steps=20", "model.name=tiny-vit", "eval.hooks=['a.b:c']"]
+        path,
+        [
+            "optim.lr=1e-3",
+            "train.steps=20",
+            "model.name=tiny-vit",
+            f"eval.sets={sets}",
+            "activation=gelu",  # a bare key is a model setting, as in every command
+        ],
     )
     assert config.output == "runs/x"
-    assert config.model.name == "tiny-vit" and config.model.overrides == {"embed_dim": 48}
-    assert config.data.batch_size == 32 and config.data.sources[0]["weight"] == 2
+    assert config.model.name == "tiny-vit"
+    assert config.model.overrides == {"embed_dim": 48, "activation": "gelu"}
+    assert config.data.batch_size == 32 and config.data.sources[0].weight == 2
     assert config.optim.lr == 1e-3 and isinstance(config.optim.lr, float)
     assert config.train.steps == 20 and config.train.precision == "bf16"
-    assert config.eval.hooks == ("a.b:c",)
+    assert config.eval.sets == (
+        {"protocol": "zeroshot", "dataset": "emoji-google", "max_images": 50},
+    )
     assert Config.from_dict(config.to_dict()) == config  # round trip
 
 
@@ -57,7 +68,17 @@ def test_toml_config_with_overrides(tmp_path: Path) -> None:
         ("train.precision=fp8", "train.precision must be one of"),
         ("train.steps=ten", "train.steps must be a int"),
         ("model.name=ViT-Z", "unknown model"),
-        ("train", "--set expects SECTION.KEY=VALUE"),
+        ("=3", "--set expects KEY=VALUE"),
+        ("train", "--set expects KEY=VALUE, got .train."),
+        ("train=3", "name a key inside \\[train\\]"),
+        ("activation=relu", "activation must be one of"),
+        ('eval.sets=[{protocol = "zeroshoot", dataset = "x"}]', "unknown evaluation protocol"),
+        ('eval.sets=[{protocol = "zeroshot"}]', "needs dataset"),
+        (
+            'eval.sets=[{protocol = "zeroshot", dataset = "x", templtes = "photo"}]',
+            "did you mean 'templates'",
+        ),
+        ('data.sources=[{kind = "shards", sets = "x"}]', "did you mean 'set'"),
         ("train.accum_steps=0", "accum_steps must be >= 1"),
     ],
 )
@@ -357,10 +378,10 @@ def test_main_trains_end_to_end_and_resumes_a_finished_run(tmp_path: Path, capsy
         eval={"interval": 3, "synthetic_pairs": 20},
     )
     out = tmp_path / "run"
-    assert main(["train", str(config), "--output", str(out), "--set", "data.batch_size=8"]) == 0
+    assert main(["train", str(config), "--out", str(out), "--set", "data.batch_size=8"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["status"] == "complete" and summary["step"] == 6
-    assert 0 <= summary["eval"]["synthetic_text_to_image_top1"] <= 1
+    assert 0 <= summary["eval"]["synthetic_text_to_image_R@1"] <= 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [2, 4, 6]
@@ -373,31 +394,72 @@ def test_main_trains_end_to_end_and_resumes_a_finished_run(tmp_path: Path, capsy
     model, _ = cliplab.load(out / "model")
     assert model.config == cliplab.get_config("tiny-vit")
     # the same command again: nothing left to do
-    assert main(["train", str(config), "--output", str(out), "--set", "data.batch_size=8"]) == 0
+    assert main(["train", str(config), "--out", str(out), "--set", "data.batch_size=8"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["resumed_from"] == 6
     # a different run in the same directory is refused
-    assert main(["train", str(config), "--output", str(out), "--set", "data.batch_size=4"]) == 2
+    assert main(["train", str(config), "--out", str(out), "--set", "data.batch_size=4"]) == 2
     assert "different configuration (data.batch_size)" in capsys.readouterr().err
 
 
 def test_main_reports_bad_settings(tmp_path: Path, capsys) -> None:
-    assert main(["train", "--output", str(tmp_path), "--set", "optim.warmup=3"]) == 2
+    assert main(["train", "--out", str(tmp_path), "--set", "optim.warmup=3"]) == 2
     assert "did you mean 'warmup_steps'" in capsys.readouterr().err
-    assert main(["train", str(tmp_path / "missing.toml"), "--output", str(tmp_path)]) == 2
+    assert main(["train", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation hooks and learning
+# Evaluation during training and learning
 # ---------------------------------------------------------------------------------------
 
 
-def test_paired_retrieval_metrics_known_answer() -> None:
-    images = torch.eye(4)
-    texts = torch.eye(4)[[0, 1, 3, 2]]  # texts 2 and 3 point at each other's image
-    metrics = paired_retrieval_metrics(images, texts, ks=(1, 2))
-    assert metrics["text_to_image_top1"] == 0.5 and metrics["image_to_text_top1"] == 0.5
-    assert metrics["text_to_image_top2"] == 0.5  # ties count against: the right one is never above
-    assert metrics["chance_top1"] == 0.25
+def test_training_time_retrieval_is_the_retrieval_protocol() -> None:
+    """The synthetic evaluator runs `cliplab eval retrieval`'s code on the current weights:
+    the same figures as the protocol on the same pairs, and the mode is restored."""
+    from cliplab.encode import FeatureStore
+    from cliplab.evaluation.registry import get
+    from cliplab.train.evaluation import synthetic_retrieval_evaluator
+    from cliplab.transforms import EvalTransform
+
+    evaluator = synthetic_retrieval_evaluator(24, batch_size=7)
+    model = cliplab.create_model("tiny-vit").train()
+    metrics = evaluator(model, step=5)
+    assert model.training
+    store = FeatureStore(model.eval(), EvalTransform(32), progress=False)
+    offline = get("retrieval")(store, dataset=evaluator.inputs["dataset"])
+    assert metrics == {f"synthetic_{k}": v for k, v in offline.scalars().items()}
+    assert set(metrics) >= {"synthetic_text_to_image_R@1", "synthetic_mean_recall"}
+
+
+def test_eval_sets_by_name_under_the_data_directory(tmp_path: Path) -> None:
+    """[[eval.sets]] name a set under data.dir/eval; a missing one fails before training."""
+    from PIL import Image
+
+    from cliplab.data.evalsets import write_classification_set
+
+    names = ["red", "blue"]
+    items = [
+        (Image.new("RGB", (8, 8), (200 * (i == 0), 0, 200 * (i == 1))), i) for i in (0, 1, 0, 1)
+    ]
+    write_classification_set(
+        tmp_path / "data" / "eval" / "colours", items, name="colours", classnames=names,
+        templates=["a {} image"],
+    )  # fmt: skip
+    config = tiny_config(
+        data={"dir": str(tmp_path / "data")},
+        train={"steps": 2},
+        eval={"interval": 1, "sets": [{"protocol": "zeroshot", "dataset": "colours"}]},
+    )
+    summary = Trainer(config, output=tmp_path / "run").fit()
+    assert set(summary["eval"]) == {
+        "zeroshot_colours_top1",
+        "zeroshot_colours_top5",
+        "zeroshot_colours_mean_per_class_recall",
+    }
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [1, 2]
+    missing = tiny_config(eval={"sets": [{"protocol": "zeroshot", "dataset": "nope"}]})
+    with pytest.raises(FileNotFoundError, match="no evaluation set 'nope'"):
+        Trainer(missing, output=tmp_path / "run2")
 
 
 def test_tiny_model_learns_held_out_synthetic_retrieval(tmp_path: Path) -> None:
@@ -422,8 +484,7 @@ def test_tiny_model_learns_held_out_synthetic_retrieval(tmp_path: Path) -> None:
         eval={"interval": 50, "synthetic_pairs": 100},
     )
     summary = Trainer(config, output=tmp_path, evaluators=[hook]).fit()
-    metrics = summary["eval"]
-    assert metrics["synthetic_chance_top1"] == 0.01
-    assert metrics["synthetic_text_to_image_top1"] >= 0.04, metrics
-    assert metrics["synthetic_text_to_image_top5"] >= 0.2, metrics
+    metrics = summary["eval"]  # chance: 1% at R@1, 5% at R@5
+    assert metrics["synthetic_text_to_image_R@1"] >= 0.04, metrics
+    assert metrics["synthetic_text_to_image_R@5"] >= 0.2, metrics
     assert calls == [(50, False), (100, False)] and metrics["hook_metric"] == 1.0

@@ -48,7 +48,7 @@ plots = false
 
 
 def command(config: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "cliplab", "train", str(config), "--output", str(out)]
+    return [sys.executable, "-m", "cliplab", "train", str(config), "--out", str(out)]
 
 
 def logged_steps(out: Path) -> int:
@@ -108,8 +108,14 @@ def test_killed_then_preempted_run_resumes_bit_identical(tmp_path: Path) -> None
     proc = run_until(command(config, out), out, killed_at, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
 
+    # the killed run may have logged a step or two past killed_at: wait for a step the
+    # resumed run logs itself, or SIGTERM could arrive before its handler is installed
+    logged = logged_steps(out)
     proc = run_until(
-        command(config, out), out, rng.randint(killed_at + 1, STEPS - 3), signal.SIGTERM
+        command(config, out),
+        out,
+        rng.randint(logged + 1, max(logged + 1, STEPS - 3)),
+        signal.SIGTERM,
     )
     stderr = proc.stderr.read().decode()
     assert proc.returncode == 143, stderr[-2000:]

@@ -20,8 +20,8 @@ from PIL import Image
 import cliplab
 from cliplab.data import ImageTextStream, StreamingLoader
 from cliplab.data.decode import ERROR_MEMBER, ImageDecoder
-from cliplab.data.sources import build_source
 from cliplab.data.shardwriter import ShardWriter
+from cliplab.data.sources import build_source
 from cliplab.data.webdataset import WebDatasetSource, expand_urls, stream_share
 
 

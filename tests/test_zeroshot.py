@@ -1,5 +1,5 @@
 """Zero-shot classification: templates, the prompt-ensembled classifier, its disk cache, the
-feature store and the training hooks, checked with stub models whose answers are known."""
+feature store and training-time evaluation, checked with stub models whose answers are known."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from PIL import Image
 from torch import nn
 
 import cliplab
+from cliplab.encode import FeatureStore, encode_images, model_fingerprint
 from cliplab.evaluation.datasets import ClassificationSet, RetrievalSet
-from cliplab.evaluation.features import FeatureStore, encode_images
-from cliplab.evaluation.hooks import RetrievalHook, ZeroShotHook
-from cliplab.evaluation.protocols import run_prompts, run_zeroshot
+from cliplab.evaluation.metrics import target_ranks
+from cliplab.evaluation.registry import get
+from cliplab.evaluation.training import ProtocolEvaluator
 from cliplab.zeroshot import (
     build_zero_shot_classifier,
     classify_images,
     list_templates,
     load_templates,
-    model_fingerprint,
     zero_shot_logits,
 )
 
@@ -155,11 +155,15 @@ def test_permuted_stub_has_the_known_accuracy() -> None:
     model = OneHotCLIP(CLASSES, perm=perm)
     data = stub_set(per_class=4)
     store = FeatureStore(model, stub_preprocess, progress=False)
-    result = run_zeroshot(store, data, "photo")
-    assert result["top1"] == pytest.approx(3 / 5)
-    assert result["per_class"]["apple"] == 0.0 and result["per_class"]["cherry"] == 1.0
-    assert result["top5"] == 1.0
-    assert result["confusion"][0][1] == 4 and result["confusion"][1][0] == 4
+    result = get("zeroshot")(store, {"templates": "photo"}, dataset=data)
+    assert result.top1 == pytest.approx(3 / 5)
+    assert result.per_class["apple"] == 0.0 and result.per_class["cherry"] == 1.0
+    assert result.confusion[0][1] == 4 and result.confusion[1][0] == 4
+    # an apple scores 100 for banana and 0 for apple and the three others: the tie with the
+    # three others counts against the model, so apple ranks last (4), not second
+    weights = store.classifier(CLASSES, ["a photo of a {}."])
+    ranks = target_ranks(zero_shot_logits(store.dataset(data), weights), data.labels)
+    assert ranks.tolist() == [4] * 4 + [4] * 4 + [0] * 12
 
 
 def test_classifier_is_batch_size_invariant() -> None:
@@ -242,38 +246,53 @@ def test_feature_store_computes_once_per_model_and_set(tmp_path) -> None:
 
 
 def test_prompt_ablation_on_stub() -> None:
-    store = FeatureStore(OneHotCLIP(CLASSES), stub_preprocess, progress=False)
-    result = run_prompts(store, stub_set(), ensemble="imagenet7")
-    assert set(result["results"]) == {"bare", "photo", "dataset", "ensemble"}
-    assert all(r["top1"] == 1.0 for r in result["results"].values())
-    assert all(g == 0.0 for g in result["gain_points"].values())
-    assert result["results"]["ensemble"]["templates"] == 7
+    store = FeatureStore(OneHotCLIP(CLASSES, perm=[1, 0, 2, 3, 4]), stub_preprocess, progress=False)
+    result = get("prompts")(store, {"ensemble": "imagenet7"}, dataset=stub_set())
+    assert list(result.results) == ["bare", "photo", "dataset", "ensemble"]
+    assert all(r["top1"] == pytest.approx(3 / 5) for r in result.results.values())
+    assert all(g == pytest.approx(0.0) for g in result.gain_points.values())
+    assert result.results["ensemble"]["templates"] == 7
 
 
-# --------------------------------------------------------------------------- hooks
+# --------------------------------------------------------------------------- training time
 
 
-def test_zero_shot_hook_on_stub_and_on_a_real_model() -> None:
+def test_zero_shot_during_training_on_stub_and_on_a_real_model() -> None:
     data = stub_set()
-    hook = ZeroShotHook(data, transform=stub_preprocess, batch_size=4)
-    metrics = hook(OneHotCLIP(CLASSES), step=10)
+    evaluator = ProtocolEvaluator(
+        "zeroshot", {"dataset": data}, transform=stub_preprocess, batch_size=4
+    )
+    metrics = evaluator(OneHotCLIP(CLASSES, perm=[1, 0, 2, 3, 4]), step=10)
     assert metrics == {
-        "zeroshot_fruit_top1": 1.0,
+        "zeroshot_fruit_top1": pytest.approx(3 / 5),
         "zeroshot_fruit_top5": 1.0,
-        "zeroshot_fruit_mean_per_class_recall": 1.0,
+        "zeroshot_fruit_mean_per_class_recall": pytest.approx(3 / 5),
     }
     model = cliplab.create_model("tiny-vit").train()
-    hook = ZeroShotHook(data, templates="photo", max_images=6)
-    metrics = hook(model, step=1)
+    evaluator = ProtocolEvaluator(
+        "zeroshot", {"dataset": data}, {"templates": "photo"}, max_images=6
+    )
+    metrics = evaluator(model, step=1)
     assert model.training  # the mode is restored
-    assert 0.0 <= metrics["zeroshot_fruit_top1"] <= 1.0
-    assert metrics == hook(model, step=2)  # preprocessed once, same answer
+    # the same figure as `cliplab eval zeroshot` on the same six images
+    store = FeatureStore(model.eval(), cliplab.create_model_and_transforms("tiny-vit")[2])
+    subset = evaluator.inputs["dataset"]
+    assert len(subset) == 6
+    offline = get("zeroshot")(store, {"templates": "photo"}, dataset=subset)
+    model.train()
+    assert metrics["zeroshot_fruit_top1"] == offline.top1
+    assert metrics == evaluator(model, step=2)  # preprocessed once, same answer
 
 
-def test_retrieval_hook_on_stub() -> None:
+def test_retrieval_during_training_on_stub() -> None:
     images = [stub_image(c) for c in range(len(CLASSES))]
     captions = [[f"a photo of a {c}", f"one {c}"] for c in CLASSES]
-    hook = RetrievalHook(RetrievalSet(images, captions, name="r"), transform=stub_preprocess)
-    metrics = hook(OneHotCLIP(CLASSES), 0)
+    data = RetrievalSet(images, captions, name="r")
+    evaluator = ProtocolEvaluator("retrieval", {"dataset": data}, transform=stub_preprocess)
+    metrics = evaluator(OneHotCLIP(CLASSES), 0)
     assert metrics["retrieval_r_image_to_text_R@1"] == 1.0
     assert metrics["retrieval_r_text_to_image_R@1"] == 1.0
+    # apples look like bananas and bananas like apples: 2 of 5 images miss at R@1
+    swapped = evaluator(OneHotCLIP(CLASSES, perm=[1, 0, 2, 3, 4]), 1)
+    assert swapped["retrieval_r_image_to_text_R@1"] == pytest.approx(3 / 5)
+    assert swapped["retrieval_r_text_to_image_R@1"] == pytest.approx(6 / 10)

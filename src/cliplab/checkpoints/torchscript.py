@@ -29,6 +29,11 @@ hand:
 
 Not supported (clear errors): the legacy ``model.json`` format of early torch 1.x, quantized and sparse tensors,
 modules with a custom ``__getstate__``/``__setstate__``.
+
+Why one module of ~700 lines: it is one security boundary. The restricted unpickler, the
+storage records and the declared-state parser check each other's invariants (which globals
+may appear, which sizes a record may have, which attributes are state); keeping them in one
+file keeps that boundary reviewable in one reading.
 """
 
 from __future__ import annotations

@@ -68,9 +68,11 @@ def _option_type(field: dataclasses.Field) -> Any:
     annotation = str(field.type).replace(" ", "")
     if annotation.startswith("tuple[int"):
         return _ints
-    for name, cast in (("int", int), ("float", float), ("str", str)):
+    for name, cast in (("int", int), ("float", float)):
         if annotation in (name, f"{name}|None"):
             return cast
+    if annotation.startswith("str"):  # str, str | None, str | Sequence[str] | None
+        return str
     raise TypeError(f"option {field.name}: no command-line type for {field.type!r}")
 
 

@@ -58,7 +58,7 @@ class ProbeOptions:
     max_iter: int = option(1000, "L-BFGS iterations per fit")
     C: float | None = option(None, "fixed inverse regularisation (skips the search)")
     seed: int = option(0, "seed of the train/test split when there is no training set")
-    templates: str | None = option(
+    templates: str | Sequence[str] | None = option(
         None, "zero-shot templates for the comparison: 'dataset' (default), a name or a file"
     )
 

@@ -11,7 +11,9 @@ A protocol module defines:
 - ``run(store, options, **inputs) -> Result``: the protocol on one model's features (a
   :class:`~cliplab.encode.FeatureStore`) and the input sets its ``inputs`` name;
 - optionally ``compare(items, out_dir)``: the report section that puts several models' results
-  side by side (by default each result's own Markdown, one after the other);
+  side by side (by default each result's own Markdown, one after the other), and
+  ``pool(results)``: the results of several models on one set rescored together (robustness
+  fits one baseline to every model's probes);
 - ``PROTOCOL = Protocol(...)``, which :mod:`cliplab.evaluation.registry` lists.
 
 ``docs/adding-a-protocol.md`` walks through a new one.
@@ -121,6 +123,7 @@ class Result:
 
 
 Compare = Callable[[Sequence[tuple[str, Result]], Path], list[str]]
+Pool = Callable[[Sequence[tuple[str, Result]]], list[Result]]
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class Protocol:
     result: type[Result]
     run: Callable[..., Result]  # run(store, options, **inputs)
     compare: Compare | None = None
+    pool: Pool | None = None
 
     def option_fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.options))

@@ -50,16 +50,22 @@ def write_report(
             [[run.label, *[run.info.get(k, "") for k in info_keys]] for run in runs],
         )
     )
+    runs = [ModelRun(run.label, list(run.results), run.info) for run in runs]
     for name, protocol in PROTOCOLS.items():
-        by_key: dict[str, list[tuple[str, Result]]] = {}
-        for run in runs:
-            for r in run.results:
+        by_key: dict[str, list[tuple[int, int]]] = {}  # set -> [(run, result) positions]
+        for i, run in enumerate(runs):
+            for j, r in enumerate(run.results):
                 if r.protocol == name:
-                    by_key.setdefault(r.key, []).append((run.label, r))
+                    by_key.setdefault(r.key, []).append((i, j))
         if not by_key:
             continue
         lines += ["", f"## {protocol.title}", ""]
-        for items in by_key.values():
+        for positions in by_key.values():
+            items = [(runs[i].label, runs[i].results[j]) for i, j in positions]
+            if protocol.pool is not None:  # rescored together; report.json keeps these
+                for (i, j), pooled in zip(positions, protocol.pool(items)):
+                    runs[i].results[j] = pooled
+                items = [(runs[i].label, runs[i].results[j]) for i, j in positions]
             lines += protocol.section(items, out)
     md = write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
     write_json(out / "report.json", [run.to_dict() for run in runs])

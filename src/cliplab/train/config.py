@@ -354,6 +354,8 @@ def apply_override(d: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
     parts = key.split(".")
+    if len(parts) == 1 and key in SECTIONS:
+        raise ValueError(f"--set {item}: name a key inside [{key}], e.g. {key}.<key>=...")
     if len(parts) == 1 and key != "output":  # a model setting, as for every other command
         parts = ["model", "overrides", key]
     if parts[0] not in SECTIONS and parts != ["output"]:

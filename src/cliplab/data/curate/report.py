@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cliplab.data.curate.filters import REASONS
 from cliplab.data.curate.queries import QueryList
-
-if TYPE_CHECKING:
-    from cliplab.data.curate.pipeline import CurateConfig
 
 __all__ = ["curation_report", "report_markdown"]
 
@@ -26,7 +23,7 @@ def curation_report(
     kept: int,
     seconds: float,
     workers: int,
-    config: CurateConfig,
+    config: Any,  # the run's CurateConfig (a dataclass)
     info: dict[str, Any],
     shards: dict[str, Any] | None,
 ) -> dict[str, Any]:

@@ -291,23 +291,28 @@ def run(
     return RobustnessResult.from_dict({"source": source.name, "setup": note, **study})
 
 
-def compare(items: Sequence[tuple[str, Any]], out_dir: Path) -> list[str]:
-    """Each model's study rescored against one baseline pooled over every model's probes."""
+def pool(items: Sequence[tuple[str, Any]]) -> list[RobustnessResult]:
+    """Each model's study rescored against one baseline pooled over every model's probes
+    (as the paper pools all its ImageNet models into one trend line)."""
     labelled = []
     for label, r in items:
         d = r.to_dict()
         for p in d["baseline_points"]:
             p.setdefault("checkpoint", label)
         labelled.append(d)
-    pooled = [RobustnessResult.from_dict(d) for d in pool_baselines(labelled)]
+    return [RobustnessResult.from_dict(d) for d in pool_baselines(labelled)]
+
+
+def compare(items: Sequence[tuple[str, Any]], out_dir: Path) -> list[str]:
+    """Each model's study (pooled already), and one plot with every model."""
     lines: list[str] = []
-    for (label, _), study in zip(items, pooled):
+    for label, study in items:
         lines += [study.markdown(title=label), ""]
+    source = items[0][1].source
     if have_matplotlib():
-        name = f"robustness-{slug(pooled[0].source)}.png"
-        studies = {label: s for (label, _), s in zip(items, pooled)}
-        plot_robustness(studies, out_dir / name, f"effective robustness: {pooled[0].source}")
-        lines += [f"![robustness {pooled[0].source}]({name})", ""]
+        name = f"robustness-{slug(source)}.png"
+        plot_robustness(dict(items), out_dir / name, f"effective robustness: {source}")
+        lines += [f"![robustness {source}]({name})", ""]
     return lines
 
 
@@ -330,4 +335,5 @@ PROTOCOL = Protocol(
     result=RobustnessResult,
     run=run,
     compare=compare,
+    pool=pool,
 )

@@ -32,13 +32,13 @@ MAX_CONFUSION_CLASSES = 30
 
 TEMPLATES_HELP = (
     "template set: 'dataset' (the set's own, default), a bundled name (photo, imagenet80, ...) "
-    "or a JSON file"
+    "or a JSON file (in the library and configs, also a list of templates)"
 )
 
 
 @dataclass(frozen=True)
 class Options:
-    templates: str | None = option(None, TEMPLATES_HELP)
+    templates: str | Sequence[str] | None = option(None, TEMPLATES_HELP)
 
 
 @dataclass
