@@ -57,11 +57,16 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """cliplab module -> the cliplab modules it imports."""
-    return {
+    """cliplab module -> the cliplab modules it imports (the evaluation registry imports
+    its protocol modules by name: those edges are added)."""
+    graph = {
         name: {m for m in imported_modules(path) if m in MODULES and m != name}
         for name, path in MODULES.items()
     }
+    graph["cliplab.evaluation.registry"] |= {
+        m for m in MODULES if m.startswith("cliplab.evaluation.protocols.")
+    }
+    return graph
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

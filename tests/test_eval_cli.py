@@ -137,6 +137,36 @@ def test_fewshot(sets, tmp_path) -> None:
     assert (tmp_path / "out" / "fewshot-circles-test-fewshot.png").exists()
 
 
+def test_knn(sets, tmp_path, capsys) -> None:
+    """The protocol added as the docs' example works through the CLI like the others."""
+    argv = ["eval", "knn", *common(tmp_path), "--quiet", "--dataset", str(sets["circles-test"])]
+    assert main([*argv, "--train", str(sets["circles"]), "--k", "3"]) == 0
+    r = read(tmp_path, "knn-circles-test.json")
+    assert r["k"] == 3 and r["n_train"] == 12 and r["n_test"] == 12
+    assert "3-NN circles-test: top-1" in capsys.readouterr().out
+    assert main([*argv, "--k", "0"]) == 2
+
+
+def test_knn_votes_known_answer() -> None:
+    import torch
+
+    from cliplab.evaluation.protocols.knn import knn_votes
+
+    train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    train_y = torch.tensor([0, 0, 1, 1])
+    test_x = torch.tensor([[1.0, 0.05], [0.2, 1.0]])
+    votes = knn_votes(train_x, train_y, test_x, num_classes=3, k=2, temperature=1.0)
+    assert votes.argmax(1).tolist() == [0, 1]
+    assert votes[:, 2].tolist() == [0.0, 0.0]  # no neighbour of class 2
+    # with k = 4 every training image votes, weighted by exp(cosine)
+    cos = (
+        torch.nn.functional.normalize(test_x, dim=1)
+        @ torch.nn.functional.normalize(train_x, dim=1).t()
+    )
+    full = knn_votes(train_x, train_y, test_x, num_classes=2, k=4, temperature=1.0)
+    torch.testing.assert_close(full[:, 0], cos[:, :2].exp().sum(1))
+
+
 def test_retrieval(sets, tmp_path) -> None:
     assert (
         main(
@@ -201,6 +231,7 @@ def test_report_over_two_models(sets, tmp_path) -> None:
     ]
     argv += ["--retrieval", str(sets["captions"])]
     argv += ["--robustness", f"{sets['circles']}@{sets['circles-test']}:{sets['squares']}"]
+    argv += ["--knn", f"{sets['circles-test']}:{sets['circles']}", "--k", "3"]
     assert main(argv) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     from cliplab.evaluation.registry import PROTOCOLS
@@ -209,7 +240,7 @@ def test_report_over_two_models(sets, tmp_path) -> None:
     positions = [md.index(h) for h in headings]  # every protocol used, in registry order
     assert positions == sorted(positions)
     runs = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [len(run["results"]) for run in runs] == [5, 5]
+    assert [len(run["results"]) for run in runs] == [6, 6]
     studies = [r for run in runs for r in run["results"] if r["protocol"] == "robustness"]
     assert all(s["baseline_pooled_over"] == 2 for s in studies)
     assert (tmp_path / "out" / "fewshot-circles-test.png").exists()

@@ -1,36 +1,33 @@
 """The evaluation protocols, by name: the one list the CLI's ``cliplab eval`` subcommands, the
 report's sections and training-time evaluation are built from.
 
-Adding a protocol is one module in ``protocols/`` and one line below (see
-``docs/adding-a-protocol.md``). The order here is the order of a report's sections.
+Adding a protocol is one module in ``protocols/`` and its name in :data:`MODULES` (see
+``docs/adding-a-protocol.md``). The order there is the order of a report's sections.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from cliplab.evaluation.protocol import Protocol, Result
-from cliplab.evaluation.protocols import (
-    fewshot,
-    linear_probe,
-    prompts,
-    retrieval,
-    robustness,
-    zeroshot,
+
+#: The protocols' modules (``cliplab/evaluation/protocols/<name>.py``), in report order.
+MODULES = (
+    "zeroshot",
+    "prompts",
+    "linear_probe",
+    "knn",
+    "fewshot",
+    "retrieval",
+    "robustness",
 )
 
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
-        zeroshot.PROTOCOL,
-        prompts.PROTOCOL,
-        linear_probe.PROTOCOL,
-        fewshot.PROTOCOL,
-        retrieval.PROTOCOL,
-        robustness.PROTOCOL,
-    )
-}
+PROTOCOLS: dict[str, Protocol] = {}
+for _name in MODULES:
+    _protocol = importlib.import_module(f"cliplab.evaluation.protocols.{_name}").PROTOCOL
+    PROTOCOLS[_protocol.name] = _protocol
 
 __all__ = ["PROTOCOLS", "get", "result_from_dict"]
 
