@@ -228,7 +228,7 @@ def test_build_source_every_kind(tmp_path: Path, image_folder: Path) -> None:
     for kind, spec in specs.items():
         assert build_source({"kind": kind, **spec}).num_samples() > 0
     assert set(KINDS) == {"synthetic", "webdataset", "shards", "csv", "parquet", "folder"}
-    with pytest.raises(ValueError, match="unknown field 'nope' for a csv source"):
+    with pytest.raises(ValueError, match="unknown field of a csv source: 'nope'"):
         build_source({"kind": "csv", "nope": 1})
     with pytest.raises(ValueError, match="unknown data source kind"):
         build_source({"kind": "laion"})

@@ -233,7 +233,7 @@ class CLIPConfig:
                     | {f"vision_{f}" for f in vision_fields}
                     | {f"text_{f}" for f in text_fields}
                 )
-                raise ValueError(f"unknown override {key!r}; valid overrides: {', '.join(valid)}")
+                raise ValueError(unknown_message("override", key, valid))
         return dataclasses.replace(
             self,
             vision=dataclasses.replace(self.vision, **vision),
@@ -365,3 +365,13 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         settings[key.strip()] = parse_value(value.strip())
     return settings
+
+
+def unknown_message(what: str, key: str, valid: Sequence[str]) -> str:
+    """The one wording of a name that is not one of ``valid``, with the nearest guess:
+    ``unknown option 'templtes' (did you mean 'templates'?); valid: ...``."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {key!r}{hint}; valid: {', '.join(sorted(valid)) or 'none'}"

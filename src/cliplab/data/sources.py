@@ -20,7 +20,6 @@ as ``fn(sample, rng) -> str``. A function named by a data file must live in ``cl
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import json
 import os
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cliplab.config import unknown_message
 from cliplab.data.decode import IMAGE_EXTS
 from cliplab.data.manifest import CsvSource, FolderSource, ParquetSource
 from cliplab.data.stream import Source
@@ -287,11 +287,7 @@ def spec_from_dict(table: Mapping[str, Any]) -> SourceSpec:
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"unknown field {key!r} for a {kind} source{hint}; valid: {', '.join(valid)}"
-            )
+            raise ValueError(unknown_message(f"field of a {kind} source:", key, valid))
     if isinstance(values.get("extensions"), list):
         values["extensions"] = tuple(values["extensions"])
     try:

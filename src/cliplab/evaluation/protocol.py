@@ -22,12 +22,12 @@ A protocol module defines:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from cliplab.config import unknown_message
 from cliplab.evaluation.output import have_matplotlib
 from cliplab.fileio import write_json, write_text
 
@@ -149,11 +149,7 @@ class Protocol:
         valid = [f.name for f in self.option_fields()]
         for key in values:
             if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
-                    f"{self.name}: unknown option {key!r}{hint}; valid: {', '.join(valid) or 'none'}"
-                )
+                raise ValueError(f"{self.name}: " + unknown_message("option", key, valid))
         for f in self.option_fields():
             choices = f.metadata.get("choices")
             if choices and f.name in values and values[f.name] not in choices:

@@ -22,12 +22,11 @@ Every key is checked: an unknown section or key is an error that lists the valid
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cliplab.config import parse_value
+from cliplab.config import parse_value, unknown_message
 from cliplab.data.sources import ShardsSpec, SourceSpec, SyntheticSpec, spec_from_dict
 
 try:
@@ -261,7 +260,7 @@ class Config:
     def from_dict(cls, d: dict[str, Any]) -> Config:
         unknown = sorted(set(d) - set(SECTIONS) - {"output"})
         if unknown:
-            raise ValueError(_unknown_message("section", unknown[0], [*SECTIONS, "output"]))
+            raise ValueError(unknown_message("section", unknown[0], [*SECTIONS, "output"]))
         sections = {}
         for name, section_cls in SECTIONS.items():
             values = d.get(name, {})
@@ -294,17 +293,11 @@ def check_eval_set(table: dict[str, Any]) -> None:
     protocol.make_options(options)
 
 
-def _unknown_message(kind: str, key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {key!r}{hint}; valid: {', '.join(sorted(valid))}"
-
-
 def _build_section(name: str, section_cls: type, values: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     for key in values:
         if key not in fields:
-            raise ValueError(_unknown_message(f"key in [{name}]:", key, list(fields)))
+            raise ValueError(unknown_message(f"key in [{name}]:", key, list(fields)))
     values = dict(values)
     for key, value in values.items():
         values[key] = _coerce(f"{name}.{key}", fields[key], value)
@@ -360,7 +353,7 @@ def apply_override(d: dict[str, Any], item: str) -> None:
         parts = ["model", "overrides", key]
     if parts[0] not in SECTIONS and parts != ["output"]:
         raise ValueError(
-            _unknown_message("section", parts[0], [*SECTIONS, "output"]) + f" (in --set {item})"
+            unknown_message("section", parts[0], [*SECTIONS, "output"]) + f" (in --set {item})"
         )
     if parts[0] in SECTIONS and len(parts) < 2:
         raise ValueError(f"--set {item}: name a key inside [{parts[0]}], e.g. {parts[0]}.<key>=...")
@@ -368,7 +361,7 @@ def apply_override(d: dict[str, Any], item: str) -> None:
         fields = {f.name for f in dataclasses.fields(SECTIONS[parts[0]])}
         if parts[1] not in fields:
             raise ValueError(
-                _unknown_message(f"key in [{parts[0]}]:", parts[1], sorted(fields))
+                unknown_message(f"key in [{parts[0]}]:", parts[1], sorted(fields))
                 + f" (in --set {item})"
             )
     node = d
