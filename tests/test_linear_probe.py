@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import refs
 from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.effective_robustness import (
+    Baseline,
     EvalSplit,
     align_to_source,
     effective_robustness,
@@ -234,7 +235,9 @@ def test_robustness_study_on_known_features() -> None:
     line = study["baseline"]["shift"]
     n_points = line["points"]
     assert 3 <= n_points <= 7 and n_points == len(study["baseline_points"])
-    assert isinstance(er, float) and -1.0 <= er <= 1.0
+    # effective robustness is the shifted accuracy above the baseline's prediction
+    predicted = Baseline(**line).predict(acc["zero-shot"]["id"])
+    assert er == pytest.approx(acc["zero-shot"]["shift"] - predicted)
     pooled = pool_baselines([study, study])
     assert pooled[0]["baseline"]["shift"]["points"] == 2 * n_points
     again = pool_baselines(pooled)

@@ -381,8 +381,10 @@ def test_main_trains_end_to_end_and_resumes_a_finished_run(tmp_path: Path, capsy
     assert main(["train", str(config), "--out", str(out), "--set", "data.batch_size=8"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["status"] == "complete" and summary["step"] == 6
-    assert 0 <= summary["eval"]["synthetic_text_to_image_R@1"] <= 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = summary["eval"]["synthetic_text_to_image_R@1"]
+    assert final == [r for r in records if r["kind"] == "eval"][-1]["synthetic_text_to_image_R@1"]
+    assert round(final * 20) == final * 20  # a count of the 20 held-out pairs
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [2, 4, 6]
     for key in ("loss", "temperature", "lr", "samples_per_s", "data_wait", "peak_mem_mb"):
