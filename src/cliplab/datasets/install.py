@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cliplab.fileio import write_json
+from cliplab.fileio import AtomicDirectory, write_json
 
 DEFAULT_DATA_DIR = Path("data/sources")
 MARKER = ".installed.json"
@@ -162,9 +162,8 @@ def _install_npm(p: Package, dest: Path) -> str:
         tarballs = list(Path(tmp).glob("*.tgz"))
         if len(tarballs) != 1:
             raise InstallError(f"npm pack {p.name}@{p.version} produced {tarballs}")
-        staging = Path(tmp) / "x"
-        _untar(tarballs[0], staging)
-        staging.rename(dest)
+        with AtomicDirectory(dest) as staging:
+            _untar(tarballs[0], staging)
     return p.version
 
 
@@ -192,9 +191,8 @@ def _install_apt(p: Package, dest: Path) -> str:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         deb = _apt_download(p.name, Path(tmp))
         version = _run(["dpkg-deb", "-f", str(deb), "Version"]).strip()
-        staging = Path(tmp) / "x"
-        _run(["dpkg-deb", "-x", str(deb), str(staging)])
-        staging.rename(dest)
+        with AtomicDirectory(dest) as staging:
+            _run(["dpkg-deb", "-x", str(deb), str(staging)])
     return version
 
 
