@@ -321,3 +321,77 @@ def test_eval_subcommands_and_flags_come_from_the_registry() -> None:
         for f in protocol.option_fields():
             assert "--" + f.name.replace("_", "-") in flags
         assert {"--model", "--set", "--device", "--out"} <= flags
+
+
+def bad_image_files(tmp_path: Path) -> dict[str, Path]:
+    """A truncated PNG, a text file named .png, and a decompression bomb (a PNG header that
+    claims 50,000 x 50,000 pixels)."""
+    import struct
+    import zlib
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(good)
+    truncated = tmp_path / "broken.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    bomb = tmp_path / "bomb.png"
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IEND", b""))
+    return {"good": good, "truncated": truncated, "text": text, "bomb": bomb}
+
+
+def test_classify_reports_bad_files_and_classifies_the_rest(tmp_path, capsys) -> None:
+    files = bad_image_files(tmp_path)
+    second = tmp_path / "b.png"
+    Image.new("RGB", (40, 40), (10, 10, 200)).save(second)
+    argv = ["classify", str(files["good"]), str(files["truncated"]), str(second)]
+    argv += [str(files["text"]), str(files["bomb"]), str(tmp_path / "missing.png")]
+    argv += ["--labels", "red,blue", "--model", "random:tiny-vit", "--json"]
+    assert main(argv) == 1  # some failed
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [r["image"] for r in rows if "top" in r] == [str(files["good"]), str(second)]
+    errors = {Path(r["image"]).name: r["error"] for r in rows if "error" in r}
+    assert errors == {
+        "broken.png": "truncated-image",
+        "notes.png": "not-an-image",
+        "bomb.png": "decompression-bomb",
+        "missing.png": "missing-file",
+    }
+    assert "Traceback" not in captured.err and "broken.png: truncated-image" in captured.err
+    only_bad = ["classify", str(files["bomb"]), "--labels", "a", "--model", "random:tiny-vit"]
+    assert main(only_bad) == 2
+
+
+def test_eval_reports_bad_images_and_measures_the_rest(sets, tmp_path, capsys) -> None:
+    import shutil
+
+    from cliplab.evaluation import load_classification
+
+    copy = tmp_path / "circles-damaged"
+    shutil.copytree(sets["circles"], copy)
+    images = sorted((copy / "images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:50])  # truncated
+    images[5].write_text("no")  # not an image
+    argv = ["eval", "zeroshot", *common(tmp_path), "--dataset", str(copy), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{images[0]}: truncated-image" in err and f"{images[5]}: not-an-image" in err
+    r = read(tmp_path, "zeroshot-circles.json")
+    assert r["n"] == 10  # 12 images, 2 unreadable
+    # the same figure as on a set without those two images
+    full = load_classification(copy)
+    keep = [i for i in range(12) if i not in (0, 5)]
+    from cliplab.encode import FeatureStore
+    from cliplab.evaluation.registry import get
+
+    model, preprocess = cliplab.load("random:tiny-vit")
+    expected = get("zeroshot")(
+        FeatureStore(model, preprocess, progress=False), dataset=full.subset(keep)
+    )
+    assert r["top1"] == expected.top1

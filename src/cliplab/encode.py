@@ -36,6 +36,7 @@ from cliplab.templates import check_templates, fill_template
 __all__ = [
     "MAX_SCALE",
     "FeatureStore",
+    "BadImages",
     "ImageLike",
     "Tokenizer",
     "autocast_for",
@@ -177,16 +178,44 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> 
 # --------------------------------------------------------------------------- images
 
 
+class BadImages(ValueError):
+    """Some images could not be read. ``failures``: ``(index, name, reason)`` per bad image;
+    ``good``: the indices that were encoded, ``features`` their features (so a caller can
+    carry on with the good ones, as every command that reads images does)."""
+
+    def __init__(
+        self,
+        failures: list[tuple[int, str, str]],
+        good: list[int] | None = None,
+        features: torch.Tensor | None = None,
+    ) -> None:
+        self.failures = failures
+        self.good = good or []
+        self.features = features
+        self.dataset: Any = None  # the set they belong to, where the caller knows it
+        shown = "; ".join(f"{name}: {reason}" for _, name, reason in failures[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} image(s) could not be read: {shown}{more}")
+
+
 def open_image(item: ImageLike) -> Image.Image:
-    """A PIL image from a PIL image or a path (read fully, so no file stays open)."""
+    """A loaded PIL image from a PIL image or a path, or ``BadSample`` with the reason
+    (``missing-file``, ``not-an-image``, ``truncated-image``, ``decompression-bomb``...).
+    The mode is kept: the model's preprocessing converts it."""
     if isinstance(item, Image.Image):
         return item
-    with Image.open(item) as image:
-        image.load()
-        return image.copy()
+    from cliplab.data.decode import read_image_file
+
+    return read_image_file(item)
+
+
+def _image_name(item: Any) -> str:
+    return str(item) if isinstance(item, str | os.PathLike) else f"<{type(item).__name__}>"
 
 
 class _Images(torch.utils.data.Dataset):
+    """(index, pixels or None, reason or None): a bad image never raises in a worker."""
+
     def __init__(self, images: Sequence[ImageLike], preprocess: Callable[[Any], torch.Tensor]):
         self.images = images
         self.preprocess = preprocess
@@ -194,8 +223,20 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(open_image(self.images[index]))
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        from cliplab.data.stream import BadSample
+
+        try:
+            return index, self.preprocess(open_image(self.images[index])), None
+        except BadSample as e:
+            return index, None, e.reason
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Any:
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, reason) for i, x, reason in items if x is None]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, bad
 
 
 @torch.no_grad()
@@ -213,30 +254,43 @@ def encode_images(
     """Image features (N, D) as ``model.encode_image`` gives them (not normalised), float32 on
     CPU. ``images`` are paths or PIL images (put through ``preprocess``, in ``num_workers``
     loader processes), or a (N, 3, S, S) tensor already preprocessed. ``device`` defaults to
-    the model's; the model must already be there."""
+    the model's; the model must already be there. Images that cannot be read are all
+    reported at the end in one :class:`BadImages`, which carries the others' features."""
     if len(images) == 0:
         raise ValueError("no images to encode")
     device = torch.device(device) if device is not None else model_device(model)
     dtype = model_dtype(model)
-    if isinstance(images, torch.Tensor):
-        batches: Iterable[torch.Tensor] = images.split(batch_size)
-        total = math.ceil(images.shape[0] / batch_size)
-    else:
-        if preprocess is None:
-            raise ValueError("images that are not preprocessed tensors need a preprocess")
-        batches = torch.utils.data.DataLoader(
-            _Images(images, preprocess),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        total = len(batches)
-    out = []
-    for batch in progress_bar(batches, total=total, desc=desc, enabled=progress):
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
         with autocast_for(device):
-            features = model.encode_image(batch.to(device, dtype=dtype, non_blocking=True))
-        out.append(features.float().cpu())
-    return torch.cat(out)
+            features = model.encode_image(pixels.to(device, dtype=dtype, non_blocking=True))
+        return features.float().cpu()
+
+    if isinstance(images, torch.Tensor):
+        total = math.ceil(images.shape[0] / batch_size)
+        batches = progress_bar(images.split(batch_size), total=total, desc=desc, enabled=progress)
+        return torch.cat([run(b) for b in batches])
+    if preprocess is None:
+        raise ValueError("images that are not preprocessed tensors need a preprocess")
+    loader = torch.utils.data.DataLoader(
+        _Images(images, preprocess),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=_collate,
+    )
+    out, good, failures = [], [], []
+    for indices, pixels, bad in progress_bar(
+        loader, total=len(loader), desc=desc, enabled=progress
+    ):
+        failures += [(i, _image_name(images[i]), reason) for i, reason in bad]
+        if pixels is not None:
+            out.append(run(pixels))
+            good += indices
+    features = torch.cat(out) if out else torch.empty(0)
+    if failures:
+        raise BadImages(failures, good, features)
+    return features
 
 
 # --------------------------------------------------------------------------- texts
@@ -454,8 +508,20 @@ class FeatureStore:
 
     def dataset(self, dataset: Any) -> torch.Tensor:
         """Unnormalised image features (N, D) of a dataset's ``images`` (anything with
-        ``images``, ``fingerprint`` and ``name``, as the evaluation sets)."""
-        return self.images(dataset.images, dataset.fingerprint, desc=f"{dataset.name} images")
+        ``images``, ``fingerprint`` and ``name``, as the evaluation sets).
+
+        When some images cannot be read, :class:`BadImages` names them (``.dataset`` is the
+        set) and the features of the others are kept for ``dataset.subset(good)``: a caller
+        that reports the bad ones and carries on with the subset encodes nothing twice."""
+        try:
+            return self.images(dataset.images, dataset.fingerprint, desc=f"{dataset.name} images")
+        except BadImages as e:
+            e.dataset = dataset
+            if e.good and e.features is not None and hasattr(dataset, "subset"):
+                subset = dataset.subset(e.good)
+                key = ("images", subset.fingerprint, repr(self.preprocess))
+                self._memory[_key(*key)] = e.features
+            raise
 
     def texts(self, texts: Sequence[str], desc: str = "texts") -> torch.Tensor:
         """L2-normalised text features (N, D)."""

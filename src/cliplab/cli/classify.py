@@ -1,7 +1,10 @@
 """``cliplab classify IMAGE... --labels "cat,dog,car"``: zero-shot classification, the everyday use.
 
 Prints, for each image, the most probable labels with their probabilities (softmax over the
-model's scaled cosine similarities between the image and each label's prompts).
+model's scaled cosine similarities between the image and each label's prompts). An image
+that cannot be read (missing, truncated, not an image, a decompression bomb) is reported
+with its reason on stderr (and in ``--json``) while the others are classified; the exit
+status is then 1 (2 when none could be read).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from cliplab.cli.common import add_device, add_model, add_set, load_model
 from cliplab.zeroshot import classify_images, load_templates
@@ -58,28 +63,47 @@ def parse_labels(text: str) -> list[str]:
     return labels
 
 
+def read_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[Path, str]]]:
+    """(readable images with their paths, unreadable paths with the reason): a truncated
+    file, a non-image or a decompression bomb is reported, never a traceback."""
+    from cliplab.data.stream import BadSample
+    from cliplab.encode import open_image
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            good.append((path, open_image(path)))
+        except BadSample as e:
+            bad.append((path, e.reason))
+    return good, bad
+
+
 def run(args: argparse.Namespace) -> int:
     labels = parse_labels(args.labels)
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
-    model, preprocess = load_model(args)
-    probs = classify_images(
-        model, preprocess, args.images, labels, templates=load_templates(args.templates)
-    )
-    top = max(1, min(args.top, len(labels)))
-    rows = []
-    for path, p in zip(args.images, probs):
-        values, indices = p.topk(top)
-        rows.append(
-            {"image": str(path), "top": [[labels[i], float(v)] for v, i in zip(values, indices)]}
+    good, bad = read_images(list(args.images))
+    rows: list[dict[str, Any]] = []
+    if good:
+        model, preprocess = load_model(args)
+        images = [image for _, image in good]
+        probs = classify_images(
+            model, preprocess, images, labels, templates=load_templates(args.templates)
         )
+        top = max(1, min(args.top, len(labels)))
+        for (path, _), p in zip(good, probs):
+            values, indices = p.topk(top)
+            pairs = [[labels[i], float(v)] for v, i in zip(values, indices)]
+            rows.append({"image": str(path), "top": pairs})
+    errors = [{"image": str(path), "error": reason} for path, reason in bad]
+    for e in errors:
+        print(f"cliplab classify: {e['image']}: {e['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max(len(label) for label in labels)
-    for row in rows:
-        print(row["image"])
-        for label, prob in row["top"]:
-            print(f"  {label:<{width}}  {100 * prob:6.2f}%")
-    return 0
+        print(json.dumps(rows + errors, indent=2))
+    else:
+        width = max(len(label) for label in labels)
+        for row in rows:
+            print(row["image"])
+            for label, prob in row["top"]:
+                print(f"  {label:<{width}}  {100 * prob:6.2f}%")
+    if not good:
+        raise ValueError(f"none of the {len(bad)} image(s) could be read")
+    return 1 if bad else 0

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.cli.common import add_device, add_model, add_out, add_set, load_model
-from cliplab.encode import FeatureStore
+from cliplab.encode import BadImages, FeatureStore
 from cliplab.evaluation.datasets import load_classification, load_retrieval
 from cliplab.evaluation.protocol import Input, Protocol
 from cliplab.evaluation.registry import PROTOCOLS
@@ -151,16 +151,51 @@ def _stem(protocol: str, name: str) -> str:
     return f"{protocol}-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
+def run_despite_bad_images(
+    protocol: Protocol, store: FeatureStore, options: Any, inputs: dict[str, Any]
+) -> tuple[Any, list[str]]:
+    """Run the protocol; a set with unreadable images is reported image by image and the
+    protocol runs again on its readable images (their features are kept, not recomputed).
+    Returns (result, the problems, one line each)."""
+    problems: list[str] = []
+    while True:
+        try:
+            return protocol(store, options, **inputs), problems
+        except BadImages as e:
+            if e.dataset is None or not e.good:
+                raise
+            problems += [f"{e.dataset.name}: {name}: {reason}" for _, name, reason in e.failures]
+            subset = e.dataset.subset(e.good)
+
+            def swap(value: Any, bad: Any = e.dataset, good: Any = subset) -> Any:
+                if isinstance(value, list):
+                    return [good if v is bad else v for v in value]
+                return good if value is bad else value
+
+            inputs = {k: swap(v) for k, v in inputs.items()}
+
+
+def report_problems(problems: list[str]) -> int:
+    """Print each unreadable image on stderr; the exit status (1 when there were any)."""
+    for line in problems:
+        print(f"cliplab eval: skipped {line}", file=sys.stderr)
+    if problems:
+        print(f"cliplab eval: {len(problems)} image(s) could not be read", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def run_protocol(args: argparse.Namespace) -> int:
     protocol: Protocol = args.protocol_spec
     options = options_from(args, protocol)
     inputs = {i.name: _load(i, getattr(args, f"input_{i.name}")) for i in protocol.inputs}
-    result = protocol(make_store(args, args.model), options, **inputs)
+    result, problems = run_despite_bad_images(
+        protocol, make_store(args, args.model), options, inputs
+    )
     files = result.write(args.out, _stem(protocol.name, result.key))
     print(result.summary())
     for kind, path in files.items():
         print(f"  {kind}: {path}")
-    return 0
+    return report_problems(problems)
 
 
 # --------------------------------------------------------------------------- report
@@ -223,15 +258,19 @@ def run_report(args: argparse.Namespace) -> int:
     if not jobs:
         flags = ", ".join(_flag(n) for n in PROTOCOLS)
         raise ValueError(f"nothing to evaluate: give sets to {flags}")
-    runs = []
+    runs, problems = [], []
     for spec in args.model:
         print(f"evaluating {spec}", file=sys.stderr)
         store = make_store(args, spec)
-        results = [protocol(store, options, **inputs) for protocol, options, inputs in jobs]
+        results = []
+        for protocol, options, inputs in jobs:
+            result, found = run_despite_bad_images(protocol, store, options, inputs)
+            results.append(result)
+            problems += [p for p in found if p not in problems]
         runs.append(ModelRun(spec, results, model_info(store)))
         del store
     print(f"wrote {write_report(runs, args.out, args.title)}")
-    return 0
+    return report_problems(problems)
 
 
 def model_info(store: FeatureStore) -> dict[str, Any]:

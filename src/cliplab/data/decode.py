@@ -28,11 +28,13 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import random
 import struct
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -54,7 +56,9 @@ __all__ = [
     "decode_sample",
     "error_sample",
     "image_member",
+    "load_image",
     "probe_image",
+    "read_image_file",
 ]
 
 #: Member extensions read as the image, in order of preference (webdataset/img2dataset names;
@@ -252,6 +256,44 @@ def probe_image(
         image = _open_checked(data, max_pixels, max_aspect, min_size, allowed)
     image.close()
     return str(image.format), image.width, image.height
+
+
+def load_image(
+    data: bytes,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] | None = DEFAULT_FORMATS,
+) -> Image.Image:
+    """Image bytes -> a loaded PIL image in its own mode (no conversion, no resizing), or
+    ``BadSample`` with the same reasons as :func:`decode_image` (no aspect or minimum-size
+    rule: for images a user asks about, not training data). For callers whose own transform
+    handles the modes, such as the evaluation and classification preprocessing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        allowed = tuple(formats) if formats is not None else None
+        image = _open_checked(data, max_pixels, None, 1, allowed)
+        try:
+            image.load()
+        except _PIL_ERRORS as e:
+            image.close()
+            raise BadSample(
+                "truncated-image" if _looks_truncated(e) else "corrupt-image", str(e)
+            ) from None
+    return image
+
+
+def read_image_file(
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """A loaded image from a file, or ``BadSample``: ``missing-file``, ``unreadable-file``
+    (a directory, no permission) or any reason of :func:`load_image`."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BadSample("missing-file", str(path)) from None
+    except OSError as e:
+        raise BadSample("unreadable-file", f"{path}: {e.strerror or e}") from None
+    return load_image(data, max_pixels=max_pixels)
 
 
 def _decode_image(

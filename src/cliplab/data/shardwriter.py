@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.data.decode import ERROR_MEMBER, ImageDecoder, image_member
-from cliplab.data.stream import BadSample, RawSample, Source
+from cliplab.data.stream import BadSample, Source, scan
 from cliplab.fileio import AtomicFile, write_json
 
-__all__ = ["ShardWriter", "scan", "write_shards"]
+__all__ = ["ShardWriter", "write_shards"]
 
 
 def _check_key(key: str) -> None:
@@ -214,16 +214,6 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def scan(source: Source) -> Iterator[RawSample]:
-    """Every record of a source once, in order (sources without ``scan`` give one pass)."""
-    if callable(getattr(source, "scan", None)):
-        yield from source.scan()  # type: ignore[attr-defined]
-        return
-    raw = source.iter_raw(0, 0, 0, 1)
-    for _ in range(source.num_samples()):
-        yield next(raw)
 
 
 def _with_source_key(members: dict[str, bytes], key: str) -> dict[str, bytes]:

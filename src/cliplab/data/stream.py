@@ -88,6 +88,16 @@ Transform = Callable[[Any, torch.Generator], torch.Tensor]
 Tokenize = Callable[[list[str]], torch.Tensor]
 
 
+def scan(source: Source) -> Iterator[RawSample]:
+    """Every record of a source once, in order (sources without ``scan`` give one pass)."""
+    if callable(getattr(source, "scan", None)):
+        yield from source.scan()  # type: ignore[attr-defined]
+        return
+    raw = source.iter_raw(0, 0, 0, 1)
+    for _ in range(source.num_samples()):
+        yield next(raw)
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # (B, 3, S, S) float

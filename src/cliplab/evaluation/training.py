@@ -16,6 +16,7 @@ config names its sets in ``[[eval.sets]]`` tables, which :func:`evaluator_from_s
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from cliplab.data.stream import BadSample
 from cliplab.encode import FeatureStore, Tokenizer, open_image, unwrap_model
 from cliplab.evaluation.datasets import (
     ClassificationSet,
@@ -34,6 +36,8 @@ from cliplab.evaluation.protocol import Protocol
 from cliplab.evaluation.registry import get
 
 __all__ = ["PIXEL_CACHE_BYTES", "ProtocolEvaluator", "evaluator_from_spec", "resolve_evalset"]
+
+log = logging.getLogger("cliplab.evaluation")
 
 #: Preprocessed images are kept in memory up to this many bytes per evaluator.
 PIXEL_CACHE_BYTES = 512 * 2**20
@@ -116,9 +120,23 @@ class ProtocolEvaluator:
             nonlocal budget
             if isinstance(dataset.images, torch.Tensor) or budget <= 0:
                 return dataset
-            pixels = torch.stack([preprocess(open_image(im)) for im in dataset.images])
-            budget -= pixels.numel() * pixels.element_size()
-            return dataset.with_images(pixels) if budget >= 0 else dataset
+            pixels, good, bad = [], [], []
+            for i, image in enumerate(dataset.images):
+                try:
+                    pixels.append(preprocess(open_image(image)))
+                    good.append(i)
+                except BadSample as e:
+                    bad.append(f"{image}: {e.reason}")
+            if bad:  # evaluated on the readable images, said once
+                log.warning(
+                    "%s: %d image(s) left out: %s", dataset.name, len(bad), "; ".join(bad[:5])
+                )
+                dataset = dataset.subset(good)
+            if not pixels:
+                raise ValueError(f"{dataset.name}: no image can be read")
+            stacked = torch.stack(pixels)
+            budget -= stacked.numel() * stacked.element_size()
+            return dataset.with_images(stacked) if budget >= 0 else dataset
 
         converted = {
             name: (
