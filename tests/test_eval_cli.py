@@ -335,6 +335,7 @@ def bad_image_files(tmp_path: Path) -> dict[str, Path]:
     truncated.write_bytes(good.read_bytes()[:60])
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc

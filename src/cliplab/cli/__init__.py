@@ -14,9 +14,19 @@ from collections.abc import Sequence
 
 from cliplab import __version__
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.cli import classify, convert, data, demo, evaluate, models, train
+from cliplab.cli import (
+    classify,
+    convert,
+    data,
+    demo,
+    evaluate,
+    models,
+    search,
+    serve,
+    train,
+)
 
-COMMANDS = (models, convert, data, train, evaluate, classify, demo)
+COMMANDS = (models, convert, data, train, evaluate, classify, search, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

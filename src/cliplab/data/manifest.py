@@ -235,6 +235,11 @@ class CsvSource(_RowSource):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def location(self, index: int) -> str | None:
+        """The image file of row ``index`` (absolute), or None when the row names none."""
+        image = (self.rows[index].get(self.image_column) or "").strip()
+        return str(_resolve(self.root, image).resolve()) if image else None
+
     def record(self, index: int) -> RawSample:
         row = self.rows[index]
         key = f"{index:09d}"
@@ -283,6 +288,10 @@ class FolderSource(_RowSource):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def location(self, index: int) -> str | None:
+        """The image file of record ``index`` (absolute)."""
+        return str(self.files[index].resolve())
 
     def record(self, index: int) -> RawSample:
         path = self.files[index]

@@ -1,0 +1,226 @@
+"""``cliplab embed``, ``cliplab index``, ``cliplab search``: search your images with CLIP.
+
+cliplab embed ~/Pictures --model ViT-B-32.pt --out pictures      # images -> embeddings
+cliplab index pictures                                           # a FAISS index, recall
+cliplab search pictures "a red car" -k 10                        # text -> images
+cliplab search pictures --image query.jpg                        # image -> images
+cliplab serve pictures                                           # the web app
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cliplab.cli.common import add_device, add_model, add_out, add_set, load_model, model_settings
+from cliplab.data.sources import KINDS, spec_for_path
+
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"4G"``, ``"512M"``, ``"1000000"`` -> bytes."""
+    value = text.strip().upper().removesuffix("B")
+    unit = value[-1] if value and value[-1] in SIZE_UNITS else ""
+    try:
+        return int(float(value[: len(value) - len(unit)]) * SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 4G or 512M, got {text!r}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- embed
+
+
+def add_embed(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "embed",
+        help="embed a collection of images (and captions) for search",
+        description="Embed every image of SOURCE (a folder, recursively; a CSV/Parquet "
+        "manifest; WebDataset shards) with the model into OUT: float16 embeddings in parts, a "
+        "Parquet metadata table, the model's name and fingerprint. Bad images are skipped and "
+        "counted by reason (exit status 1 when any); re-running resumes a killed run.",
+    )
+    p.add_argument("source", help="a folder, a .csv/.tsv, a .parquet, or shards")
+    add_model(p)
+    add_out(p, help="collection directory")
+    add_set(p)
+    add_device(p)
+    p.add_argument("--kind", choices=KINDS, help="source kind (default: from SOURCE)")
+    p.add_argument("--image-column", default="image", help="manifest image column")
+    p.add_argument("--caption-column", default="caption", help="manifest caption column")
+    p.add_argument("--root", help="folder that relative manifest paths start from")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (0: in this one)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--no-captions", action="store_true", help="embed images only")
+    p.add_argument("--part-size", type=int, default=10_000, help="images per part (resume unit)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from cliplab.search.embed import embed
+
+    source = Path(args.source)
+    spec = spec_for_path(
+        str(source.resolve()) if source.exists() else args.source,
+        args.kind,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        root=args.root,
+    )
+    if spec.kind == "synthetic":
+        raise ValueError("embed reads images: give a folder, a manifest or shards")
+    model, preprocess = load_model(args)
+    result = embed(
+        spec,
+        args.out,
+        model,
+        preprocess,
+        model_spec=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        model_settings=model_settings(args),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        dtype=args.dtype,
+        captions=not args.no_captions,
+        part_size=args.part_size,
+        progress=not args.quiet,
+    )
+    failed = sum(result.failures.values())
+    print(
+        f"embedded {result.embedded} images in {result.seconds:.1f} s "
+        f"({result.images_per_s:.1f} images/s); {result.total} in {args.out}"
+        + (f"; resumed after {result.resumed_from} records" if result.resumed_from else "")
+    )
+    if failed:
+        reasons = ", ".join(f"{r} {n}" for r, n in result.failures.most_common())
+        print(f"cliplab embed: skipped {failed} bad record(s): {reasons} "
+              f"(each in {Path(args.out) / 'failures.jsonl'})", file=sys.stderr)  # fmt: skip
+    print(f"next: cliplab index {args.out}")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- index
+
+
+def add_index(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "index",
+        help="build (or grow, or merge) the FAISS index of an embedded collection",
+        description="Exact inner product below --exact-below vectors; HNSW or IVF-PQ above, "
+        "chosen from the count and --memory-budget. Prints recall@10 against exact search. "
+        "Run again after embedding more: the new vectors are added.",
+    )
+    p.add_argument("collection", type=Path, help="a directory `cliplab embed` wrote")
+    p.add_argument("--memory-budget", type=parse_size, default=None, help="e.g. 4G (default: any)")
+    p.add_argument("--exact-below", type=int, default=50_000, help="exact search up to this many")
+    p.add_argument("--kind", choices=("exact", "hnsw", "ivf-pq"), help="force the index kind")
+    p.add_argument("--rebuild", action="store_true", help="build afresh even if an index exists")
+    p.add_argument(
+        "--merge", type=Path, metavar="OTHER", help="merge OTHER (same model) into --out"
+    )
+    p.add_argument("--out", type=Path, help="with --merge: the merged collection's directory")
+    p.add_argument("--json", action="store_true", help="print the index info as JSON")
+    p.set_defaults(run=run_index)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from cliplab.search.collection import Collection
+    from cliplab.search.index import add_new, build_index, merge_collections
+
+    collection = Collection(args.collection)
+    if args.merge is not None:
+        if args.out is None:
+            raise ValueError("--merge needs --out (the merged collection's directory)")
+        collection = merge_collections(collection, Collection(args.merge), args.out)
+        print(
+            f"merged {args.collection} and {args.merge} into {args.out} ({len(collection)} images)"
+        )
+    exists = (collection.path / "index" / "info.json").is_file()
+    if exists and not args.rebuild and args.kind is None:
+        info = add_new(collection)
+        action = f"added {info['added']} new vectors to"
+    else:
+        info = build_index(
+            collection,
+            memory_budget=args.memory_budget,
+            exact_below=args.exact_below,
+            kind=args.kind,
+        )
+        action = "built"
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    recalls = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k.startswith("recall"))
+    print(
+        f"{action} the index ({info['plan']['kind']}: {info['plan']['factory']}) of "
+        f"{info['ntotal']} vectors, {info['bytes'] / 2**20:.1f} MiB"
+        + (f", in {info['build_seconds']:.2f} s" if action == "built" else "")
+        + (f"; {recalls} against exact search" if recalls else "")
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- search
+
+
+def add_search(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="search an embedded collection with words or an image",
+        description="Text -> images (QUERY), image -> images (--image), image -> captions "
+        "(--image --captions, when captions were embedded). The model is the collection's own.",
+    )
+    p.add_argument("collection", type=Path)
+    p.add_argument("query", nargs="?", help="words to search for")
+    p.add_argument("--image", type=Path, help="search with an image instead")
+    p.add_argument("--captions", action="store_true", help="with --image: the nearest captions")
+    p.add_argument("-k", type=int, default=20, help="results (default 20)")
+    p.add_argument("--exact", action="store_true", help="exact search, even with an index")
+    p.add_argument("--json", action="store_true")
+    add_device(p)
+    p.set_defaults(run=run_search)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from cliplab.data.stream import BadSample
+    from cliplab.search.query import Searcher
+
+    if (args.query is None) == (args.image is None):
+        raise ValueError("give either QUERY words or --image")
+    if args.captions and args.image is None:
+        raise ValueError("--captions searches captions with an image: give --image")
+    if not 1 <= args.k <= 10_000:
+        raise ValueError(f"-k must be between 1 and 10000, got {args.k}")
+    searcher = Searcher(args.collection, device=args.device, use_index=not args.exact)
+    try:
+        if args.image is not None and args.captions:
+            hits = searcher.captions_for_image(args.image, args.k)
+        elif args.image is not None:
+            hits = searcher.search_image(args.image, args.k)
+        else:
+            hits = searcher.search_text(args.query, args.k)
+    except BadSample as e:
+        raise ValueError(f"{args.image}: {e.reason}") from None
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    for rank, h in enumerate(hits, 1):
+        where = h.path or h.key
+        caption = f"  {h.caption}" if h.caption else ""
+        print(f"{rank:>3}  {h.score:.3f}  {where}{caption}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    add_embed(subparsers)
+    add_index(subparsers)
+    add_search(subparsers)
+
+
+__all__: list[Any] = ["add_parser", "parse_size"]

@@ -1,0 +1,160 @@
+"""An embedded collection on disk (what ``cliplab embed`` writes), and reading it back.
+
+Layout of a collection directory::
+
+    embed.json             the model (its spec and fingerprint), the source, dim, dtype, counts
+    images/000000.npy      (n, D) L2-normalised image embeddings of part 0 (float16 by default)
+    texts/000000.npy       (n, D) caption embeddings, rows aligned with images (zeros where an
+                           image has no caption), when captions were embedded
+    meta/000000.parquet    id, key, path, caption, width, height of each embedded image
+    parts/000000.json      written last: the part is complete (records read, images, failures)
+    failures.jsonl         key and reason of every record that could not be embedded
+    index/                 what ``cliplab index`` builds (see :mod:`cliplab.search.index`)
+
+Ids are row numbers across parts, in source order. Every file is written atomically and a
+part counts only once its ``parts/*.json`` exists, so a killed run leaves complete parts
+only and resumes after them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT", "META_COLUMNS", "Collection", "Part"]
+
+FORMAT = "cliplab-embeddings"
+VERSION = 1
+#: Metadata columns of every part.
+META_COLUMNS = ("id", "key", "path", "caption", "width", "height")
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "embedding collections need pyarrow: pip install 'cliplab[search]'"
+        ) from e
+    return pyarrow
+
+
+@dataclass(frozen=True)
+class Part:
+    """One complete part: its number and what its record says."""
+
+    number: int
+    records: int  # source records consumed (embedded + failed)
+    images: int  # rows of images/NNNNNN.npy
+    failures: dict[str, int]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.number:06d}"
+
+
+class Collection:
+    """A collection directory, read-only: its info, parts, embeddings and metadata."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        info_file = self.path / "embed.json"
+        if not info_file.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not an embedded collection (no embed.json): run `cliplab embed`"
+            )
+        try:
+            self.info: dict[str, Any] = json.loads(info_file.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{info_file}: unreadable ({e})") from None
+        if self.info.get("format") != FORMAT:
+            raise ValueError(f"{info_file}: not a {FORMAT} file")
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.info["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    @property
+    def has_texts(self) -> bool:
+        return bool(self.info.get("captions"))
+
+    @cached_property
+    def parts(self) -> list[Part]:
+        """The complete parts, in order (a part without its record is not complete)."""
+        parts = []
+        for file in sorted((self.path / "parts").glob("*.json")):
+            record = json.loads(file.read_text(encoding="utf-8"))
+            parts.append(
+                Part(int(file.stem), record["records"], record["images"], record["failures"])
+            )
+        for expected, part in enumerate(parts):
+            if part.number != expected:
+                raise ValueError(f"{self.path}: part {expected:06d} is missing")
+        return parts
+
+    def __len__(self) -> int:
+        return sum(p.images for p in self.parts)
+
+    @property
+    def records(self) -> int:
+        """Source records read so far (embedded or failed)."""
+        return sum(p.records for p in self.parts)
+
+    def failures(self) -> Counter[str]:
+        return sum((Counter(p.failures) for p in self.parts), Counter())
+
+    def _stack(self, kind: str, parts: list[Part] | None = None) -> np.ndarray:
+        arrays = [
+            np.load(self.path / kind / f"{p.stem}.npy", mmap_mode="r")
+            for p in (self.parts if parts is None else parts)
+            if p.images
+        ]
+        if not arrays:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(arrays).astype(np.float32)
+
+    def image_embeddings(self, start: int = 0) -> np.ndarray:
+        """(N - start, D) float32, unit rows: the image embeddings from id ``start`` on."""
+        out = self._stack("images")
+        return out[start:]
+
+    def text_embeddings(self) -> np.ndarray:
+        """(N, D) float32 caption embeddings aligned with the images (zero rows: no caption)."""
+        if not self.has_texts:
+            raise ValueError(f"{self.path}: no captions were embedded")
+        return self._stack("texts")
+
+    @cached_property
+    def metadata(self) -> Any:
+        """All parts' metadata as one pyarrow Table (row i is id i)."""
+        pa = _pyarrow()
+        tables = [
+            pa.parquet.read_table(self.path / "meta" / f"{p.stem}.parquet")
+            for p in self.parts
+            if p.images
+        ]
+        if not tables:
+            return pa.table({c: [] for c in META_COLUMNS})
+        return pa.concat_tables(tables)
+
+    def row(self, index: int) -> dict[str, Any]:
+        """The metadata of id ``index`` (``IndexError`` outside the collection)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"no image with id {index} (the collection has {len(self)})")
+        return {c: self.metadata.column(c)[index].as_py() for c in META_COLUMNS}
+
+    def rows(self, indices: list[int]) -> list[dict[str, Any]]:
+        table = self.metadata.take(indices)
+        return table.to_pylist()

@@ -1,0 +1,367 @@
+"""``cliplab embed``: a collection of images (and their captions) -> embeddings on disk.
+
+Any source the data layer opens (a folder of images, recursively; CSV/Parquet manifests;
+WebDataset shards) is read in order; worker processes read and decode images while the main
+process runs the model, so decoding overlaps encoding. Every image goes through the model's
+own preprocessing (the same pixels ``cliplab.load``'s transform gives), embeddings are
+L2-normalised and written in parts (see :mod:`cliplab.search.collection`). A bad record
+(missing file, truncated or non-image data, a decompression bomb, a malformed shard member)
+is skipped and counted by its reason; a killed run resumes after its last complete part and
+embeds nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load_image
+from cliplab.data.sources import SourceSpec
+from cliplab.data.stream import BadSample, RawSample, scan
+from cliplab.encode import autocast_for, encode_texts, model_dtype, model_fingerprint, progress_bar
+from cliplab.fileio import atomic_write, write_json
+from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
+
+__all__ = ["EmbedResult", "embed"]
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class _Item:
+    """One record after decoding: pixels, or the reason it could not be embedded."""
+
+    key: str
+    path: str | None
+    pixels: torch.Tensor | None
+    caption: str | None = None
+    width: int = 0
+    height: int = 0
+    reason: str | None = None
+
+
+def _records(
+    source: Any, start: int, keep: Callable[[int], bool]
+) -> Iterator[tuple[RawSample, str | None]]:
+    """(record, the image's file or shard) of the records from ``start`` on whose position
+    (counted from ``start``) ``keep`` accepts, in source order. Row sources (folders, CSV)
+    read only those; streams (shards) are read through and the others dropped."""
+    if callable(getattr(source, "record", None)) and hasattr(source, "__len__"):
+        location = getattr(source, "location", None)
+        for i in range(start, len(source)):
+            if keep(i - start):
+                yield source.record(i), location(i) if callable(location) else None
+        return
+    urls = getattr(source, "urls", None)
+    if urls is not None:  # WebDataset: remember the shard of each record
+        from cliplab.data.webdataset import iter_tar_records
+
+        index = 0
+        for url in urls:
+            for record in iter_tar_records(url, getattr(source, "name", "")):
+                if index >= start and keep(index - start):
+                    yield record, url
+                index += 1
+        return
+    for index, record in enumerate(scan(source)):
+        if index >= start and keep(index - start):
+            yield record, None
+
+
+def _decode(
+    record: RawSample, path: str | None, preprocess: Callable[[Any], torch.Tensor], captions: bool
+) -> _Item:
+    item = _Item(record.key, path, None)
+    try:
+        marker = record.members.get(ERROR_MEMBER)
+        if marker is not None:
+            raise BadSample(marker.decode("utf-8", "replace").partition("\n")[0] or "malformed")
+        ext = image_member(record.members)
+        if ext is None:
+            raise BadSample("no-image")
+        image = load_image(record.members[ext])
+        item.width, item.height = image.size
+        item.pixels = preprocess(image)
+    except BadSample as e:
+        item.reason = e.reason
+        return item
+    if captions:
+        try:
+            item.caption = decode_caption(record, random.Random(0))
+        except BadSample:
+            item.caption = None
+    return item
+
+
+class _DecodedBatches(IterableDataset):
+    """Batches of decoded items in source order: worker ``w`` of ``W`` decodes batches
+    ``w, w + W, ...``, and the loader takes one from each worker in turn."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        preprocess: Callable[[Any], torch.Tensor],
+        start: int,
+        batch_size: int,
+        captions: bool,
+    ) -> None:
+        self.spec = spec
+        self.preprocess = preprocess
+        self.start = start
+        self.batch_size = batch_size
+        self.captions = captions
+
+    def __iter__(self) -> Iterator[list[_Item]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        size = self.batch_size
+
+        def mine(position: int) -> bool:
+            return (position // size) % workers == worker
+
+        batch: list[tuple[RawSample, str | None]] = []
+        for record, path in _records(self.spec.open(), self.start, mine):
+            batch.append((record, path))
+            if len(batch) == size:
+                yield [_decode(r, p, self.preprocess, self.captions) for r, p in batch]
+                batch = []
+        if batch:
+            yield [_decode(r, p, self.preprocess, self.captions) for r, p in batch]
+
+
+@dataclass
+class EmbedResult:
+    """What a run did: images embedded now and in all, failures, speed."""
+
+    out: Path
+    embedded: int = 0  # this run
+    total: int = 0  # in the collection
+    failures: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    resumed_from: int = 0  # records already done when the run started
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def _check_existing(out: Path, info: dict[str, Any]) -> None:
+    """An existing collection may be resumed only with the same model, source and dtype."""
+    try:
+        old = json.loads((out / "embed.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for key in ("fingerprint", "source", "dtype", "captions", "image_size"):
+        if old.get(key) != info.get(key):
+            raise ValueError(
+                f"{out} holds embeddings made with a different {key} ({old.get(key)!r}, not "
+                f"{info.get(key)!r}); use another --out to start a new collection"
+            )
+
+
+class _PartWriter:
+    def __init__(self, out: Path, number: int, dtype: str, captions: bool, dim: int) -> None:
+        self.out = out
+        self.number = number
+        self.dtype = dtype
+        self.captions = captions
+        self.dim = dim
+        self.reset()
+
+    def reset(self) -> None:
+        self.records = 0
+        self.images: list[np.ndarray] = []
+        self.texts: list[np.ndarray] = []
+        self.meta: list[dict[str, Any]] = []
+        self.failures: Counter[str] = Counter()
+        self.failed: list[dict[str, str]] = []
+
+    def flush(self, first_id: int) -> int:
+        """Write the part (files first, its record last); returns its image count."""
+        pa = _pyarrow()
+        stem = f"{self.number:06d}"
+        n = sum(len(x) for x in self.images)
+        images = np.concatenate(self.images) if n else np.zeros((0, self.dim))
+        atomic_write(
+            self.out / "images" / f"{stem}.npy",
+            lambda tmp: np.save(tmp.open("wb"), images.astype(DTYPES[self.dtype])),
+        )
+        if self.captions:
+            texts = np.concatenate(self.texts) if n else np.zeros((0, self.dim))
+            atomic_write(
+                self.out / "texts" / f"{stem}.npy",
+                lambda tmp: np.save(tmp.open("wb"), texts.astype(DTYPES[self.dtype])),
+            )
+        for i, row in enumerate(self.meta):
+            row["id"] = first_id + i
+        table = pa.Table.from_pylist(
+            self.meta,
+            schema=pa.schema(
+                [
+                    ("id", pa.int64()),
+                    ("key", pa.string()),
+                    ("path", pa.string()),
+                    ("caption", pa.string()),
+                    ("width", pa.int32()),
+                    ("height", pa.int32()),
+                ]
+            ),
+        )
+        atomic_write(
+            self.out / "meta" / f"{stem}.parquet",
+            lambda tmp: pa.parquet.write_table(table, str(tmp)),
+        )
+        if self.failed:
+            with open(self.out / "failures.jsonl", "a", encoding="utf-8") as f:
+                for line in self.failed:
+                    f.write(json.dumps({"part": self.number, **line}, ensure_ascii=False) + "\n")
+        write_json(
+            self.out / "parts" / f"{stem}.json",
+            {"records": self.records, "images": n, "failures": dict(self.failures)},
+        )
+        self.number += 1
+        self.reset()
+        return n
+
+
+@torch.no_grad()
+def embed(
+    spec: SourceSpec,
+    out: str | os.PathLike[str],
+    model: torch.nn.Module,
+    preprocess: Callable[[Any], torch.Tensor],
+    *,
+    model_spec: str,
+    model_settings: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    dtype: str = "float16",
+    captions: bool = True,
+    part_size: int = 10_000,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EmbedResult:
+    """Embed the source into the collection ``out`` (created, or resumed; see the module
+    docstring). ``model_spec`` and ``model_settings`` are what ``cliplab.load`` takes to
+    load the model again at query time; its fingerprint is checked then."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if part_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"part_size and batch_size must be positive, got {part_size}, {batch_size}"
+        )
+    out = Path(out)
+    model.eval()
+    device = next(model.parameters()).device
+    probe = model.encode_image(
+        preprocess(_blank(getattr(model, "image_size", 224)))[None].to(device, model_dtype(model))
+    )
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_spec,
+        "model_settings": dict(model_settings or {}),
+        "fingerprint": model_fingerprint(model),
+        "dim": int(probe.shape[-1]),
+        "dtype": dtype,
+        "normalized": True,
+        "image_size": int(getattr(model, "image_size", 0)),
+        "source": spec.to_dict(),
+        "captions": captions,
+    }
+    _check_existing(out, info)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "embed.json", {**info, "complete": False})
+    done = Collection(out)
+    result = EmbedResult(out, resumed_from=done.records)
+    writer = _PartWriter(out, len(done.parts), dtype, captions, info["dim"])
+    next_id = len(done)
+    dataset = _DecodedBatches(spec, preprocess, done.records, batch_size, captions)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+    total = _count(spec)
+    remaining = None if total is None else math.ceil(max(0, total - done.records) / batch_size)
+    if done.records:
+        log(
+            f"resuming after {done.records} records ({len(done)} images in {len(done.parts)} parts)"
+        )
+    start = time.perf_counter()
+    bar = progress_bar(loader, total=remaining, desc="embedding", enabled=progress)
+    for items in bar:
+        good = [it for it in items if it.pixels is not None]
+        for it in items:
+            if it.reason is not None:
+                writer.failures[it.reason] += 1
+                result.failures[it.reason] += 1
+                writer.failed.append({"key": it.key, "path": it.path or "", "reason": it.reason})
+        if good:
+            pixels = torch.stack([it.pixels for it in good])  # type: ignore[misc]
+            with autocast_for(device):
+                features = model.encode_image(pixels.to(device, model_dtype(model)))
+            writer.images.append(F.normalize(features.float(), dim=-1).cpu().numpy())
+            if captions:
+                writer.texts.append(_caption_features(model, good, writer.dim))
+            writer.meta += [
+                {
+                    "key": it.key,
+                    "path": it.path,
+                    "caption": it.caption,
+                    "width": it.width,
+                    "height": it.height,
+                }
+                for it in good
+            ]
+            result.embedded += len(good)
+        writer.records += len(items)
+        if writer.records >= part_size:
+            next_id += writer.flush(next_id)
+    if writer.records:
+        next_id += writer.flush(next_id)
+    result.seconds = time.perf_counter() - start
+    final = Collection(out)
+    result.total = len(final)
+    write_json(
+        out / "embed.json",
+        {**info, "complete": True, "count": len(final), "records": final.records,
+         "failures": dict(final.failures())},
+    )  # fmt: skip
+    return result
+
+
+def _caption_features(model: torch.nn.Module, items: list[_Item], dim: int) -> np.ndarray:
+    """Caption embeddings aligned with ``items`` (zero rows where there is no caption)."""
+    out = np.zeros((len(items), dim), dtype=np.float32)
+    texts = [(i, it.caption) for i, it in enumerate(items) if it.caption]
+    if texts:
+        features = encode_texts(model, None, [t for _, t in texts], batch_size=256)
+        out[[i for i, _ in texts]] = features.numpy()
+    return out
+
+
+def _as_is(batch: list[_Item]) -> list[_Item]:
+    return batch
+
+
+def _count(spec: SourceSpec) -> int | None:
+    try:
+        return int(spec.open().num_samples())
+    except (ValueError, OSError):
+        return None
+
+
+def _blank(size: int) -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), (255, 255, 255))

@@ -1,0 +1,173 @@
+"""Querying a collection (``cliplab search``, the web app): words or an image in, the nearest
+images (or captions) out.
+
+The model is the one that embedded the collection: :class:`Searcher` loads it from the
+collection's record (or takes one) and refuses a model whose fingerprint differs, since its
+embeddings would live in another space. Queries go through the index when there is one,
+else through exact search over every embedding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cliplab.encode import FeatureStore, encode_texts, model_fingerprint, open_image
+from cliplab.search.collection import Collection
+from cliplab.search.index import SearchIndex
+
+__all__ = ["Hit", "Searcher"]
+
+#: The longest text query accepted (characters); the tokenizer truncates to the context.
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: the image's id, its cosine similarity to the query, its metadata."""
+
+    id: int
+    score: float
+    key: str
+    path: str | None
+    caption: str | None
+    width: int
+    height: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "score": round(self.score, 6),
+            "key": self.key,
+            "path": self.path,
+            "caption": self.caption,
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+class Searcher:
+    """Search one collection. ``model``/``preprocess`` default to loading the model the
+    collection records (``embed.json``); a given model must have the same fingerprint."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        model: torch.nn.Module | None = None,
+        preprocess: Any = None,
+        *,
+        device: str | torch.device | None = None,
+        use_index: bool = True,
+    ) -> None:
+        self.collection = Collection(path)
+        if model is None:
+            import cliplab
+
+            spec = self.collection.info["model"]
+            model, preprocess = cliplab.load(
+                spec, device=device, **self.collection.info.get("model_settings", {})
+            )
+        fingerprint = model_fingerprint(model)
+        if fingerprint != self.collection.fingerprint:
+            raise ValueError(
+                f"{self.collection.path} was embedded with model {self.collection.info['model']!r} "
+                f"(fingerprint {self.collection.fingerprint[:12]}); this model's fingerprint is "
+                f"{fingerprint[:12]}: its embeddings are not comparable. Query with the same model."
+            )
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.index: SearchIndex | None = None
+        if use_index and (self.collection.path / "index" / "info.json").is_file():
+            self.index = SearchIndex(self.collection)
+            if self.index.ntotal != len(self.collection):
+                raise ValueError(
+                    f"the index holds {self.index.ntotal} of {len(self.collection)} embeddings: "
+                    f"run `cliplab index {self.collection.path}` to add the new ones"
+                )
+        self._vectors: np.ndarray | None = None
+        self._texts: np.ndarray | None = None
+        self._classifiers = FeatureStore(model, preprocess, progress=False)
+
+    # -- embeddings of queries -------------------------------------------------------------
+    @torch.no_grad()
+    def embed_text(self, text: str) -> np.ndarray:
+        """(D,) unit vector of a text query; ``ValueError`` for an empty or huge one."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty query")
+        if len(text) > MAX_QUERY_CHARS:
+            raise ValueError(f"query longer than {MAX_QUERY_CHARS} characters")
+        return encode_texts(self.model, None, [text])[0].numpy()
+
+    @torch.no_grad()
+    def embed_image(self, image: Any) -> np.ndarray:
+        """(D,) unit vector of an image query (a PIL image or a path; ``BadSample`` for an
+        unreadable one)."""
+        pixels = self.preprocess(open_image(image))[None]
+        device = next(self.model.parameters()).device
+        features = self.model.encode_image(pixels.to(device, self.model.dtype))
+        return F.normalize(features.float(), dim=-1)[0].cpu().numpy()
+
+    # -- search ----------------------------------------------------------------------------
+    def _all_vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            self._vectors = self.collection.image_embeddings()
+        return self._vectors
+
+    def nearest(self, query: np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` images nearest to a unit query vector, best first."""
+        k = max(1, min(int(k), len(self.collection)))
+        if self.index is not None:
+            scores, ids = self.index.search(query[None], k)
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        else:
+            sims = self._all_vectors() @ query.astype(np.float32)
+            top = np.argsort(-sims, kind="stable")[:k]
+            pairs = [(int(i), float(sims[i])) for i in top]
+        rows = self.collection.rows([i for i, _ in pairs])
+        return [
+            Hit(i, s, r["key"], r["path"], r["caption"], r["width"], r["height"])
+            for (i, s), r in zip(pairs, rows)
+        ]
+
+    def search_text(self, text: str, k: int = 20) -> list[Hit]:
+        return self.nearest(self.embed_text(text), k)
+
+    def search_image(self, image: Any, k: int = 20) -> list[Hit]:
+        return self.nearest(self.embed_image(image), k)
+
+    def captions_for_image(self, image: Any, k: int = 20) -> list[Hit]:
+        """The ``k`` embedded captions nearest to an image (image -> caption retrieval)."""
+        if not self.collection.has_texts:
+            raise ValueError(f"{self.collection.path} holds no caption embeddings")
+        if self._texts is None:
+            self._texts = self.collection.text_embeddings()
+        sims = self._texts @ self.embed_image(image)
+        sims[np.linalg.norm(self._texts, axis=1) == 0] = -np.inf  # images without a caption
+        top = [
+            int(i) for i in np.argsort(-sims, kind="stable")[: max(1, k)] if np.isfinite(sims[i])
+        ]
+        rows = self.collection.rows(top)
+        return [
+            Hit(i, float(sims[i]), r["key"], r["path"], r["caption"], r["width"], r["height"])
+            for i, r in zip(top, rows)
+        ]
+
+    def classify(
+        self, image: Any, labels: Sequence[str], templates: Sequence[str]
+    ) -> list[tuple[str, float]]:
+        """Zero-shot probabilities of ``labels`` for an image, best first (prompt ensembles
+        are cached per label list)."""
+        from cliplab.zeroshot import zero_shot_logits
+
+        weights = self._classifiers.classifier(list(labels), list(templates))
+        query = torch.from_numpy(self.embed_image(image))[None]
+        probs = zero_shot_logits(query, weights, self._classifiers.logit_scale).softmax(-1)[0]
+        order = probs.argsort(descending=True).tolist()
+        return [(labels[i], float(probs[i])) for i in order]

@@ -1,0 +1,290 @@
+"""The web app: FastAPI over a :class:`cliplab.search.query.Searcher`.
+
+    GET  /health                  the collection, model and index
+    GET  /search?q=TEXT&k=K       text -> images
+    POST /search                  image (multipart ``image``) -> images; ``captions=true``:
+                                  the nearest captions instead
+    POST /classify                image + ``labels`` ("cat, dog, car") -> probabilities, with
+                                  prompt ensembling (``templates``, a bundled set)
+    GET  /image/{id}              the image of one result (only ids of the collection)
+    GET  /                        the page: search box, result grid, drop an image, classify
+
+Bad input is a 4xx with a one-line ``detail``, never a 500: empty or over-long queries, k
+out of range, uploads over ``max_upload_bytes`` (413, checked while the body streams in),
+non-images (415), truncated images (400), decompression bombs (413), unknown ids (404). The
+server reads files only through the collection's own metadata, by id: no path from a
+request ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import threading
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from cliplab.data.decode import probe_image
+from cliplab.data.stream import BadSample
+from cliplab.search.query import MAX_QUERY_CHARS, Searcher
+
+log = logging.getLogger("cliplab.serve")
+
+MAX_K = 200
+MAX_LABELS = 100
+MAX_LABEL_CHARS = 100
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "PPM": "image/x-portable-pixmap",
+    "ICO": "image/x-icon",
+    "AVIF": "image/avif",
+}
+#: BadSample reasons of an upload -> HTTP status.
+UPLOAD_STATUS = {"decompression-bomb": 413, "not-an-image": 415, "zero-bytes": 400}
+
+
+class LimitBody:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413, by its Content-Length
+    or, when there is none (chunked uploads), while it streams in: the body is read here,
+    up to the limit, and handed to the app only when it fits."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _plain(send, 413, f"request body over {self.limit} bytes")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _plain(send, 413, f"request body over {self.limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()  # only a disconnect can come now
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _plain(send: Any, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Shards:
+    """Members of tar shards by key, each shard's table of contents read once (LRU)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.tables: OrderedDict[str, dict[str, tuple[str, int, int]]] = OrderedDict()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def read(self, shard: str, key: str) -> bytes | None:
+        from cliplab.data.decode import IMAGE_EXTS
+
+        with self.lock:
+            table = self.tables.get(shard)
+            if table is None:
+                table = {}
+                with tarfile.open(shard, "r:") as tar:
+                    for info in tar:
+                        stem, _, ext = info.name.partition(".")
+                        if info.isfile() and ext.lower() in IMAGE_EXTS:
+                            table.setdefault(stem, (ext, info.offset_data, info.size))
+                self.tables[shard] = table
+                while len(self.tables) > self.size:
+                    self.tables.popitem(last=False)
+            self.tables.move_to_end(shard)
+        if key not in table:
+            return None
+        _, offset, size = table[key]
+        with open(shard, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+
+def create_app(
+    searcher: Searcher,
+    *,
+    max_upload_bytes: int = 10 * 2**20,
+    classify_templates: str = "imagenet7",
+) -> Any:
+    """The ASGI app (FastAPI, wrapped in the body limit) serving ``searcher``'s collection."""
+    from cliplab.templates import list_templates, load_templates
+
+    bundled = list_templates()
+    if classify_templates not in bundled:
+        raise ValueError(f"classify templates must be a bundled set: {', '.join(bundled)}")
+
+    app = FastAPI(title="cliplab search", docs_url=None, redoc_url=None)
+    lock = threading.Lock()  # one query at a time on the model: steady latency on a CPU
+    shards = _Shards()
+    collection = searcher.collection
+    page = resources.files("cliplab.serve").joinpath("static", "index.html").read_text("utf-8")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Any, exc: Exception) -> JSONResponse:  # pragma: no cover
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    def check_k(k: int) -> int:
+        if not 1 <= k <= MAX_K:
+            raise HTTPException(400, f"k must be between 1 and {MAX_K}, got {k}")
+        return k
+
+    async def read_upload(image: UploadFile) -> Any:
+        data = await image.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"image over {max_upload_bytes} bytes")
+        if not data:
+            raise HTTPException(400, "empty upload")
+        from cliplab.data.decode import load_image
+
+        try:
+            return load_image(data)
+        except BadSample as e:
+            raise HTTPException(
+                UPLOAD_STATUS.get(e.reason, 400), f"unusable image: {e.reason}"
+            ) from None
+
+    def hits(found: list[Any]) -> list[dict[str, Any]]:
+        return [{**h.to_dict(), "url": f"/image/{h.id}"} for h in found]
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "images": len(collection),
+            "model": collection.info.get("model"),
+            "index": searcher.index.info["plan"]["kind"] if searcher.index else "exact (no index)",
+            "captions": collection.has_texts,
+        }
+
+    @app.get("/search")
+    def search_text(
+        q: Annotated[str, Query(max_length=10 * MAX_QUERY_CHARS)] = "", k: int = 20
+    ) -> Any:
+        check_k(k)
+        if not q.strip():
+            raise HTTPException(400, "empty query: give q=words")
+        if len(q) > MAX_QUERY_CHARS:
+            raise HTTPException(400, f"query longer than {MAX_QUERY_CHARS} characters")
+        with lock:
+            return {"query": q, "results": hits(searcher.search_text(q, k))}
+
+    @app.post("/search")
+    async def search_image(
+        image: Annotated[UploadFile, File()],
+        k: Annotated[int, Form()] = 20,
+        captions: Annotated[bool, Form()] = False,
+    ) -> Any:
+        check_k(k)
+        picture = await read_upload(image)
+        with lock:
+            if captions:
+                if not collection.has_texts:
+                    raise HTTPException(400, "this collection has no caption embeddings")
+                return {"results": hits(searcher.captions_for_image(picture, k))}
+            return {"results": hits(searcher.search_image(picture, k))}
+
+    @app.post("/classify")
+    async def classify(
+        image: Annotated[UploadFile, File()],
+        labels: Annotated[str, Form()],
+        templates: Annotated[str, Form()] = "",
+    ) -> Any:
+        names = [label.strip() for label in labels.replace("\n", ",").split(",") if label.strip()]
+        if not names:
+            raise HTTPException(400, "labels: give at least one, comma-separated")
+        if len(names) > MAX_LABELS or any(len(n) > MAX_LABEL_CHARS for n in names):
+            raise HTTPException(400, f"at most {MAX_LABELS} labels of {MAX_LABEL_CHARS} characters")
+        if len(set(names)) != len(names):
+            raise HTTPException(400, "labels: duplicates")
+        name = templates or classify_templates
+        if name not in bundled:  # never a path: a request must not make the server read files
+            raise HTTPException(400, f"templates: one of {', '.join(bundled)}")
+        chosen = load_templates(name)
+        picture = await read_upload(image)
+        with lock:
+            probs = searcher.classify(picture, names, chosen)
+        return {
+            "templates": len(chosen),
+            "results": [{"label": n, "probability": round(p, 6)} for n, p in probs],
+        }
+
+    @app.get("/image/{image_id}")
+    def image(image_id: int) -> Response:
+        try:
+            row = collection.row(image_id)
+        except IndexError:
+            raise HTTPException(404, f"no image with id {image_id}") from None
+        data = _image_bytes(row, shards)
+        if data is None:
+            raise HTTPException(404, f"image {image_id} is not available")
+        try:
+            fmt, _, _ = probe_image(data, max_aspect=None, min_size=1)
+        except BadSample:
+            raise HTTPException(404, f"image {image_id} is no longer readable") from None
+        return Response(data, media_type=CONTENT_TYPES.get(fmt, "application/octet-stream"))
+
+    return LimitBody(app, max_upload_bytes + 64 * 1024)
+
+
+def _image_bytes(row: dict[str, Any], shards: _Shards) -> bytes | None:
+    path = row.get("path")
+    if not path:
+        return None
+    try:
+        if path.endswith((".tar", ".TAR")):
+            return shards.read(path, row["key"])
+        return Path(path).read_bytes()
+    except (OSError, tarfile.TarError):
+        return None

@@ -1,0 +1,278 @@
+"""Search: ``cliplab embed`` (sources, bad records, resume after a kill), ``cliplab index``
+(kinds, recall, growth, merge), ``cliplab search`` and the model fingerprint check."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cliplab
+from cliplab.cli import main
+from cliplab.data.shardwriter import ShardWriter
+from cliplab.data.sources import spec_for_path
+from cliplab.search.collection import Collection
+from cliplab.search.embed import embed
+from cliplab.search.index import build_index, plan_index
+from cliplab.search.query import Searcher
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
+MODEL = "random:tiny-vit"
+
+
+def make_folder(root: Path, n: int = 30, bad: bool = True) -> Path:
+    """``n`` coloured images in two folders, a third with captions; and two bad files."""
+    for i in range(n):
+        name = list(COLOURS)[i % 3]
+        path = root / ("sub" if i % 2 else "") / f"{name}{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48 + i, 40), COLOURS[name]).save(path)
+        if i % 3 == 0:
+            path.with_suffix(".txt").write_text(f"a {name} square")
+    if bad:
+        (root / "broken.png").write_bytes((root / "red000.png").read_bytes()[:100])
+        (root / "notes.png").write_text("not an image")
+    return root
+
+
+def run_embed(source: Path, out: Path, **options) -> object:
+    model, preprocess = cliplab.load(MODEL)
+    spec = spec_for_path(str(source))
+    return embed(spec, out, model, preprocess, model_spec=MODEL, progress=False, **options)
+
+
+def test_embed_a_folder_counts_bad_images_and_matches_the_model(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "pics")
+    result = run_embed(folder, tmp_path / "c", batch_size=4, part_size=8)
+    assert result.embedded == 30 and dict(result.failures) == {
+        "truncated-image": 1,
+        "not-an-image": 1,
+    }
+    c = Collection(tmp_path / "c")
+    assert len(c) == 30 and c.records == 32 and len(c.parts) == 4
+    meta = c.metadata.to_pylist()
+    assert [r["id"] for r in meta] == list(range(30))
+    assert meta[0]["key"] == "blue002.png" and meta[0]["width"] == 50 and meta[0]["height"] == 40
+    captions = {r["key"]: r["caption"] for r in meta}
+    assert captions["red000.png"] == "a red square" and captions["sub/green001.png"] is None
+    failures = [json.loads(x) for x in (tmp_path / "c" / "failures.jsonl").read_text().splitlines()]
+    assert {Path(f["path"]).name: f["reason"] for f in failures} == {
+        "broken.png": "truncated-image",
+        "notes.png": "not-an-image",
+    }
+    # the stored rows are the model's own normalised features (up to float16)
+    model, preprocess = cliplab.load(MODEL)
+    with torch.no_grad():
+        image = Image.open(meta[5]["path"])
+        expected = model.encode_image(preprocess(image)[None], normalize=True)[0].numpy()
+    vectors = c.image_embeddings()
+    np.testing.assert_allclose(vectors[5], expected, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
+    texts = c.text_embeddings()
+    assert (np.linalg.norm(texts, axis=1) > 0).sum() == 10  # one image in three has a caption
+
+
+def test_workers_change_nothing(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "pics")
+    run_embed(folder, tmp_path / "a", batch_size=3, part_size=6, workers=0)
+    run_embed(folder, tmp_path / "b", batch_size=3, part_size=6, workers=2)
+    a, b = Collection(tmp_path / "a"), Collection(tmp_path / "b")
+    assert np.array_equal(a.image_embeddings(), b.image_embeddings())
+    assert a.metadata.equals(b.metadata)
+
+
+def test_resume_after_a_lost_part_embeds_nothing_twice(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "pics")
+    run_embed(folder, tmp_path / "straight", batch_size=4, part_size=8)
+    run_embed(folder, tmp_path / "c", batch_size=4, part_size=8)
+    # a kill during part 2: its files may exist, its record does not
+    for n in (2, 3):
+        (tmp_path / "c" / "parts" / f"{n:06d}.json").unlink()
+    kept = Collection(tmp_path / "c")
+    assert kept.records == 16 and len(kept) == 14  # the two bad files come early
+    result = run_embed(folder, tmp_path / "c", batch_size=4, part_size=8)
+    assert result.resumed_from == 16 and result.embedded == 16
+    a, b = Collection(tmp_path / "straight"), Collection(tmp_path / "c")
+    assert np.array_equal(a.image_embeddings(), b.image_embeddings())
+    assert a.metadata.equals(b.metadata)
+    # another model or dtype in the same directory is refused
+    model, preprocess = cliplab.load("random:tiny-rn")
+    with pytest.raises(ValueError, match="different fingerprint"):
+        embed(spec_for_path(str(folder)), tmp_path / "c", model, preprocess, model_spec="x")
+
+
+def test_killed_embed_resumes_to_the_same_collection(tmp_path: Path) -> None:
+    """SIGKILL a real `cliplab embed` once it has written a part; the re-run completes the
+    collection: every image once, in order, as a run that was never interrupted."""
+    folder = make_folder(tmp_path / "pics", n=300, bad=False)
+    argv = ["embed", str(folder), "--model", MODEL, "--batch-size", "4", "--part-size", "20"]
+    argv += ["--workers", "0", "--quiet", "--out"]
+    command = [sys.executable, "-m", "cliplab", *argv, str(tmp_path / "c")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "c" / "parts" / "000001.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = Collection(tmp_path / "c").records
+    assert 40 <= done < 300, done
+    assert main([*argv, str(tmp_path / "c")]) == 0
+    assert main([*argv, str(tmp_path / "straight")]) == 0
+    a, b = Collection(tmp_path / "straight"), Collection(tmp_path / "c")
+    assert (
+        len(b) == 300
+        and b.metadata.column("key").to_pylist() == a.metadata.column("key").to_pylist()
+    )
+    assert np.array_equal(a.image_embeddings(), b.image_embeddings())
+
+
+def test_embed_shards_and_manifests_with_bad_records(tmp_path: Path) -> None:
+    import io
+
+    def png(colour: tuple[int, int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 40), colour).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    with ShardWriter(tmp_path / "shards", max_samples=5) as writer:
+        for i in range(12):
+            name = list(COLOURS)[i % 3]
+            writer.write(f"s{i:02d}", {"png": png(COLOURS[name]), "txt": f"a {name} thing"})
+        writer.write("s99", {"txt": "no image"})
+    last = sorted((tmp_path / "shards").glob("*.tar"))[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: 3 * 512 + 60])  # cut inside the second member of the last shard
+    result = run_embed(tmp_path / "shards", tmp_path / "c")
+    c = Collection(tmp_path / "c")
+    assert dict(result.failures) == {"truncated-tar": 1}  # s10 lost; s11 and s99 never read
+    assert result.embedded == 10
+    rows = c.metadata.to_pylist()
+    assert rows[0]["key"] == "s00" and rows[0]["caption"] == "a red thing"
+    assert rows[0]["path"].endswith("shard-000000.tar")
+    # a CSV manifest: a row whose file is missing is counted
+    (tmp_path / "m.csv").write_text(
+        "image,caption\n" + "".join(f"{p},x\n" for p in ("a.png", "nope.png", "b.png"))
+    )
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (40, 40), (3, 2, 1)).save(tmp_path / "b.png")
+    result = run_embed(tmp_path / "m.csv", tmp_path / "m")
+    assert result.embedded == 2 and dict(result.failures) == {"missing-file": 1}
+    assert Collection(tmp_path / "m").row(1)["path"] == str((tmp_path / "b.png").resolve())
+
+
+def synthetic_collection(path: Path, n: int, dim: int = 32, seed: int = 0) -> Collection:
+    """A collection of ``n`` clustered unit vectors, written as `cliplab embed` would."""
+    from cliplab.search.embed import _PartWriter
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(64, dim))
+    x = centres[rng.integers(0, 64, n)] + 0.5 * rng.normal(size=(n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    info = {"format": "cliplab-embeddings", "version": 1, "model": "synthetic",
+            "fingerprint": "f" * 64, "dim": dim, "dtype": "float32", "captions": False}  # fmt: skip
+    path.mkdir(parents=True)
+    (path / "embed.json").write_text(json.dumps(info))
+    writer = _PartWriter(path, 0, "float32", False, dim)
+    writer.images = [x.astype(np.float32)]
+    writer.meta = [
+        {"key": f"k{i}", "path": None, "caption": None, "width": 1, "height": 1} for i in range(n)
+    ]
+    writer.records = n
+    writer.flush(0)
+    return Collection(path)
+
+
+def test_index_kinds_and_recall(tmp_path: Path) -> None:
+    assert plan_index(10_000, 512).kind == "exact"
+    assert plan_index(1_000_000, 512).kind == "hnsw"
+    small = plan_index(1_000_000, 512, memory_budget=200 * 2**20)
+    assert small.kind == "ivf-pq" and small.bytes_estimate <= 200 * 2**20
+    assert small.factory.startswith("IVF4096,PQ")
+    with pytest.raises(ValueError, match="do not fit"):
+        plan_index(1_000_000, 512, memory_budget=1000)
+    c = synthetic_collection(tmp_path / "c", 4_000)
+    exact = build_index(c, recall_queries=200)
+    assert exact["plan"]["kind"] == "exact" and exact["recall@10 (image queries)"] == 1.0
+    hnsw = build_index(c, kind="hnsw", recall_queries=200)
+    assert hnsw["plan"]["kind"] == "hnsw" and hnsw["recall@10 (image queries)"] > 0.9
+    ivf = build_index(c, kind="ivf-pq", memory_budget=4_000 * 16 + 2**20, recall_queries=200)
+    assert ivf["plan"]["factory"].startswith("IVF") and 0.2 < ivf["recall@10 (image queries)"] < 1
+
+
+def test_index_grows_merges_and_refuses_another_model(tmp_path: Path, capsys) -> None:
+    folder = make_folder(tmp_path / "pics")
+    run_embed(folder, tmp_path / "c", part_size=8)
+    assert main(["index", str(tmp_path / "c")]) == 0
+    # new images (sorting after the others): embed resumes and embeds them, index adds them
+    for i in range(5):
+        Image.new("RGB", (40, 40), (i, 200, 40)).save(folder / f"zz{i}.png")
+    result = run_embed(folder, tmp_path / "c", part_size=8)
+    assert result.resumed_from == 32 and result.embedded == 5
+    with pytest.raises(ValueError, match="holds 30 of 35"):
+        Searcher(tmp_path / "c")
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "c")]) == 0
+    assert "added 5 new vectors" in capsys.readouterr().out
+    assert Searcher(tmp_path / "c").index.ntotal == 35
+    # merge with another collection of the same model
+    make_folder(tmp_path / "more", n=9, bad=False)
+    run_embed(tmp_path / "more", tmp_path / "d", part_size=8)
+    argv = ["index", str(tmp_path / "c"), "--merge", str(tmp_path / "d"), "--out"]
+    assert main([*argv, str(tmp_path / "m")]) == 0
+    merged = Collection(tmp_path / "m")
+    assert len(merged) == 44 and merged.metadata.column("id").to_pylist() == list(range(44))
+    d = Collection(tmp_path / "d")
+    assert [merged.row(35 + i)["key"] for i in range(9)] == [d.row(i)["key"] for i in range(9)]
+    assert Searcher(tmp_path / "m").index.ntotal == 44
+    # another model: no query, no merge
+    model, preprocess = cliplab.load("random:tiny-rn")
+    with pytest.raises(ValueError, match="not comparable"):
+        Searcher(tmp_path / "c", model, preprocess)
+    other = tmp_path / "other"
+    embed(spec_for_path(str(folder)), other, model, preprocess, model_spec="x", progress=False)
+    capsys.readouterr()
+    assert main([*argv[:3], str(other), "--out", str(tmp_path / "x")]) == 2
+    assert "different models" in capsys.readouterr().err
+
+
+def test_search_cli_text_image_and_captions(tmp_path: Path, capsys) -> None:
+    folder = make_folder(tmp_path / "pics")
+    run_embed(folder, tmp_path / "c")
+    assert main(["index", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "c"), "a red square", "-k", "5", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 5 and hits[0]["score"] >= hits[-1]["score"]
+    text_scores = [h["score"] for h in hits]
+    query = folder / "sub" / "green001.png"
+    assert main(["search", str(tmp_path / "c"), "--image", str(query), "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    # an image is its own nearest neighbour (ties with identical colours aside)
+    assert hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
+    assert all("green" in h["key"] for h in hits)
+    argv = ["search", str(tmp_path / "c"), "--image", str(query), "--captions", "-k", "2", "--json"]
+    assert main(argv) == 0
+    assert all(h["caption"] for h in json.loads(capsys.readouterr().out))
+    # exact search agrees with the index (an exact index here)
+    assert (
+        main(["search", str(tmp_path / "c"), "a red square", "-k", "5", "--exact", "--json"]) == 0
+    )
+    exact = json.loads(capsys.readouterr().out)
+    assert [h["score"] for h in exact] == pytest.approx(text_scores, abs=1e-5)  # ties aside
+    for bad in (
+        ["search", str(tmp_path / "c")],
+        ["search", str(tmp_path / "c"), "x", "-k", "0"],
+        ["search", str(tmp_path / "c"), "--image", str(folder / "notes.png")],
+        ["search", str(tmp_path / "nope"), "x"],
+    ):
+        assert main(bad) == 2, bad

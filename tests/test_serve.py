@@ -1,0 +1,265 @@
+"""``cliplab serve``: the JSON API on a real uvicorn server on 127.0.0.1 (hostile requests
+get a 4xx, never a 500; no path traversal), and the web page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import cliplab
+from cliplab.data.sources import spec_for_path
+from cliplab.search.collection import Collection
+from cliplab.search.embed import embed
+from cliplab.search.index import build_index
+from cliplab.search.query import Searcher
+
+httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip install '.[browser]'")
+uvicorn = pytest.importorskip("uvicorn", reason="serving needs the serve extra")
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
+LIMIT = 256 * 1024
+
+
+def png_bytes(colour: tuple[int, int, int], size: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bomb() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    pics = root / "pics"
+    pics.mkdir()
+    for i in range(18):
+        name = list(COLOURS)[i % 3]
+        (pics / f"{name}{i:02d}.png").write_bytes(png_bytes(COLOURS[name], 40 + i))
+        (pics / f"{name}{i:02d}.txt").write_text(f"a {name} square")
+    model, preprocess = cliplab.load("random:tiny-vit")
+    embed(
+        spec_for_path(str(pics)),
+        root / "c",
+        model,
+        preprocess,
+        model_spec="random:tiny-vit",
+        progress=False,
+    )
+    build_index(Collection(root / "c"))
+    return root / "c"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(collection: Path) -> Iterator[str]:
+    """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
+    from cliplab.serve import create_app
+
+    app = create_app(Searcher(collection), max_upload_bytes=LIMIT)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield base
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_api_answers(server: str) -> None:
+    health = httpx.get(f"{server}/health").json()
+    assert health == {"status": "ok", "images": 18, "model": "random:tiny-vit",
+                      "index": "exact", "captions": True}  # fmt: skip
+    found = httpx.get(f"{server}/search", params={"q": "a red square", "k": 5}).json()["results"]
+    assert len(found) == 5 and all(r["url"] == f"/image/{r['id']}" for r in found)
+    by_image = httpx.post(
+        f"{server}/search", files={"image": ("q.png", png_bytes(COLOURS["green"]))}, data={"k": "3"}
+    ).json()["results"]
+    assert [r["caption"] for r in by_image] == ["a green square"] * 3
+    assert by_image[0]["score"] == pytest.approx(1.0, abs=2e-3)
+    captions = httpx.post(
+        f"{server}/search",
+        files={"image": ("q.png", png_bytes(COLOURS["blue"]))},
+        data={"k": "2", "captions": "true"},
+    ).json()["results"]
+    # a random model: which caption wins is arbitrary, but it is the best-scoring one
+    assert len(captions) == 2 and captions[0]["score"] >= captions[1]["score"]
+    assert {r["caption"] for r in captions} <= {f"a {c} square" for c in COLOURS}
+    probs = httpx.post(
+        f"{server}/classify",
+        files={"image": ("q.png", png_bytes(COLOURS["red"]))},
+        data={"labels": "red, green,blue"},
+    ).json()
+    assert probs["templates"] == 7 and {r["label"] for r in probs["results"]} == set(COLOURS)
+    assert sum(r["probability"] for r in probs["results"]) == pytest.approx(1, abs=1e-4)
+    image = httpx.get(f"{server}{found[0]['url']}")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (found[0]["width"], found[0]["height"])
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and "cliplab search" in page.text
+
+
+@pytest.mark.parametrize(
+    "method,path,kwargs,status",
+    [
+        ("get", "/search", {"params": {"q": ""}}, 400),
+        ("get", "/search", {"params": {"q": "   "}}, 400),
+        ("get", "/search", {"params": {"q": "x" * 1001}}, 400),
+        ("get", "/search", {"params": {"q": "x" * 20_000}}, 422),
+        ("get", "/search", {"params": {"q": "cat", "k": 0}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "k": 100_000}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "k": "many"}}, 422),
+        ("post", "/search", {"files": {"image": ("x.png", b"not an image")}}, 415),
+        ("post", "/search", {"files": {"image": ("x.png", png_bytes((1, 2, 3))[:60])}}, 400),
+        ("post", "/search", {"files": {"image": ("x.png", bomb())}}, 413),
+        ("post", "/search", {"files": {"image": ("x.png", b"")}}, 400),
+        ("post", "/search", {"files": {"image": ("x.png", b"\x00" * (LIMIT + 1))}}, 413),
+        ("post", "/search", {"data": {"k": "3"}}, 422),
+        ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": " , "}}, 400),
+        ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": "a,a"}}, 400),
+        ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": ",".join(map(str, range(101)))}}, 400),
+        ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": "a", "templates": "../../etc/passwd"}}, 400),
+        ("post", "/classify", {"files": {"image": ("x.png", b"GIF89a broken")}, "data": {"labels": "a"}}, 415),
+        ("get", "/image/18", {}, 404),
+        ("get", "/image/-1", {}, 404),
+        ("get", "/image/abc", {}, 422),
+        ("get", "/image/99999999999999999999999", {}, 404),
+        ("get", "/image/..%2F..%2F..%2Fetc%2Fpasswd", {}, 404),
+        ("get", "/image/1/../../../etc/passwd", {}, 404),
+        ("get", "/../../../../etc/passwd", {}, 404),
+        ("get", "/static/..%2F..%2Fapp.py", {}, 404),
+        ("get", "/%2e%2e/%2e%2e/etc/passwd", {}, 404),
+        ("delete", "/search", {}, 405),
+    ],
+)  # fmt: skip
+def test_hostile_requests_get_4xx_never_500(
+    server: str, method: str, path: str, kwargs: dict, status: int
+) -> None:
+    response = httpx.request(method, f"{server}{path}", **kwargs)
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text and "/etc/passwd" not in response.text.replace(path, "")
+
+
+def test_a_body_without_content_length_is_limited_too(server: str) -> None:
+    """A chunked upload (no Content-Length) over the limit is cut off with 413."""
+
+    def chunks() -> Iterator[bytes]:
+        boundary = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        yield boundary
+        for _ in range(LIMIT // 4096 + 20):
+            yield b"\x00" * 4096
+        yield b"\r\n--x--\r\n"
+
+    response = httpx.post(
+        f"{server}/search",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 413
+
+
+def test_server_never_reads_outside_the_collection(server: str, collection: Path) -> None:
+    """Only the collection's own files, by id: a secret beside it is never served."""
+    secret = collection.parent / "secret.txt"
+    secret.write_text("do not serve")
+    for path in ("/image/..%2Fsecret.txt", "/secret.txt", "/image/%2E%2E%2Fsecret.txt"):
+        response = httpx.get(f"{server}{path}")
+        assert response.status_code in (404, 422) and "do not serve" not in response.text
+
+
+# --------------------------------------------------------------------------- the browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)",
+)
+def test_page_in_a_real_browser(server: str, tmp_path: Path) -> None:
+    """Headless Chromium: type a query and see the result images load, upload an image to
+    search with it, classify an uploaded image against typed labels."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install '.[browser]'")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(server + "/")
+        wait.until(lambda d: "18 images" in d.find_element(By.ID, "status").text)
+        box = driver.find_element(By.ID, "q")
+        box.send_keys("a red square", Keys.ENTER)
+
+        def loaded_images(d):
+            images = d.find_elements(By.CSS_SELECTOR, "#grid img")
+            done = [
+                i
+                for i in images
+                if d.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth > 0", i
+                )
+            ]
+            return len(images) >= 12 and len(done) == len(images)
+
+        wait.until(loaded_images)
+        assert 'results for "a red square"' in driver.find_element(By.ID, "summary").text
+        query = tmp_path / "green.png"
+        query.write_bytes(png_bytes(COLOURS["green"]))
+        driver.find_element(By.ID, "image-file").send_keys(str(query))
+        wait.until(lambda d: "green.png" in d.find_element(By.ID, "summary").text)
+        wait.until(loaded_images)
+        captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#grid .caption")][:3]
+        assert captions == ["a green square"] * 3
+        driver.find_element(By.ID, "labels").send_keys("red, green, blue")
+        driver.find_element(By.ID, "classify-file").send_keys(str(query))
+        driver.find_element(By.ID, "classify").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#probs div span")) == 6)
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#probs div span")][::2]
+        assert sorted(labels) == ["blue", "green", "red"]
+        driver.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 10_000
+        assert driver.find_element(By.ID, "error").text == ""
+    finally:
+        driver.quit()
