@@ -296,3 +296,18 @@ def test_retrieval_during_training_on_stub() -> None:
     swapped = evaluator(OneHotCLIP(CLASSES, perm=[1, 0, 2, 3, 4]), 1)
     assert swapped["retrieval_r_image_to_text_R@1"] == pytest.approx(3 / 5)
     assert swapped["retrieval_r_text_to_image_R@1"] == pytest.approx(6 / 10)
+
+
+def test_fingerprint_of_a_tensor_over_2_24_elements() -> None:
+    """float32 index arithmetic rounds past 2**24: the sampled positions must stay in range."""
+
+    class Big(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(25_296_896))  # ViT-B/32's token embedding
+
+    big = Big()
+    fp = model_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1] = 1.0  # the last element is sampled
+    assert model_fingerprint(big) != fp

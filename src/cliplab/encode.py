@@ -164,9 +164,9 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> 
         t = tensor.detach()
         h.update(f"|{name}:{t.dtype}:{tuple(t.shape)}".encode())
         flat = t.reshape(-1)
-        if flat.numel() > samples_per_tensor:
-            index = torch.linspace(0, flat.numel() - 1, samples_per_tensor, device=flat.device)
-            flat = flat[index.long()]
+        if flat.numel() > samples_per_tensor:  # integer steps: float32 rounds past 2**24
+            steps = torch.arange(samples_per_tensor, dtype=torch.int64, device=flat.device)
+            flat = flat[steps * (flat.numel() - 1) // (samples_per_tensor - 1)]
         if t.is_floating_point() or t.is_complex():
             h.update(flat.to(torch.float64).cpu().numpy().tobytes())
             h.update(repr(torch.sum(t, dtype=torch.float64).item()).encode())

@@ -55,7 +55,13 @@ def add_embed(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-column", default="caption", help="manifest caption column")
     p.add_argument("--root", help="folder that relative manifest paths start from")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (0: in this one)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (0: in this one; default: 0 on a CPU, where the model and the "
+        "decoders share the cores, else one per core but one, at most 8)",
+    )
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--no-captions", action="store_true", help="embed images only")
     p.add_argument("--part-size", type=int, default=10_000, help="images per part (resume unit)")
@@ -77,6 +83,12 @@ def run_embed(args: argparse.Namespace) -> int:
     if spec.kind == "synthetic":
         raise ValueError("embed reads images: give a folder, a manifest or shards")
     model, preprocess = load_model(args)
+    workers = args.workers
+    if workers is None:
+        import os
+
+        on_gpu = next(model.parameters()).device.type != "cpu"
+        workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if on_gpu else 0
     result = embed(
         spec,
         args.out,
@@ -85,7 +97,7 @@ def run_embed(args: argparse.Namespace) -> int:
         model_spec=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         model_settings=model_settings(args),
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=workers,
         dtype=args.dtype,
         captions=not args.no_captions,
         part_size=args.part_size,

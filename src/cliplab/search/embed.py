@@ -106,6 +106,14 @@ def _decode(
     return item
 
 
+@dataclass
+class _Batch:
+    """Decoded items in order, and the stacked pixels of those without a ``reason``."""
+
+    items: list[_Item]
+    pixels: torch.Tensor | None
+
+
 class _DecodedBatches(IterableDataset):
     """Batches of decoded items in source order: worker ``w`` of ``W`` decodes batches
     ``w, w + W, ...``, and the loader takes one from each worker in turn."""
@@ -124,7 +132,7 @@ class _DecodedBatches(IterableDataset):
         self.batch_size = batch_size
         self.captions = captions
 
-    def __iter__(self) -> Iterator[list[_Item]]:
+    def __iter__(self) -> Iterator[_Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         size = self.batch_size
@@ -136,10 +144,19 @@ class _DecodedBatches(IterableDataset):
         for record, path in _records(self.spec.open(), self.start, mine):
             batch.append((record, path))
             if len(batch) == size:
-                yield [_decode(r, p, self.preprocess, self.captions) for r, p in batch]
+                yield self._decoded(batch)
                 batch = []
         if batch:
-            yield [_decode(r, p, self.preprocess, self.captions) for r, p in batch]
+            yield self._decoded(batch)
+
+    def _decoded(self, batch: list[tuple[RawSample, str | None]]) -> _Batch:
+        """The batch decoded, its good images' pixels stacked into one tensor (one transfer
+        from a worker per batch, not one per image)."""
+        items = [_decode(r, p, self.preprocess, self.captions) for r, p in batch]
+        good = [it.pixels for it in items if it.pixels is not None]
+        for it in items:
+            it.pixels = None
+        return _Batch(items, torch.stack(good) if good else None)
 
 
 @dataclass
@@ -299,15 +316,16 @@ def embed(
         )
     start = time.perf_counter()
     bar = progress_bar(loader, total=remaining, desc="embedding", enabled=progress)
-    for items in bar:
-        good = [it for it in items if it.pixels is not None]
+    for batch in bar:
+        items = batch.items
+        good = [it for it in items if it.reason is None]
         for it in items:
             if it.reason is not None:
                 writer.failures[it.reason] += 1
                 result.failures[it.reason] += 1
                 writer.failed.append({"key": it.key, "path": it.path or "", "reason": it.reason})
-        if good:
-            pixels = torch.stack([it.pixels for it in good])  # type: ignore[misc]
+        if batch.pixels is not None:
+            pixels = batch.pixels
             with autocast_for(device):
                 features = model.encode_image(pixels.to(device, model_dtype(model)))
             writer.images.append(F.normalize(features.float(), dim=-1).cpu().numpy())
@@ -350,7 +368,7 @@ def _caption_features(model: torch.nn.Module, items: list[_Item], dim: int) -> n
     return out
 
 
-def _as_is(batch: list[_Item]) -> list[_Item]:
+def _as_is(batch: _Batch) -> _Batch:
     return batch
 
 
