@@ -129,6 +129,25 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     assert answer[0]["image"] == str(image)
     assert abs(sum(p for _, p in answer[0]["top"]) - 1) < 1e-4
 
+    # its collections are embedded and indexed for search: training pool and held-out sets
+    assert f"cliplab serve {out / 'search' / 'all'}" in printed
+    from cliplab.search.query import Searcher
+
+    from cliplab.evaluation import load_classification, load_retrieval
+    from cliplab.search.collection import Collection
+
+    sizes = {
+        n: len(Collection(out / "search" / n))
+        for n in ("emoji-twitter", "emoji-google", "tuxpaint-photos")
+    }
+    assert sizes["emoji-google"] == len(load_classification(data / "eval" / "emoji-google"))
+    assert sizes["tuxpaint-photos"] == len(load_retrieval(data / "eval" / "tuxpaint-photos"))
+    assert sizes["emoji-twitter"] == 7  # the fake Twitter emoji shards
+    searcher = Searcher(out / "search" / "all")
+    assert len(searcher.collection) == sum(sizes.values())
+    hits = searcher.search_text("a cat face", k=3)
+    assert len(hits) == 3 and all(h.path for h in hits)
+
     # a re-run reuses the finished training (resume) and the built data
     assert main([*argv, "--no-install", "--quiet"]) == 0
 

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
     print(f"\nreport: {result.report}  model: {result.model}  ({minutes:.1f} min: {timing})")
     print(f'try: cliplab classify IMAGE --model {result.model} --labels "cat,dog,pizza"')
+    if result.search is not None:
+        print(f"     cliplab serve {result.search}    (then open http://127.0.0.1:8000/)")
     sys.stdout.flush()
     return 0
 

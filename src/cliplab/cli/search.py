@@ -124,17 +124,24 @@ def add_index(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "index",
         help="build (or grow, or merge) the FAISS index of an embedded collection",
-        description="Exact inner product below --exact-below vectors; HNSW or IVF-PQ above, "
+        description="Exact inner product below --exact-below vectors; HNSW (full vectors or "
+        "8-bit) or IVF-PQ above, "
         "chosen from the count and --memory-budget. Prints recall@10 against exact search. "
         "Run again after embedding more: the new vectors are added.",
     )
     p.add_argument("collection", type=Path, help="a directory `cliplab embed` wrote")
     p.add_argument("--memory-budget", type=parse_size, default=None, help="e.g. 4G (default: any)")
     p.add_argument("--exact-below", type=int, default=50_000, help="exact search up to this many")
-    p.add_argument("--kind", choices=("exact", "hnsw", "ivf-pq"), help="force the index kind")
+    p.add_argument(
+        "--kind", choices=("exact", "hnsw", "hnsw-sq8", "ivf-pq"), help="force the index kind"
+    )
     p.add_argument("--rebuild", action="store_true", help="build afresh even if an index exists")
     p.add_argument(
-        "--merge", type=Path, metavar="OTHER", help="merge OTHER (same model) into --out"
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="OTHER",
+        help="merge OTHER ... (same model) into --out",
     )
     p.add_argument("--out", type=Path, help="with --merge: the merged collection's directory")
     p.add_argument("--json", action="store_true", help="print the index info as JSON")
@@ -149,10 +156,10 @@ def run_index(args: argparse.Namespace) -> int:
     if args.merge is not None:
         if args.out is None:
             raise ValueError("--merge needs --out (the merged collection's directory)")
-        collection = merge_collections(collection, Collection(args.merge), args.out)
-        print(
-            f"merged {args.collection} and {args.merge} into {args.out} ({len(collection)} images)"
-        )
+        others = [Collection(path) for path in args.merge]
+        collection = merge_collections([collection, *others], args.out)
+        names = ", ".join(str(p) for p in [args.collection, *args.merge])
+        print(f"merged {names} into {args.out} ({len(collection)} images)")
     exists = (collection.path / "index" / "info.json").is_file()
     if exists and not args.rebuild and args.kind is None:
         info = add_new(collection)

@@ -15,7 +15,9 @@ Steps (each shows progress; each is cached or resumable, so a re-run is cheap):
    on Fashion-MNIST; retrieval on the Tux Paint photo descriptions;
 4. **report** (:mod:`~cliplab.demo.report`): ``runs/demo/report.md`` with the summary table,
    training curves, accuracy per set, zero-shot vs k-shot and a grid of test images with
-   their top predictions; ``runs/demo/train/model`` works with ``cliplab classify``.
+   their top predictions; ``runs/demo/train/model`` works with ``cliplab classify``;
+5. **search** (:mod:`~cliplab.demo.search`): the training pool and the held-out sets
+   embedded and indexed in ``runs/demo/search/all``, for ``cliplab serve``.
 
 The Google emoji style and all Tux Paint photos are never trained on.
 """
@@ -33,6 +35,7 @@ from cliplab.demo import plan
 from cliplab.demo.evaluate import evaluate, summary_rows
 from cliplab.demo.plan import SHOTS, Log
 from cliplab.demo.report import machine, plot_accuracy, plot_predictions, write_report
+from cliplab.demo.search import embed_collections
 from cliplab.demo.train import train
 from cliplab.fileio import write_json
 
@@ -48,6 +51,7 @@ class DemoResult:
     report: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    search: Path | None = None  # the embedded, indexed collections (`cliplab serve` it)
 
 
 def run_demo(
@@ -61,6 +65,7 @@ def run_demo(
     seeds: int = 3,
     log: Log = print,
     progress: bool = True,
+    embed_for_search: bool = True,
 ) -> DemoResult:
     """The whole demo (see the module docstring); returns its summary."""
     from cliplab.evaluation.protocols.fewshot import plot_fewshot
@@ -118,5 +123,14 @@ def run_demo(
     }
     report = write_report(out, rows, results, plots, meta)
     write_json(out / "summary.json", {"rows": rows, "meta": meta}, indent=1)
+
+    t0 = time.perf_counter()
+    search = None
+    if embed_for_search:
+        log(f"== search: embedding the collections -> {out / 'search'}")
+        search = embed_collections(model_dir, data_dir, out / "search", log)
+        seconds["search"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
-    return DemoResult(out=out, model=model_dir, report=report, rows=rows, seconds=seconds)
+    return DemoResult(
+        out=out, model=model_dir, report=report, rows=rows, seconds=seconds, search=search
+    )

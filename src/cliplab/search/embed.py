@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ def _decode(
             raise BadSample("no-image")
         image = load_image(record.members[ext])
         item.width, item.height = image.size
-        item.pixels = preprocess(image)
+        with warnings.catch_warnings():  # Pillow on palette transparency: converted anyway
+            warnings.simplefilter("ignore", UserWarning)
+            item.pixels = preprocess(image)
     except BadSample as e:
         item.reason = e.reason
         return item

@@ -6,6 +6,8 @@ The kind is chosen from the vector count and a memory budget, as autofaiss does:
   enough to search exhaustively and never approximate;
 - above it, ``HNSW32`` (a graph over the full vectors: the best recall per millisecond)
   when its memory, about ``n * (4 d + 8 * 32)`` bytes, fits the budget;
+- else ``HNSW32,SQ8``: the same graph over vectors stored in one byte per dimension
+  (about ``n * (d + 8 * 32)`` bytes; recall stays close to the full vectors');
 - otherwise ``IVF{lists},PQ{m}``: vectors compressed to ``m`` bytes each, the number of
   lists about ``4 sqrt(n)`` (at least 39 vectors each), ``m`` the largest that fits the
   budget, up to one byte per 4 dimensions.
@@ -23,6 +25,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,21 +93,24 @@ def plan_index(
     """The index for ``n`` vectors of ``dim`` within ``memory_budget`` bytes (None: any);
     ``kind`` (``exact``, ``hnsw``, ``ivf-pq``) overrides the choice."""
     flat, hnsw = n * dim * 4, n * (dim * 4 + 8 * HNSW_M)
+    hnsw_sq8 = n * (dim + 8 * HNSW_M)
     if kind is None:
         kind = "exact" if n <= exact_below else "hnsw"
         if kind == "hnsw" and memory_budget is not None and hnsw > memory_budget:
-            kind = "ivf-pq"
+            kind = "hnsw-sq8" if hnsw_sq8 <= memory_budget else "ivf-pq"
     if kind == "exact":
         return IndexPlan("exact", "Flat", bytes_estimate=flat)
     if kind == "hnsw":
         return IndexPlan("hnsw", f"HNSW{HNSW_M},Flat", ef_search=128, bytes_estimate=hnsw)
+    if kind == "hnsw-sq8":
+        return IndexPlan("hnsw-sq8", f"HNSW{HNSW_M},SQ8", ef_search=128, bytes_estimate=hnsw_sq8)
     if kind == "ivf-pq":
         return _ivf_pq(
             n,
             dim,
             memory_budget if memory_budget is not None else n * (dim // 4 + 8) + 4096 * dim * 4,
         )
-    raise ValueError(f"index kind must be exact, hnsw or ivf-pq, got {kind!r}")
+    raise ValueError(f"index kind must be exact, hnsw, hnsw-sq8 or ivf-pq, got {kind!r}")
 
 
 def _make(plan: IndexPlan, dim: int, vectors: np.ndarray, seed: int = 0) -> Any:
@@ -115,7 +121,9 @@ def _make(plan: IndexPlan, dim: int, vectors: np.ndarray, seed: int = 0) -> Any:
         concrete.do_polysemous_training = False  # (20x slower training, unused at search)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        take = min(len(vectors), max(256 * 40, 40 * int(plan.factory.split(",")[0][3:])))
+        head = plan.factory.split(",")[0]
+        lists = int(head[3:]) if head.startswith("IVF") else 256
+        take = min(len(vectors), max(256 * 40, 40 * lists))
         sample = vectors[rng.choice(len(vectors), take, replace=False)]
         index.train(sample)
     _set_params(index, plan)
@@ -253,31 +261,30 @@ def add_new(collection: Collection) -> dict[str, Any]:
     )
 
 
-def merge_collections(
-    first: Collection, second: Collection, out: str | os.PathLike[str]
-) -> Collection:
-    """A new collection ``out`` holding ``first`` then ``second`` (the same model only):
-    parts are copied and renumbered, ids follow. Build its index afterwards."""
-    if first.fingerprint != second.fingerprint:
-        raise ValueError(
-            f"{first.path} and {second.path} were embedded with different models "
-            f"({first.fingerprint[:12]} vs {second.fingerprint[:12]}): they cannot share an index"
-        )
-    if first.info.get("dtype") != second.info.get("dtype"):
-        raise ValueError("the two collections store different dtypes")
+def merge_collections(collections: Sequence[Collection], out: str | os.PathLike[str]) -> Collection:
+    """A new collection ``out`` holding ``collections`` one after the other (all of the same
+    model): parts are copied and renumbered, ids follow. Build its index afterwards."""
+    first = collections[0]
+    for other in collections[1:]:
+        if other.fingerprint != first.fingerprint:
+            raise ValueError(
+                f"{first.path} and {other.path} were embedded with different models "
+                f"({first.fingerprint[:12]} vs {other.fingerprint[:12]}): they cannot share an index"
+            )
+        if other.info.get("dtype") != first.info.get("dtype"):
+            raise ValueError(f"{first.path} and {other.path} store different dtypes")
     pa = _pyarrow()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty")
+    captions = all(c.has_texts for c in collections)
     number, next_id = 0, 0
-    for source in (first, second):
+    for source in collections:
         for part in source.parts:
             stem, new = part.stem, f"{number:06d}"
-            for kind in ("images", "texts"):
-                file = source.path / kind / f"{stem}.npy"
-                if file.exists():
-                    (out / kind).mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(file, out / kind / f"{new}.npy")
+            for kind in ("images", "texts") if captions else ("images",):
+                (out / kind).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source.path / kind / f"{stem}.npy", out / kind / f"{new}.npy")
             table = pa.parquet.read_table(source.path / "meta" / f"{stem}.parquet")
             ids = pa.array(range(next_id, next_id + table.num_rows), type=pa.int64())
             table = table.set_column(table.schema.get_field_index("id"), "id", ids)
@@ -292,13 +299,12 @@ def merge_collections(
             )
             number += 1
             next_id += table.num_rows
-    info = dict(first.info)
+    info = {k: v for k, v in first.info.items() if k != "source"}
     info.update(
-        sources=[first.info.get("source"), second.info.get("source")],
-        captions=first.has_texts and second.has_texts,
+        sources=[c.info.get("source") for c in collections],
+        captions=captions,
         count=next_id,
-        merged_from=[str(first.path), str(second.path)],
+        merged_from=[str(c.path) for c in collections],
     )
-    info.pop("source", None)
     write_json(out / "embed.json", info)
     return Collection(out)
