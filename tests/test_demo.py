@@ -131,10 +131,9 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
 
     # its collections are embedded and indexed for search: training pool and held-out sets
     assert f"cliplab serve {out / 'search' / 'all'}" in printed
-    from cliplab.search.query import Searcher
-
     from cliplab.evaluation import load_classification, load_retrieval
     from cliplab.search.collection import Collection
+    from cliplab.search.query import Searcher
 
     sizes = {
         n: len(Collection(out / "search" / n))

@@ -11,6 +11,11 @@ all build on it; it imports nothing of theirs.
   computed once per store and, with a ``cache_dir``, once per model across runs
   (safetensors files keyed by the model's fingerprint and the inputs);
 - :func:`progress_bar` for every long loop here.
+
+Why one module of ~550 lines: it is the one place where inputs become features. Zero-shot,
+every evaluation protocol, evaluation during training and search all encode through it, so
+they share one device and autocast rule, one way to skip unreadable images, one cache key
+and one fingerprint; split, those would drift apart again.
 """
 
 from __future__ import annotations
