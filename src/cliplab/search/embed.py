@@ -13,9 +13,9 @@ embeds nothing twice.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections import Counter
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load_image
 from cliplab.data.sources import SourceSpec
 from cliplab.data.stream import BadSample, RawSample, scan
-from cliplab.encode import autocast_for, encode_texts, model_dtype, model_fingerprint, progress_bar
+from cliplab.encode import autocast_for, encode_texts, model_dtype, model_fingerprint
 from cliplab.fileio import atomic_write, write_json
 from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
 
@@ -312,14 +312,14 @@ def embed(
     dataset = _DecodedBatches(spec, preprocess, done.records, batch_size, captions)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
     total = _count(spec)
-    remaining = None if total is None else math.ceil(max(0, total - done.records) / batch_size)
     if done.records:
         log(
             f"resuming after {done.records} records ({len(done)} images in {len(done.parts)} parts)"
         )
     start = time.perf_counter()
-    bar = progress_bar(loader, total=remaining, desc="embedding", enabled=progress)
-    for batch in bar:
+    meter = _Meter(None if total is None else total - done.records, progress)
+    for batch in loader:
+        meter.update(len(batch.items))
         items = batch.items
         good = [it for it in items if it.reason is None]
         for it in items:
@@ -350,6 +350,7 @@ def embed(
             next_id += writer.flush(next_id)
     if writer.records:
         next_id += writer.flush(next_id)
+    meter.close()
     result.seconds = time.perf_counter() - start
     final = Collection(out)
     result.total = len(final)
@@ -359,6 +360,41 @@ def embed(
          "failures": dict(final.failures())},
     )  # fmt: skip
     return result
+
+
+class _Meter:
+    """Progress in images per second on stderr: a tqdm bar when tqdm is installed, else a
+    line every 5 seconds."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.enabled, self.total, self.count = enabled, total, 0
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc="embedding", unit="img", file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def update(self, n: int) -> None:
+        self.count += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= 5:
+            self.last = now
+            rate = self.count / (now - self.start)
+            of = f"/{self.total}" if self.total else ""
+            print(f"embedding: {self.count}{of} records, {rate:.0f} images/s", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _caption_features(model: torch.nn.Module, items: list[_Item], dim: int) -> np.ndarray:
