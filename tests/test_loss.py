@@ -14,7 +14,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import cliplab
-from cliplab.loss import chunked_clip_loss, clip_loss, distributed_clip_loss, gather_features
+from cliplab.loss import (
+    chunked_clip_loss,
+    clip_loss,
+    distributed_clip_loss,
+    distributed_siglip_loss,
+    gather_features,
+    siglip_loss,
+)
 
 
 def naive_clip_loss(
@@ -150,6 +157,87 @@ def test_distributed_losses_equal_single_process_on_the_concatenated_batch(tmp_p
         grad_texts = torch.cat([r["grad_texts"] for r in got]) / WORLD
         assert float((grad_images - gi).abs().max()) < 1e-12, name
         assert float((grad_texts - gt).abs().max()) < 1e-12, name
+
+
+# ---------------------------------------------------------------------------------------
+# SigLIP's sigmoid loss
+# ---------------------------------------------------------------------------------------
+
+
+def naive_siglip_loss(images, texts, scale, bias) -> torch.Tensor:
+    """SigLIP's pseudo-code with explicit loops: -1/N sum_ij log sigmoid(z_ij (s x.y + b))."""
+    n = images.shape[0]
+    total = images.new_zeros(())
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if i == j else -1.0
+            total = total - torch.log(torch.sigmoid(z * (scale * images[i] @ texts[j] + bias)))
+    return total / n
+
+
+def siglip_grads(fn, images, texts, t: float, b: float, **kwargs):
+    images = images.clone().requires_grad_()
+    texts = texts.clone().requires_grad_()
+    log_scale = torch.tensor(t, dtype=images.dtype, requires_grad=True)
+    bias = torch.tensor(b, dtype=images.dtype, requires_grad=True)
+    loss = fn(images, texts, log_scale.exp(), bias, **kwargs)
+    loss.backward()
+    return loss.detach(), images.grad, texts.grad, log_scale.grad, bias.grad
+
+
+def test_siglip_loss_matches_naive_reference_forward_and_backward() -> None:
+    images, texts = features(9, 16, seed=4)
+    ours = siglip_grads(siglip_loss, images, texts, math.log(10), -10.0)
+    ref = siglip_grads(naive_siglip_loss, images, texts, math.log(10), -10.0)
+    assert max_diff(ours, ref) < 1e-12
+    assert float(ref[4]) != 0 and float(ref[3]) != 0  # the bias and scale are learnt
+    # orthogonal pairs scored sharply: positives at +50, negatives at -50: loss ~ 0; with
+    # s = 0 every pair scores sigmoid(b): N * log(1 + e^-b) / N + (N - 1) * log(1 + e^b)
+    ortho = torch.eye(8, 16, dtype=torch.float64)
+    assert float(siglip_loss(ortho, ortho, torch.tensor(100.0), torch.tensor(-50.0))) < 1e-12
+    flat = float(siglip_loss(ortho, ortho, torch.tensor(0.0), torch.tensor(-2.0)))
+    assert flat == pytest.approx(math.log1p(math.exp(2.0)) + 7 * math.log1p(math.exp(-2.0)))
+    assert torch.equal(
+        distributed_siglip_loss(images, texts, torch.tensor(10.0), torch.tensor(-10.0)),
+        siglip_loss(images, texts, torch.tensor(10.0), torch.tensor(-10.0)),
+    )
+
+
+def _siglip_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    images, texts = features(world * LOCAL, 16, seed=8)
+    mine = slice(rank * LOCAL, (rank + 1) * LOCAL)
+    loss, gi, gt, gs, gb = siglip_grads(
+        distributed_siglip_loss, images[mine], texts[mine], math.log(10), -10.0
+    )
+    stats = torch.stack([loss, gs, gb])  # scale and bias gradients averaged, as the trainer
+    dist.all_reduce(stats)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"stats": stats / world, "gi": gi, "gt": gt})
+    if rank == 0:
+        torch.save(gathered, out_file)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ring_siglip_loss_equals_single_process_on_the_concatenated_batch(
+    tmp_path, world: int
+) -> None:
+    """2 ranks, and 3 (where the next and the previous rank differ, so a ring that sent
+    texts or gradients the wrong way round would be caught)."""
+    out = tmp_path / "results.pt"
+    mp.spawn(_siglip_worker, args=(world, str(tmp_path / "init"), str(out)), nprocs=world)
+    per_rank = torch.load(out, weights_only=False)
+    images, texts = features(world * LOCAL, 16, seed=8)
+    loss, gi, gt, gs, gb = siglip_grads(naive_siglip_loss, images, texts, math.log(10), -10.0)
+    stats = per_rank[0]["stats"]
+    assert abs(float(stats[0]) - float(loss)) < 1e-12
+    assert abs(float(stats[1]) - float(gs)) < 1e-12
+    assert abs(float(stats[2]) - float(gb)) < 1e-12
+    assert float((torch.cat([r["gi"] for r in per_rank]) / world - gi).abs().max()) < 1e-12
+    assert float((torch.cat([r["gt"] for r in per_rank]) / world - gt).abs().max()) < 1e-12
 
 
 def test_library_does_not_import_the_training_application() -> None:

@@ -284,8 +284,10 @@ def test_overrides_and_config_validation() -> None:
 
 def test_bad_inputs_give_clear_errors() -> None:
     model = CLIP(PRESETS["tiny-vit"])
-    with pytest.raises(ValueError, match=r"images must have shape \(batch, 3, 32, 32\)"):
-        model.encode_image(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"images must have shape \(batch, 3, S, S\) with S a"):
+        model.encode_image(torch.randn(2, 3, 36, 36))  # not a multiple of the 8-pixel patch
+    with pytest.raises(ValueError, match="images must have shape"):
+        model.encode_image(torch.randn(2, 3, 32, 40))
     with pytest.raises(ValueError, match="context length is 77"):
         model.encode_text(torch.zeros(2, 100, dtype=torch.long))
     with pytest.raises(ValueError, match="token ids of shape"):

@@ -291,6 +291,7 @@ B = 8
 SCENARIOS = {
     "plain": {"loss": "plain"},
     "chunked+gradcache": {"loss": "chunked", "loss_chunk_size": 5, "accum_steps": 2},
+    "siglip+gradcache": {"loss": "siglip", "accum_steps": 2},  # the ring; the bias averaged
 }
 # Adam divides by sqrt(v) + eps: a float-rounding difference d in a near-zero gradient moves a
 # weight by up to lr * d / eps. lr 1e-4 keeps that below the 1e-5 tolerance (at 1e-3 the

@@ -163,6 +163,9 @@ class CLIPConfig:
     vision: VisionConfig
     text: TextConfig = field(default_factory=TextConfig)
     logit_scale_init: float = math.log(1 / 0.07)
+    # SigLIP's learnable bias b in sigmoid(exp(t) * cos + b): None for no bias (CLIP);
+    # ``train.loss = "siglip"`` sets it (-10, with logit_scale_init log 10, as the paper)
+    logit_bias_init: float | None = None
 
     def __post_init__(self) -> None:
         _check_positive("CLIPConfig", embed_dim=self.embed_dim)
@@ -213,7 +216,7 @@ class CLIPConfig:
         text: dict[str, Any] = {}
         vision_fields = {f.name for f in dataclasses.fields(self.vision)} - {"kind"}
         text_fields = {f.name for f in dataclasses.fields(self.text)} - {"kind"}
-        top_fields = {"embed_dim", "logit_scale_init"}
+        top_fields = {"embed_dim", "logit_scale_init", "logit_bias_init"}
         for key, value in overrides.items():
             key = shortcuts.get(key, key)
             if key == "activation":

@@ -156,6 +156,7 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> 
     essentially every element, so the samples catch it; the sums catch sparse edits the
     samples miss. One read pass over the weights (well under a second for ViT-L/14 on a CPU).
     """
+    model = unwrap_model(model)  # DDP, torch.compile, a fast runtime: the same weights
     h = hashlib.sha256()
     h.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
     config = getattr(model, "config", None)
@@ -463,9 +464,12 @@ class FeatureStore:
 
     @property
     def model_key(self) -> str:
-        """The model's fingerprint (computed once)."""
+        """The model's fingerprint (computed once), with the runtime when it is not torch's
+        (bf16 or int8 features differ slightly from float32 ones)."""
         if self._model_key is None:
-            self._model_key = model_fingerprint(self.model)
+            runtime = getattr(self.model, "runtime", None)
+            suffix = f"-{runtime}" if runtime else ""
+            self._model_key = model_fingerprint(self.model) + suffix
         return self._model_key
 
     @property

@@ -1,6 +1,6 @@
-"""CLIP's contrastive objective: symmetric cross-entropy over scaled cosine similarities.
+"""CLIP's contrastive objective, and SigLIP's sigmoid variant.
 
-Three forms, all taking L2-normalised features and the multiplier ``exp(t)`` (pass
+CLIP's symmetric cross-entropy over scaled cosine similarities comes in three forms, all taking L2-normalised features and the multiplier ``exp(t)`` (pass
 ``model.logit_scale.exp()``; ``model.logit_scale`` itself is the log ``t``):
 
 - ``clip_loss``: one process, the paper's pseudo-code. Materialises the N x N logits.
@@ -12,6 +12,13 @@ Three forms, all taking L2-normalised features and the multiplier ``exp(t)`` (pa
 - ``chunked_clip_loss``: the same values and gradients computed block by block, never
   holding more than a ``chunk_size x chunk_size`` block of logits: O(N * D) extra memory
   instead of O(N^2). Distributed-aware like the above.
+
+SigLIP (Zhai et al. 2023) scores every image-text pair on its own: ``-log sigmoid(z (s cos +
+b))`` with ``z = 1`` for the matching pair and ``-1`` otherwise, summed and divided by the
+batch size. ``siglip_loss`` is the one-process form; ``distributed_siglip_loss`` never
+gathers the batch: each rank scores its images against its own texts, then passes its texts
+to the next rank around a ring ``world - 1`` times (all negatives), with the gradients sent
+back the same way. The ranks' mean is the one-process loss on the whole batch.
 
 Features must have the same batch size on every rank (the data loader guarantees it).
 """
@@ -27,8 +34,10 @@ __all__ = [
     "chunked_clip_loss",
     "clip_loss",
     "distributed_clip_loss",
+    "distributed_siglip_loss",
     "gather_features",
     "rank_and_world",
+    "siglip_loss",
 ]
 
 
@@ -267,3 +276,97 @@ def chunked_clip_loss(
             f"chunked_clip_loss needs a positive logit scale exp(t), got {float(scale.detach())}"
         )
     return _ChunkedClipLoss.apply(all_images, all_texts, scale, rank * b, rank * b + b, chunk_size)
+
+
+# ---------------------------------------------------------------------------------------
+# SigLIP: the sigmoid loss
+# ---------------------------------------------------------------------------------------
+
+
+def _siglip_sum(
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    positives: bool,
+) -> torch.Tensor:
+    """``-sum log sigmoid(z * (s * I @ T^T + b))`` over a block; ``z`` is +1 on the diagonal
+    when the block holds the matching pairs (``positives``), -1 everywhere else."""
+    logits = scale * images @ texts.t() + bias  # (B, C)
+    signs = -torch.ones_like(logits)
+    if positives:
+        signs.diagonal().fill_(1.0)
+    return -F.logsigmoid(signs * logits).sum()
+
+
+def siglip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+) -> torch.Tensor:
+    """SigLIP's loss on one process: ``-1/N sum_ij log sigmoid(z_ij (s <I_i, T_j> + b))``.
+
+    Features (N, D) normalised; ``logit_scale`` is ``exp(t)``; ``logit_bias`` is ``b``.
+    """
+    n = image_features.shape[0]
+    return _siglip_sum(image_features, text_features, logit_scale, logit_bias, True) / n
+
+
+class _RingPass(torch.autograd.Function):
+    """Send ``x`` to the next rank and receive the previous rank's; the backward sends the
+    gradient of what was received back to the previous rank and receives ours from the next."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: object | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        return _exchange(x.contiguous(), group, forward=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return _exchange(grad.contiguous(), ctx.group, forward=False), None
+
+
+def _exchange(x: torch.Tensor, group: object | None, forward: bool) -> torch.Tensor:
+    import torch.distributed as dist
+
+    rank, world = rank_and_world(group)
+    step = 1 if forward else -1
+    send_to, recv_from = (rank + step) % world, (rank - step) % world
+    if group is not None:  # P2P ops name global ranks
+        send_to = dist.get_global_rank(group, send_to)
+        recv_from = dist.get_global_rank(group, recv_from)
+    received = torch.empty_like(x)
+    ops = [
+        dist.P2POp(dist.isend, x, send_to, group),
+        dist.P2POp(dist.irecv, received, recv_from, group),
+    ]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+def distributed_siglip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    group: object | None = None,
+) -> torch.Tensor:
+    """This rank's share of SigLIP's loss, the text features travelling around a ring.
+
+    Rank ``r`` scores its B images against its own texts (the positives on the diagonal),
+    then ``world - 1`` times receives the texts of rank ``r - k`` (all negatives), keeping
+    one B x B block of logits at a time and never the whole batch. Returns the strip's sum
+    over B; the ranks' mean equals ``siglip_loss`` on the concatenated batch, and gradients
+    reach the ranks that sent each text. ``siglip_loss`` when not distributed.
+    """
+    _, world = rank_and_world(group)
+    if world == 1:
+        return siglip_loss(image_features, text_features, logit_scale, logit_bias)
+    total = _siglip_sum(image_features, text_features, logit_scale, logit_bias, True)
+    texts = text_features
+    for _ in range(world - 1):
+        texts = _RingPass.apply(texts, group)  # (B, D) from rank - k
+        total = total + _siglip_sum(image_features, texts, logit_scale, logit_bias, False)
+    return total / image_features.shape[0]

@@ -141,6 +141,11 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         raise CheckpointError(
             "Hugging Face's CLIPModel has no ResNet image tower; only ViT models convert to 'hf'"
         )
+    if config.logit_bias_init is not None:
+        raise CheckpointError(
+            "Hugging Face's CLIPModel has no logit bias (this model was trained with the SigLIP "
+            "loss); convert it to 'cliplab' or 'openclip' instead"
+        )
     t, v = config.text, config.vision
     return {
         "architectures": ["CLIPModel"],

@@ -138,7 +138,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CL
         layers=_count_blocks(sd, "transformer.resblocks."),
         mlp_ratio=text_fc.shape[0] / text_width,
     )
-    config = CLIPConfig(embed_dim=embed_dim, vision=vision, text=text)
+    bias = float(sd["logit_bias"]) if "logit_bias" in sd else None  # SigLIP-trained models
+    config = CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, logit_bias_init=bias)
     return config.replace(**overrides) if overrides else config
 
 

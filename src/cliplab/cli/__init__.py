@@ -20,13 +20,14 @@ from cliplab.cli import (
     data,
     demo,
     evaluate,
+    export,
     models,
     search,
     serve,
     train,
 )
 
-COMMANDS = (models, convert, data, train, evaluate, classify, search, serve, demo)
+COMMANDS = (models, convert, export, data, train, evaluate, classify, search, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

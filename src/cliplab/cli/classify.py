@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cliplab.cli.common import add_device, add_model, add_set, load_model
+from cliplab.cli.common import add_device, add_runtime, add_model, add_set, load_model
 from cliplab.zeroshot import classify_images, load_templates
 
 #: The model used when ``--model`` is not given (an OpenAI name looked up in local caches).
@@ -48,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--top", type=int, default=5, help="labels shown per image")
     add_device(parser)
+    add_runtime(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 

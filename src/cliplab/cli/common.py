@@ -7,7 +7,9 @@
   ``section.key=value`` (``--set train.steps=100``). Values are TOML (``3``, ``1e-3``,
   ``true``, ``[1, 2]``) or bare strings;
 - ``--device``: a torch device (default: CPU, or the config's);
-- ``--out``: the output directory (or file) of the command.
+- ``--out``: the output directory (or file) of the command;
+- ``--runtime``: where a command encodes (``cliplab.runtime``): torch (default, exact
+  float32), bf16, int8, onnx, onnx-int8 or auto (the fastest this machine has).
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["add_device", "add_model", "add_out", "add_set", "load_model", "model_settings"]
+__all__ = [
+    "add_device",
+    "add_model",
+    "add_out",
+    "add_runtime",
+    "add_set",
+    "load_model",
+    "model_settings",
+]
 
 
 def add_model(
@@ -57,6 +67,18 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = None) -> N
     )
 
 
+def add_runtime(parser: argparse.ArgumentParser) -> None:
+    from cliplab.runtime import RUNTIMES
+
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="how to encode: torch (exact float32, the default), bf16 (CPUs with bf16 "
+        "instructions), int8, onnx, onnx-int8 (ONNX Runtime), auto (the fastest here)",
+    )
+
+
 def add_out(
     parser: argparse.ArgumentParser, default: str | None = None, help: str = "output directory"
 ) -> None:
@@ -86,7 +108,10 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_model(args: argparse.Namespace, spec: str | None = None) -> tuple[torch.nn.Module, Any]:
     """``(model, preprocess)`` for ``--model`` (or ``spec``) with the ``--set`` settings, on
-    ``--device``."""
+    ``--device``, on ``--runtime`` where the command has it."""
     from cliplab import load
+    from cliplab.runtime import accelerate
 
-    return load(spec or args.model, device=args.device, **model_settings(args))
+    model, preprocess = load(spec or args.model, device=args.device, **model_settings(args))
+    runtime = getattr(args, "runtime", "torch")
+    return (accelerate(model, runtime) if runtime != "torch" else model), preprocess

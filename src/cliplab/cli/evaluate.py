@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cliplab.cli.common import add_device, add_model, add_out, add_set, load_model
+from cliplab.cli.common import add_device, add_runtime, add_model, add_out, add_set, load_model
 from cliplab.encode import BadImages, FeatureStore
 from cliplab.evaluation.datasets import load_classification, load_retrieval
 from cliplab.evaluation.protocol import Input, Protocol
@@ -100,6 +100,7 @@ def add_store_flags(parser: argparse.ArgumentParser, nargs: str | None = None) -
     add_model(parser, nargs=nargs)
     add_set(parser)
     add_device(parser)
+    add_runtime(parser)
     add_out(parser, default="eval-results")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="image-loading processes")
@@ -281,6 +282,7 @@ def model_info(store: FeatureStore) -> dict[str, Any]:
         "image size": getattr(vision, "image_size", ""),
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "fingerprint": store.model_key[:12],
+        "runtime": getattr(model, "runtime", "torch"),
     }
 
 

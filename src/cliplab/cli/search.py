@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cliplab.cli.common import add_device, add_model, add_out, add_set, load_model, model_settings
+from cliplab.cli.common import (
+    add_device,
+    add_model,
+    add_out,
+    add_runtime,
+    add_set,
+    load_model,
+    model_settings,
+)
 from cliplab.data.sources import KINDS, spec_for_path
 
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -50,6 +58,7 @@ def add_embed(subparsers: argparse._SubParsersAction) -> None:
     add_out(p, help="collection directory")
     add_set(p)
     add_device(p)
+    add_runtime(p)
     p.add_argument("--kind", choices=KINDS, help="source kind (default: from SOURCE)")
     p.add_argument("--image-column", default="image", help="manifest image column")
     p.add_argument("--caption-column", default="caption", help="manifest caption column")

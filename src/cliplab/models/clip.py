@@ -44,6 +44,8 @@ class CLIP(nn.Module):
         self.visual = build_vision_tower(config.vision, config.embed_dim)
         self.text = TextTransformer(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        if config.logit_bias_init is not None:  # SigLIP's bias (a parameter only when used)
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init)))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,6 +75,8 @@ class CLIP(nn.Module):
         image_features = self.encode_image(images, normalize=True)  # (N, E)
         text_features = self.encode_text(text, normalize=True)  # (M, E)
         logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()  # (N, M)
+        if self.config.logit_bias_init is not None:
+            logits_per_image = logits_per_image + self.logit_bias
         return logits_per_image, logits_per_image.t()
 
     def num_parameters(self) -> int:

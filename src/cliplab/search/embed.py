@@ -32,7 +32,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load_image
 from cliplab.data.sources import SourceSpec
 from cliplab.data.stream import BadSample, RawSample, scan
-from cliplab.encode import autocast_for, encode_texts, model_dtype, model_fingerprint
+from cliplab.encode import (
+    autocast_for,
+    encode_texts,
+    model_device,
+    model_dtype,
+    model_fingerprint,
+)
 from cliplab.fileio import atomic_write, write_json
 from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
 
@@ -184,7 +190,8 @@ def _check_existing(out: Path, info: dict[str, Any]) -> None:
         old = json.loads((out / "embed.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    for key in ("fingerprint", "source", "dtype", "captions", "image_size"):
+    old.setdefault("runtime", "torch")  # written before runtimes existed
+    for key in ("fingerprint", "runtime", "source", "dtype", "captions", "image_size"):
         if old.get(key) != info.get(key):
             raise ValueError(
                 f"{out} holds embeddings made with a different {key} ({old.get(key)!r}, not "
@@ -285,7 +292,7 @@ def embed(
         )
     out = Path(out)
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     probe = model.encode_image(
         preprocess(_blank(getattr(model, "image_size", 224)))[None].to(device, model_dtype(model))
     )
@@ -295,6 +302,7 @@ def embed(
         "model": model_spec,
         "model_settings": dict(model_settings or {}),
         "fingerprint": model_fingerprint(model),
+        "runtime": getattr(model, "runtime", "torch"),  # cliplab.runtime: bf16, onnx-int8...
         "dim": int(probe.shape[-1]),
         "dtype": dtype,
         "normalized": True,

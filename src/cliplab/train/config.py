@@ -35,8 +35,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS = ("fp32", "bf16", "fp16")
-LOSSES = ("plain", "chunked")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+LOSSES = ("plain", "chunked", "siglip")
 OPTIM_IMPLS = ("auto", "fused", "foreach", "loop")
 STATE_DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -149,13 +149,18 @@ class TrainSection:
 
     steps: int = 1000  # optimizer steps
     epochs: float = 0.0  # when positive, replaces steps: epochs * batches per epoch
+    # "auto": bf16 autocast where the device has bf16 instructions (CUDA, AVX512-BF16/AMX
+    # CPUs), fp32 elsewhere; master weights and the loss stay fp32 either way
     precision: str = "fp32"
     accum_steps: int = 1  # micro-batches per step (GradCache: the contrastive batch stays whole)
     grad_checkpointing: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
-    loss: str = "plain"
+    loss: str = "plain"  # "chunked": the same, in O(N) memory; "siglip": the sigmoid loss
     loss_chunk_size: int = 4096
+    patch_dropout: float = 0.0  # FLIP: fraction of image patches dropped in training (ViT)
+    low_res_size: int = 0  # CLIPA: train at this image size (ViT; 0: off) ...
+    low_res_until: float = 0.8  # ... for this fraction of the steps, then at full size
     seed: int = 0
     deterministic: bool = False
     threads: int = 0  # torch CPU threads; 0: torch's default
@@ -170,6 +175,11 @@ class TrainSection:
         _choice("train", "precision", self.precision, PRECISIONS)
         _choice("train", "loss", self.loss, LOSSES)
         _choice("train", "device", self.device, DEVICES)
+        if not 0 <= self.patch_dropout < 1:
+            raise ValueError(f"train.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        _at_least("train", 0, low_res_size=self.low_res_size)
+        if not 0 <= self.low_res_until <= 1:
+            raise ValueError(f"train.low_res_until must be in [0, 1], got {self.low_res_until}")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@
   ``train.accum_steps > 1``), computes the loss against features gathered from every rank,
   back-propagates (DDP averages the encoders' gradients; the logit scale's is averaged by
   hand), checks the loss and gradient norm, and steps AdamW, then clamps ``exp(t)`` at 100;
-- fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling;
+- fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling; ``auto`` picks bf16 where
+  the device has bf16 instructions;
+- the CLIP loss (plain or chunked) or SigLIP's sigmoid loss with its learnt bias; patch
+  dropout (FLIP) and a low-resolution phase (CLIPA) for ViTs;
 - a non-finite loss or gradient skips the step (counted); ``train.max_nonfinite`` in a row
   stop the run with ``NonFiniteError``;
 - checkpoints every ``checkpoint.interval`` steps, at the end, and on SIGTERM; a run
@@ -36,8 +39,9 @@ import torch.nn.functional as F
 from cliplab.checkpoints.api import save as save_model
 from cliplab.factory import create_model
 from cliplab.fileio import write_json
-from cliplab.loss import chunked_clip_loss, distributed_clip_loss
-from cliplab.models import MAX_LOGIT_SCALE
+from cliplab.loss import chunked_clip_loss, distributed_clip_loss, distributed_siglip_loss
+from cliplab.models import MAX_LOGIT_SCALE, VisionTransformer
+from cliplab.runtime import cpu_has_bf16
 from cliplab.train import checkpoint as ckpt
 from cliplab.train.config import Config, check_resume_compatible
 from cliplab.train.data import build_loader
@@ -78,6 +82,43 @@ class StepResult:
     stop_requested: bool = False
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` made concrete: ``auto`` is bf16 on a GPU that supports it and on
+    a CPU with bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
+def model_overrides(config: Config) -> dict[str, Any]:
+    """The model settings of a run: the config's, plus SigLIP's initial temperature and
+    bias (t = log 10, b = -10, as the paper) when ``train.loss = "siglip"``."""
+    overrides = dict(config.model.overrides)
+    if config.train.loss == "siglip":
+        overrides.setdefault("logit_scale_init", math.log(10.0))
+        overrides.setdefault("logit_bias_init", -10.0)
+    return overrides
+
+
+def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
+    tc = config.train
+    visual = model.visual
+    wanted = [k for k in ("patch_dropout", "low_res_size") if getattr(tc, k)]
+    if wanted and not isinstance(visual, VisionTransformer):
+        raise ValueError(f"train.{wanted[0]} needs a ViT image tower; {config.model.name} has a ResNet")
+    if tc.low_res_size:
+        patch, size = visual.config.patch_size, visual.image_size
+        if tc.low_res_size % patch or tc.low_res_size >= size:
+            raise ValueError(
+                f"train.low_res_size must be a multiple of the patch size {patch} below the "
+                f"model's image size {size}; got {tc.low_res_size}"
+            )
+
+
 def _split_batch(config: Config, world_size: int) -> tuple[int, int]:
     """(per-rank batch, micro-batch) from the global batch; clear errors when uneven."""
     n, accum = config.data.batch_size, config.train.accum_steps
@@ -109,8 +150,14 @@ class Trainer:
         self.per_rank_batch, self.micro_batch = _split_batch(config, self.env.world_size)
         device = self.env.device
 
+        self.precision = resolve_precision(tc.precision, device)
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
-        self.model = create_model(config.model.name, **config.model.overrides).to(device)
+        self.model = create_model(config.model.name, **model_overrides(config)).to(device)
+        if tc.loss == "siglip" and not hasattr(self.model, "logit_bias"):
+            raise ValueError('train.loss = "siglip" needs a model with a logit bias')
+        _check_vit_levers(config, self.model)
+        if tc.patch_dropout:
+            self.model.visual.patch_dropout = tc.patch_dropout  # training mode only
         self.model.train()
         seed_everything(tc.seed, self.env.rank)
         if tc.grad_checkpointing:
@@ -135,7 +182,8 @@ class Trainer:
         self.total_steps = math.ceil(tc.epochs * len(self.loader)) if tc.epochs > 0 else tc.steps
         self.optimizer = build_optimizer(self.model, config.optim, device.type)
         self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.low_res_steps = round(tc.low_res_until * self.total_steps) if tc.low_res_size else 0
         # the config's evaluators (built now, so a missing set fails before training) + those given
         self.evaluators: list[Evaluator] = (
             build_evaluators(config) + list(evaluators) if self.env.is_main else []
@@ -146,7 +194,7 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.config.train.precision
+        precision = self.precision
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         return torch.autocast(self.env.device.type, dtype=dtype, enabled=precision != "fp32")
 
@@ -157,6 +205,10 @@ class Trainer:
         image_features = F.normalize(image_features.float(), dim=-1)
         text_features = F.normalize(text_features.float(), dim=-1)
         scale = self.model.logit_scale.exp()
+        if self.config.train.loss == "siglip":
+            return distributed_siglip_loss(
+                image_features, text_features, scale, self.model.logit_bias
+            )
         if self.config.train.loss == "chunked":
             return chunked_clip_loss(
                 image_features, text_features, scale, self.config.train.loss_chunk_size
@@ -196,12 +248,18 @@ class Trainer:
         device = self.env.device
         images = images.to(device, non_blocking=True)
         tokens = tokens.to(device, non_blocking=True)
+        if self.step < self.low_res_steps:  # CLIPA's low-resolution phase
+            size = self.config.train.low_res_size
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         lr = self.optimizer.param_groups[0]["lr"]
         local_loss = self._backward(images, tokens)
         world = self.env.world_size
-        logit_grad = self.model.logit_scale.grad
-        if world > 1 and logit_grad is not None:  # not under DDP: average it here
-            all_reduce_sum(logit_grad).div_(world)
+        for name in ("logit_scale", "logit_bias"):  # not under DDP: averaged here
+            param = getattr(self.model, name, None)
+            if world > 1 and param is not None and param.grad is not None:
+                all_reduce_sum(param.grad).div_(world)
         # the global loss (mean over ranks) and whether any rank was asked to stop
         shared = torch.stack(
             [local_loss.float(), torch.tensor(float(self._stop_signal is not None), device=device)]
@@ -341,7 +399,10 @@ class Trainer:
 
     def _step_metrics(self, result: StepResult, seconds: float, waited: float) -> dict[str, Any]:
         scale = float(self.model.logit_scale.detach().exp())
+        bias = getattr(self.model, "logit_bias", None)
+        extra = {"logit_bias": float(bias.detach())} if bias is not None else {}
         return {
+            **extra,
             "loss": result.loss,
             "logit_scale": scale,
             "temperature": 1.0 / scale,
@@ -372,6 +433,7 @@ class Trainer:
             progress.write(f"resumed from the checkpoint of step {self.step}")
         summary: dict[str, Any] = {
             "status": "complete",
+            "precision": self.precision,
             "resumed_from": self.step if resumed else None,
         }
         already_done = resumed and self.step >= self.total_steps

@@ -1,0 +1,312 @@
+"""Fast inference: one option, ``runtime``, for every command that encodes.
+
+Torch's float32 matrix multiply is the bottleneck of CLIP inference on a CPU, and the same
+CPU usually does much better with other kernels. :func:`accelerate` wraps a model so that
+``encode_image``/``encode_text`` run on one of:
+
+- ``torch``: the model as it is (float32 on CPU; the encode layer autocasts on GPU);
+- ``bf16``: torch with bfloat16 autocast, for CPUs with bf16 instructions (AVX512-BF16,
+  AMX) where it is several times faster; weights stay float32;
+- ``int8``: torch's dynamic int8 quantisation of the linear layers (a quantised copy; the
+  model itself is untouched), for CPUs without bf16;
+- ``onnx`` / ``onnx-int8``: ONNX Runtime sessions of both towers, exported once per model
+  (cached by fingerprint) with :func:`export_onnx`, int8 by ONNX Runtime's dynamic
+  quantisation (every matrix multiply, attention projections included);
+- ``auto``: ``torch`` on GPU; on CPU ``bf16`` where the CPU has bf16 instructions, else
+  ``onnx-int8`` when ONNX Runtime is installed, else ``int8``.
+
+The wrapper keeps the model as ``.module``, so :func:`cliplab.encode.unwrap_model` and the
+fingerprint see the original weights; feature caches add the runtime to their keys.
+Outputs are float32 on CPU like the model's. Accuracy against float32 is measured in
+``tests/test_runtime.py`` and ``benchmarks/bench_inference.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cliplab.fileio import AtomicDirectory, write_json
+
+__all__ = [
+    "RUNTIMES",
+    "FastCLIP",
+    "OnnxCLIP",
+    "accelerate",
+    "cpu_has_bf16",
+    "export_onnx",
+    "resolve_runtime",
+]
+
+RUNTIMES = ("auto", "torch", "bf16", "int8", "onnx", "onnx-int8")
+ONNX_OPSET = 17
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX-BF16), where
+    bf16 autocast pays. Read from ``/proc/cpuinfo`` on Linux, else asked of oneDNN."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str, device: torch.device | str = "cpu") -> str:
+    """The concrete runtime ``runtime`` means on ``device`` (``auto`` resolved); clear
+    errors for unknown names and for CPU-only runtimes asked for on a GPU."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    device = torch.device(device)
+    if runtime == "auto":
+        if device.type != "cpu":
+            return "torch"
+        if cpu_has_bf16():
+            return "bf16"
+        return "onnx-int8" if _has_onnxruntime() else "int8"
+    if runtime in ("int8", "onnx", "onnx-int8") and device.type != "cpu":
+        raise ValueError(f"runtime {runtime!r} runs on the CPU only; use torch or bf16 on {device}")
+    if runtime.startswith("onnx") and not _has_onnxruntime():
+        raise ValueError(
+            f"runtime {runtime!r} needs ONNX Runtime: pip install 'cliplab[onnx]' "
+            "(onnx, onnxruntime)"
+        )
+    return runtime
+
+
+def _quantized_copy(model: nn.Module) -> nn.Module:
+    """A copy with every ``nn.Linear`` dynamically quantised to int8 (torch's kernels)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch points eager quantisation users to torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model).float().cpu(), {nn.Linear}, torch.qint8)
+
+
+class FastCLIP(nn.Module):
+    """A CLIP model's ``encode_image``/``encode_text`` on another runtime (see the module
+    docstring). ``module`` is the original model; ``runtime`` the concrete runtime."""
+
+    def __init__(self, model: nn.Module, runtime: str, engine: Any = None) -> None:
+        super().__init__()
+        self.module = model
+        self.runtime = runtime
+        self.config = model.config
+        self._engine = engine  # the int8 copy, or an OnnxCLIP
+
+    @property
+    def image_size(self) -> int:
+        return self.module.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.module.context_length
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.module.logit_scale
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.runtime == "bf16":
+            device = x.device.type
+            with torch.autocast(device, dtype=torch.bfloat16):
+                out = getattr(self.module, name)(x)
+        elif self.runtime == "torch":
+            out = getattr(self.module, name)(x)
+        else:
+            out = getattr(self._engine, name)(x.cpu())
+        return out.float()
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Images (B, 3, S, S) -> features (B, embed_dim), float32."""
+        features = self._run("encode_image", images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @torch.no_grad()
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Token ids (B, L) -> features (B, embed_dim), float32."""
+        features = self._run("encode_text", text)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def extra_repr(self) -> str:
+        return f"runtime={self.runtime!r}"
+
+
+def accelerate(
+    model: nn.Module,
+    runtime: str = "auto",
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """``model`` on ``runtime`` (one of :data:`RUNTIMES`): the model itself for ``torch``,
+    else a :class:`FastCLIP`. ONNX exports are cached under ``cache_dir`` (default
+    ``$CLIPLAB_CACHE`` or ``~/.cache/cliplab``) by the model's fingerprint."""
+    from cliplab.encode import model_device, model_fingerprint, unwrap_model
+
+    base = unwrap_model(model)
+    concrete = resolve_runtime(runtime, model_device(base))
+    if concrete == "torch":
+        return base
+    base.eval()
+    if concrete == "bf16":
+        return FastCLIP(base, "bf16")
+    if concrete == "int8":
+        return FastCLIP(base, "int8", _quantized_copy(base))
+    int8 = concrete == "onnx-int8"
+    root = Path(cache_dir or os.environ.get("CLIPLAB_CACHE") or Path.home() / ".cache" / "cliplab")
+    key = hashlib.sha256(f"{model_fingerprint(base)}:{ONNX_OPSET}:{int8}".encode()).hexdigest()
+    directory = root / "onnx" / key[:24]
+    if not (directory / "onnx.json").is_file():
+        export_onnx(base, directory, int8=int8)
+    return FastCLIP(base, concrete, OnnxCLIP(directory))
+
+
+# --------------------------------------------------------------------------------------- ONNX
+
+
+class _ImageTower(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class _TextTower(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def export_onnx(model: nn.Module, out: str | os.PathLike[str], int8: bool = False) -> Path:
+    """Write ``image.onnx`` and ``text.onnx`` (both towers, dynamic batch; text also dynamic
+    length) and ``onnx.json`` (config, fingerprint, logit scale) to the directory ``out``,
+    atomically. ``int8``: ONNX Runtime's dynamic int8 quantisation of the weights of every
+    matrix multiply. Returns ``out``."""
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:
+        raise ValueError(
+            "ONNX export needs onnx and onnxruntime: pip install 'cliplab[onnx]'"
+        ) from e
+    from cliplab.encode import model_fingerprint, unwrap_model
+
+    model = copy.deepcopy(unwrap_model(model)).float().cpu().eval()
+    model.text.trim_padding = False  # the host trims padding instead (OnnxCLIP.encode_text)
+    size, length = model.image_size, model.context_length
+    pixels = torch.zeros(2, 3, size, size)
+    tokens = torch.zeros(2, length, dtype=torch.long)
+    tokens[:, 3] = model.config.text.vocab_size - 1  # an EOT at position 3
+    out = Path(out)
+    with AtomicDirectory(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes
+        for name, tower, example, axes in (
+            ("image", _ImageTower(model), pixels, {0: "batch"}),
+            ("text", _TextTower(model), tokens, {0: "batch", 1: "length"}),
+        ):
+            target = tmp / (f"{name}-fp32.onnx" if int8 else f"{name}.onnx")
+            torch.onnx.export(
+                tower,
+                (example,),
+                str(target),
+                input_names=["input"],
+                output_names=["features"],
+                dynamic_axes={"input": axes, "features": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+            if int8:
+                logging.disable(logging.WARNING)  # "consider pre-processing" on the root logger
+                try:
+                    quantize_dynamic(
+                        str(target), str(tmp / f"{name}.onnx"), weight_type=QuantType.QInt8
+                    )
+                finally:
+                    logging.disable(logging.NOTSET)
+                target.unlink()
+        write_json(
+            tmp / "onnx.json",
+            {
+                "format": "cliplab-onnx",
+                "int8": int8,
+                "opset": ONNX_OPSET,
+                "fingerprint": model_fingerprint(model),
+                "logit_scale": float(model.logit_scale.detach()),
+                "config": model.config.to_dict(),
+            },
+        )
+    return out
+
+
+class OnnxCLIP:
+    """ONNX Runtime sessions of a directory written by :func:`export_onnx`, with the model's
+    ``encode_image``/``encode_text`` signatures (float32 CPU tensors in and out)."""
+
+    def __init__(self, directory: str | os.PathLike[str], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        info_path = directory / "onnx.json"
+        if not info_path.is_file():
+            raise ValueError(f"{directory}: not an ONNX export of cliplab (no onnx.json)")
+        self.info = json.loads(info_path.read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+
+        def session(name: str) -> Any:
+            return ort.InferenceSession(
+                str(directory / name), options, providers=["CPUExecutionProvider"]
+            )
+
+        self.image = session("image.onnx")
+        self.text = session("text.onnx")
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().contiguous().numpy()
+        return torch.from_numpy(self.image.run(None, {"input": array})[0])
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[0] == 0:
+            raise ValueError("no texts to encode")
+        # causal attention: positions after the last EOT never matter, so they are not sent
+        last = int(tokens.argmax(dim=-1).max()) + 1
+        array = tokens[:, :last].detach().long().contiguous().numpy()
+        return torch.from_numpy(self.text.run(None, {"input": array})[0])
