@@ -33,8 +33,14 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
+# Side by side with the peers (OpenCLIP, transformers, OpenAI's tokenizer), installed by
+# setup: embedding on every runtime, training steps and levers, the tokenizer (~25 minutes).
+# Results: benchmarks/results/{inference,train,tokenizer}.json
 bench: setup
-	$(PY) benchmarks/bench_tokenizer.py
+	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_tokenizer.py --texts 10000 --repeats 3
+	$(PY) benchmarks/summary.py
 
 demo: setup
 	$(PY) -m cliplab demo

@@ -270,6 +270,52 @@ def make_captions(n: int, seed: int, words: list[str]) -> list[str]:
     return captions
 
 
+def peer_tokenizers(refs) -> dict[str, Callable[[], Callable[[list[str]], torch.Tensor]]]:
+    """Factories of the other tokenizers people use, each returning ``texts -> (N, 77)``:
+    OpenCLIP's ``SimpleTokenizer`` and transformers' fast (Rust) ``CLIPTokenizerFast`` built
+    from the same vocabulary (written by ``cliplab.checkpoints.hf``)."""
+    import tempfile
+
+    from cliplab.checkpoints import hf
+
+    factories: dict[str, Callable[[], Callable[[list[str]], torch.Tensor]]] = {}
+    oc = refs.open_clip()
+    factories["openclip"] = lambda: oc.tokenizer.SimpleTokenizer()
+    tf = refs.transformers()
+    vocab_dir = Path(tempfile.mkdtemp(prefix="cliplab-hf-tokenizer-"))
+    hf.write_hf_tokenizer_files(vocab_dir, 77)
+
+    def hf_fast() -> Callable[[list[str]], torch.Tensor]:
+        tok = tf.CLIPTokenizerFast.from_pretrained(str(vocab_dir))
+
+        def run(texts: list[str]) -> torch.Tensor:
+            out = tok(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+            ids = out["input_ids"]
+            return ids.masked_fill(out["attention_mask"] == 0, 0)  # OpenAI pads with 0
+
+        return run
+
+    factories["transformers-fast"] = hf_fast
+    return factories
+
+
+def time_peers(refs, texts: list[str], reference: torch.Tensor, repeats: int) -> dict[str, dict]:
+    """Cold-cache texts/s of each peer (fresh instance per run, best of ``repeats``) and the
+    share of rows whose ids equal OpenAI's."""
+    results = {}
+    for name, factory in peer_tokenizers(refs).items():
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            tokenizer = factory()
+            start = time.perf_counter()
+            out = tokenizer(texts)
+            best = min(best, time.perf_counter() - start)
+        same = (out == reference).all(dim=1).float().mean().item()
+        results[name] = {"texts_per_s": round(len(texts) / best, 1), "rows_equal_to_openai": round(same, 4)}
+        print(f"{name}: {len(texts) / best:,.0f} texts/s (cold cache), {same:.2%} of rows equal OpenAI's ids")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=30000, help="number of captions")
@@ -365,8 +411,14 @@ def main() -> None:
         f"OpenAI {statistics.median(runs['openai']['init']) * 1e3:.0f} ms (not in the figures)"
     )
 
+    peers = time_peers(refs, texts, outputs["openai"], args.repeats)
+    for name, peer in peers.items():
+        peer["cliplab_speedup"] = round(rate("cliplab", "wall") / peer["texts_per_s"], 2)
+        print(f"cliplab vs {name}: {peer['cliplab_speedup']:.1f}x")
+
     report = {
         "benchmark": "tokenize(list_of_texts) -> LongTensor [N, 77], truncate=True, cold caches",
+        "peers": peers,
         "workload": workload,
         "texts": len(texts),
         "repeats": args.repeats,

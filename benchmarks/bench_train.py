@@ -24,6 +24,7 @@ import torch
 from common import ROOT, machine, model_config, open_clip_model, rate, refs, table, write
 
 import cliplab  # noqa: E402
+from cliplab.demo.plan import ZEROSHOT_SETS  # noqa: E402
 from cliplab.train import Config, Trainer  # noqa: E402
 
 WORDS = "red green blue small large old new happy sad dog cat car tree house face hand".split()
@@ -170,7 +171,7 @@ def recipe_runs(data: Path, rows: list[dict[str, Any]], out: Path, seeds: list[i
             row = {"variant": label, "seed": seed, "steps": steps, "minutes": minutes}
             for protocol, inputs, options in load_sets(
                 data,
-                [("zeroshot", {"dataset": s}, None) for s in ("emoji-google", "tuxpaint-photos", "fashion-mnist-test")],
+                [("zeroshot", {"dataset": s}, None) for s in ZEROSHOT_SETS],
             ):
                 result = get(protocol)(store, get(protocol).make_options({}), **inputs)
                 row[inputs["dataset"].name] = 100 * result.top1
@@ -201,7 +202,7 @@ def main() -> None:
         runs = args.runs or Path(tempfile.mkdtemp(prefix="cliplab-levers-"))
         seeds = [int(s) for s in args.seeds.split(",")]
         results = recipe_runs(args.data, rows, runs, seeds)
-        sets = ["emoji-google", "tuxpaint-photos", "fashion-mnist-test"]
+        sets = list(ZEROSHOT_SETS)
         print(table(results, ["variant", "seed", "steps", "minutes", *sets]))
         payload = {"machine": info, "throughput": rows, "runs": results}
         print(f"wrote {write('train-levers.json', payload)}")

@@ -42,7 +42,13 @@ def _worst(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 @pytest.mark.parametrize(
     "runtime,max_rel,min_cos",
-    [("onnx", 1e-4, 0.99999), ("bf16", 0.05, 0.99), ("int8", 0.2, 0.99), ("onnx-int8", 0.2, 0.99)],
+    [
+        ("onnx", 1e-4, 0.99999),
+        ("bf16", 0.05, 0.99),
+        ("bf16-compile", 0.05, 0.99),
+        ("int8", 0.2, 0.99),
+        ("onnx-int8", 0.2, 0.99),
+    ],
 )
 def test_runtime_features_match_float32(model, tmp_path, runtime, max_rel, min_cos) -> None:
     fast = accelerate(model, runtime, cache_dir=tmp_path)

@@ -7,6 +7,10 @@ CPU usually does much better with other kernels. :func:`accelerate` wraps a mode
 - ``torch``: the model as it is (float32 on CPU; the encode layer autocasts on GPU);
 - ``bf16``: torch with bfloat16 autocast, for CPUs with bf16 instructions (AVX512-BF16,
   AMX) where it is several times faster; weights stay float32;
+- ``bf16-compile``: a bfloat16 copy of the towers compiled by inductor with frozen weights
+  (oneDNN's packed kernels): the fastest images/s on such CPUs for long jobs, after 10-20 s
+  of compiling; smaller final batches are padded to the first batch's size so one graph
+  serves them all (texts run eagerly in bfloat16: trimming the padding wins there);
 - ``int8``: torch's dynamic int8 quantisation of the linear layers (a quantised copy; the
   model itself is untouched), for CPUs without bf16;
 - ``onnx`` / ``onnx-int8``: ONNX Runtime sessions of both towers, exported once per model
@@ -49,7 +53,7 @@ __all__ = [
     "resolve_runtime",
 ]
 
-RUNTIMES = ("auto", "torch", "bf16", "int8", "onnx", "onnx-int8")
+RUNTIMES = ("auto", "torch", "bf16", "bf16-compile", "int8", "onnx", "onnx-int8")
 ONNX_OPSET = 17
 
 
@@ -91,7 +95,7 @@ def resolve_runtime(runtime: str, device: torch.device | str = "cpu") -> str:
         if cpu_has_bf16():
             return "bf16"
         return "onnx-int8" if _has_onnxruntime() else "int8"
-    if runtime in ("int8", "onnx", "onnx-int8") and device.type != "cpu":
+    if runtime in ("int8", "onnx", "onnx-int8", "bf16-compile") and device.type != "cpu":
         raise ValueError(f"runtime {runtime!r} runs on the CPU only; use torch or bf16 on {device}")
     if runtime.startswith("onnx") and not _has_onnxruntime():
         raise ValueError(
@@ -108,6 +112,31 @@ def _quantized_copy(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # torch points eager quantisation users to torchao
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model).float().cpu(), {nn.Linear}, torch.qint8)
+
+
+class _CompiledTowers:
+    """A bfloat16 copy of the model: the image tower compiled by inductor with frozen
+    weights, each call's batch padded to the first batch size seen so the graph is built
+    once; the text tower eager, where trimming the padding beats a static-length graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._copy = copy.deepcopy(model).eval().to(torch.bfloat16)
+        self._image = torch.compile(self._copy.visual, options={"freezing": True})
+        self._sizes: dict[str, int] = {}
+
+    def _call(self, name: str, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        size = self._sizes.setdefault(name, n)
+        if n < size:
+            x = torch.cat([x, x[-1:].expand(size - n, *x.shape[1:])])
+        parts = [fn(chunk) for chunk in x.split(size)] if x.shape[0] > size else [fn(x)]
+        return torch.cat(parts)[:n]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._call("image", self._image, images.to(torch.bfloat16))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._copy.encode_text(tokens)
 
 
 class FastCLIP(nn.Module):
@@ -184,6 +213,8 @@ def accelerate(
         return FastCLIP(base, "bf16")
     if concrete == "int8":
         return FastCLIP(base, "int8", _quantized_copy(base))
+    if concrete == "bf16-compile":
+        return FastCLIP(base, concrete, _CompiledTowers(base))
     int8 = concrete == "onnx-int8"
     root = Path(cache_dir or os.environ.get("CLIPLAB_CACHE") or Path.home() / ".cache" / "cliplab")
     key = hashlib.sha256(f"{model_fingerprint(base)}:{ONNX_OPSET}:{int8}".encode()).hexdigest()
@@ -290,6 +321,8 @@ class OnnxCLIP:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3
+        # idle ONNX Runtime threads would spin and slow down torch work in this process
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def session(name: str) -> Any:
             return ort.InferenceSession(

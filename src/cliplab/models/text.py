@@ -9,6 +9,14 @@ from cliplab.config import TextConfig
 from cliplab.models.transformer import LayerNorm, Transformer
 
 
+def trim_padding(text: torch.Tensor) -> torch.Tensor:
+    """Token ids (B, L) -> (B, L'), cut after the last EOT of the batch (the highest id in
+    each row). Exact for the causal text tower: later positions never reach the features."""
+    if text.shape[0] == 0:
+        return text
+    return text[:, : int(text.argmax(dim=-1).max()) + 1]
+
+
 class TextTransformer(nn.Module):
     """Token ids (B, L) -> text features (B, embed_dim), unnormalised.
 
@@ -53,9 +61,9 @@ class TextTransformer(nn.Module):
                 f"text has {text.shape[1]} positions but the model's context length is "
                 f"{self.context_length}"
             )
+        if self.trim_padding:
+            text = trim_padding(text)
         eot = text.argmax(dim=-1)  # (B,)
-        if self.trim_padding and text.shape[0] > 0:
-            text = text[:, : int(eot.max()) + 1]
         B, L = text.shape
         dtype = self.text_projection.dtype
         x = self.token_embedding(text).to(dtype)  # (B, L, width)

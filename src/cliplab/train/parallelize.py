@@ -16,6 +16,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from cliplab.models import CLIP, ModifiedResNet, VisionTransformer
+from cliplab.models.text import trim_padding
 
 
 class Towers(nn.Module):
@@ -72,9 +73,20 @@ def apply_gradient_checkpointing(model: CLIP) -> int:
 
 
 def compile_towers(towers: nn.Module, model: CLIP, backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` the encoders; text padding is kept (static shapes, no recompiles)."""
+    """``torch.compile`` the encoders. The text tower's own padding trim (a data-dependent
+    length) is turned off inside the graph; the trainer trims each batch's tokens before the
+    call instead, and the text length is compiled as a dynamic dimension."""
     model.text.trim_padding = False
     return torch.compile(towers, backend=backend)
+
+
+def trim_tokens(tokens: torch.Tensor, compiled: bool) -> torch.Tensor:
+    """The batch's tokens cut after the last EOT (exact; see ``models.text.trim_padding``),
+    marked as dynamic in length for a compiled model, so one graph serves every length."""
+    tokens = trim_padding(tokens)
+    if compiled:
+        torch._dynamo.mark_dynamic(tokens, 1)
+    return tokens
 
 
 def wrap_ddp(towers: nn.Module, device: torch.device) -> nn.Module:

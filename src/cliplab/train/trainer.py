@@ -60,7 +60,13 @@ from cliplab.train.evaluation import Evaluator, build_evaluators
 from cliplab.train.gradcache import gradcache_backward
 from cliplab.train.logs import MetricsLogger, Progress, peak_memory_mb, plot_curves
 from cliplab.train.optim import build_optimizer, build_scheduler
-from cliplab.train.parallelize import Towers, apply_gradient_checkpointing, compile_towers, wrap_ddp
+from cliplab.train.parallelize import (
+    Towers,
+    apply_gradient_checkpointing,
+    compile_towers,
+    trim_tokens,
+    wrap_ddp,
+)
 
 #: Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + 15, as shells).
 INTERRUPTED_EXIT = 143
@@ -253,6 +259,7 @@ class Trainer:
             images = F.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
+        tokens = trim_tokens(tokens, compiled=self.config.train.compile)
         lr = self.optimizer.param_groups[0]["lr"]
         local_loss = self._backward(images, tokens)
         world = self.env.world_size
