@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from common import ROOT, machine, model_config, open_clip_model, rate, refs, table, write
 
 import cliplab  # noqa: E402
@@ -26,7 +25,26 @@ from cliplab.demo.plan import ZEROSHOT_SETS  # noqa: E402
 from cliplab.runtime import accelerate  # noqa: E402
 
 RUNTIMES = ("torch", "bf16", "bf16-compile", "int8", "onnx", "onnx-int8")
-WORDS = "a photo of the red green small large old dog cat car tree house on street at night".split()
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "red",
+    "green",
+    "small",
+    "large",
+    "old",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "house",
+    "on",
+    "street",
+    "at",
+    "night",
+]
 BATCH = {"demo": 256, "ViT-B-32": 32}
 
 
@@ -77,7 +95,10 @@ def speed(name: str, repeat: int, cache: Path) -> list[dict[str, Any]]:
                 row["image_cosine"] = float(F.cosine_similarity(got_i, ref_images).min())
                 row["text_cosine"] = float(F.cosine_similarity(got_t, ref_texts).min())
         rows.append(row)
-        print(f"  {impl:12s} {runtime:10s} {row['images_per_s']:9.1f} images/s {row['texts_per_s']:9.1f} texts/s", flush=True)
+        print(
+            f"  {impl:12s} {runtime:10s} {row['images_per_s']:9.1f} images/s {row['texts_per_s']:9.1f} texts/s",
+            flush=True,
+        )
 
     oc = open_clip_model(config).eval()
     add("openclip", "fp32", oc.encode_image, oc.encode_text)
@@ -102,7 +123,10 @@ def speed(name: str, repeat: int, cache: Path) -> list[dict[str, Any]]:
         with torch.no_grad():
             feats = (fast.encode_image(images), fast.encode_text(tokens))
         add("cliplab", runtime, fast.encode_image, fast.encode_text, feats)
-    base = {k: next(r for r in rows if r["impl"] == "openclip" and r["runtime"] == "fp32")[k] for k in ("images_per_s", "texts_per_s")}
+    base = {
+        k: next(r for r in rows if r["impl"] == "openclip" and r["runtime"] == "fp32")[k]
+        for k in ("images_per_s", "texts_per_s")
+    }
     for r in rows:
         r["images_vs_openclip_fp32"] = r["images_per_s"] / base["images_per_s"]
         r["texts_vs_openclip_fp32"] = r["texts_per_s"] / base["texts_per_s"]
@@ -120,13 +144,19 @@ def accuracy(model_dir: Path, data: Path, cache: Path) -> list[dict[str, Any]]:
     runs = load_sets(data, [("zeroshot", {"dataset": s}, None) for s in sets])
     rows = []
     for runtime in RUNTIMES:
-        store = FeatureStore(accelerate(model, runtime, cache_dir=cache), preprocess, batch_size=256, progress=False)
+        store = FeatureStore(
+            accelerate(model, runtime, cache_dir=cache), preprocess, batch_size=256, progress=False
+        )
         row: dict[str, Any] = {"runtime": runtime}
         for protocol, values, _ in runs:
             result = get(protocol)(store, get(protocol).make_options({}), **values)
             row[values["dataset"].name] = 100 * result.top1
         rows.append(row)
-        print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else str(v) for k, v in row.items()), flush=True)
+        print(
+            "  "
+            + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else str(v) for k, v in row.items()),
+            flush=True,
+        )
     torch_row = rows[0]
     for row in rows:
         row["max_delta_points"] = max(abs(row[s] - torch_row[s]) for s in sets)
@@ -147,7 +177,17 @@ def main() -> None:
         print(
             table(
                 rows,
-                ["model", "impl", "runtime", "images_per_s", "images_vs_openclip_fp32", "texts_per_s", "texts_vs_openclip_fp32", "image_cosine", "text_cosine"],
+                [
+                    "model",
+                    "impl",
+                    "runtime",
+                    "images_per_s",
+                    "images_vs_openclip_fp32",
+                    "texts_per_s",
+                    "texts_vs_openclip_fp32",
+                    "image_cosine",
+                    "text_cosine",
+                ],
             )
         )
         payload: dict[str, Any] = {"machine": machine(), "batch": BATCH, "rows": rows}

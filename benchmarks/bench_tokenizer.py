@@ -289,7 +289,9 @@ def peer_tokenizers(refs) -> dict[str, Callable[[], Callable[[list[str]], torch.
         tok = tf.CLIPTokenizerFast.from_pretrained(str(vocab_dir))
 
         def run(texts: list[str]) -> torch.Tensor:
-            out = tok(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+            out = tok(
+                texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+            )
             ids = out["input_ids"]
             return ids.masked_fill(out["attention_mask"] == 0, 0)  # OpenAI pads with 0
 
@@ -311,8 +313,13 @@ def time_peers(refs, texts: list[str], reference: torch.Tensor, repeats: int) ->
             out = tokenizer(texts)
             best = min(best, time.perf_counter() - start)
         same = (out == reference).all(dim=1).float().mean().item()
-        results[name] = {"texts_per_s": round(len(texts) / best, 1), "rows_equal_to_openai": round(same, 4)}
-        print(f"{name}: {len(texts) / best:,.0f} texts/s (cold cache), {same:.2%} of rows equal OpenAI's ids")
+        results[name] = {
+            "texts_per_s": round(len(texts) / best, 1),
+            "rows_equal_to_openai": round(same, 4),
+        }
+        print(
+            f"{name}: {len(texts) / best:,.0f} texts/s (cold cache), {same:.2%} of rows equal OpenAI's ids"
+        )
     return results
 
 

@@ -20,14 +20,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from common import ROOT, machine, model_config, open_clip_model, rate, refs, table, write
 
 import cliplab  # noqa: E402
 from cliplab.demo.plan import ZEROSHOT_SETS  # noqa: E402
 from cliplab.train import Config, Trainer  # noqa: E402
 
-WORDS = "red green blue small large old new happy sad dog cat car tree house face hand".split()
+WORDS = [
+    "red",
+    "green",
+    "blue",
+    "small",
+    "large",
+    "old",
+    "new",
+    "happy",
+    "sad",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "house",
+    "face",
+    "hand",
+]
 BATCH = {"demo": 256, "ViT-B-32": 64}
 LEVERS = {  # the levers, each on top of the faster of fp32 and bf16 for the model
     "patch dropout 0.5": {"patch_dropout": 0.5},
@@ -143,7 +159,11 @@ def recipe_runs(data: Path, rows: list[dict[str, Any]], out: Path, seeds: list[i
     from cliplab.evaluation.registry import get
     from cliplab.train import load_config
 
-    speed = {r["mode"]: r["samples_per_s"] for r in rows if r["model"] == "demo" and r["impl"] == "cliplab"}
+    speed = {
+        r["mode"]: r["samples_per_s"]
+        for r in rows
+        if r["model"] == "demo" and r["impl"] == "cliplab"
+    }
     best = "bf16" if speed["bf16"] > speed["fp32"] else "fp32"
     variants = {"plain recipe (fp32)": ("fp32", {}), "bf16": ("bf16", {})}
     variants |= {f"{best} + {k}": (f"{best} + {k}", v) for k, v in LEVERS.items()}
@@ -169,13 +189,19 @@ def recipe_runs(data: Path, rows: list[dict[str, Any]], out: Path, seeds: list[i
             model, preprocess = cliplab.load(output / "model")
             store = FeatureStore(model, preprocess, batch_size=256, progress=False)
             row = {"variant": label, "seed": seed, "steps": steps, "minutes": minutes}
-            for protocol, inputs, options in load_sets(
+            for protocol, inputs, _ in load_sets(
                 data,
                 [("zeroshot", {"dataset": s}, None) for s in ZEROSHOT_SETS],
             ):
                 result = get(protocol)(store, get(protocol).make_options({}), **inputs)
                 row[inputs["dataset"].name] = 100 * result.top1
-            print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            print(
+                "  "
+                + ", ".join(
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                ),
+                flush=True,
+            )
             results.append(row)
     return results
 
@@ -194,7 +220,14 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         rows += throughput(name, args.repeat, not args.no_compile)
-    columns = ["model", "impl", "mode", "samples_per_s", "vs_openclip_fp32", "vs_openclip_same_precision"]
+    columns = [
+        "model",
+        "impl",
+        "mode",
+        "samples_per_s",
+        "vs_openclip_fp32",
+        "vs_openclip_same_precision",
+    ]
     print(table(rows, columns))
     info = machine()
     print(f"wrote {write('train.json', {'machine': info, 'batch': BATCH, 'rows': rows})}")

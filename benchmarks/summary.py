@@ -34,7 +34,9 @@ def main() -> None:
             for runtime in ("torch", "bf16", "bf16-compile", "onnx-int8"):
                 r = pick(rows, model=model, impl="cliplab", runtime=runtime)
                 if r:
-                    target = ">= 4x (fast path)" if model == "ViT-B-32" and runtime != "torch" else ""
+                    target = (
+                        ">= 4x (fast path)" if model == "ViT-B-32" and runtime != "torch" else ""
+                    )
                     lines.append(
                         (
                             f"{model} image embedding, cliplab {runtime}",
@@ -55,7 +57,12 @@ def main() -> None:
                 )
         for a in inference.get("accuracy", []):
             lines.append(
-                (f"demo zero-shot, {a['runtime']} vs fp32", "", f"max {a['max_delta_points']:.2f} points", "within 1 point")
+                (
+                    f"demo zero-shot, {a['runtime']} vs fp32",
+                    "",
+                    f"max {a['max_delta_points']:.2f} points",
+                    "within 1 point",
+                )
             )
     train = load("train.json")
     if train:
@@ -72,9 +79,23 @@ def main() -> None:
             )
     tokenizer = load("tokenizer.json")
     if tokenizer:
-        lines.append(("tokenizer, cliplab", f"{tokenizer['cliplab_texts_per_s']:,.0f}/s", f"{tokenizer['speedup']:.1f}x OpenAI", ""))
+        lines.append(
+            (
+                "tokenizer, cliplab",
+                f"{tokenizer['cliplab_texts_per_s']:,.0f}/s",
+                f"{tokenizer['speedup']:.1f}x OpenAI",
+                "",
+            )
+        )
         for name, peer in tokenizer.get("peers", {}).items():
-            lines.append((f"tokenizer vs {name}", f"{peer['texts_per_s']:,.0f}/s", f"cliplab {peer['cliplab_speedup']:.1f}x", f"{peer['rows_equal_to_openai']:.1%} rows = OpenAI"))
+            lines.append(
+                (
+                    f"tokenizer vs {name}",
+                    f"{peer['texts_per_s']:,.0f}/s",
+                    f"cliplab {peer['cliplab_speedup']:.1f}x",
+                    f"{peer['rows_equal_to_openai']:.1%} rows = OpenAI",
+                )
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(4)] if lines else [0] * 4
     for line in lines:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))

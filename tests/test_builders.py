@@ -5,6 +5,7 @@ laid out like the real packages; one test runs on the real installed data when p
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from cliplab.datasets.builders import (
     build,
     builder_of,
     emoji,
+    emoji_styles,
     fashion_mnist,
     icons,
     openclipart,
@@ -247,6 +249,56 @@ def test_emoji_build_outputs_and_cache(sources, tmp_path):
     rebuilt = {(o.kind, o.name): o.cached for o in emoji.build(sources, out, log=QUIET)}
     assert rebuilt["classification", "emoji-google"] is False
     assert rebuilt["shards", "emoji-twitter"] is True
+
+
+def _iconify(sources: Path, name: str, icons: dict, aliases: dict) -> None:
+    root = sources / f"npm/@iconify-json/{name}-{emoji_styles.BY_NAME[name].version}/package"
+    root.mkdir(parents=True)
+    doc = {"prefix": name, "icons": icons, "aliases": aliases, "width": 32, "height": 32}
+    (root / "icons.json").write_text(json.dumps(doc))
+
+
+CIRCLE = '<circle cx="16" cy="16" r="12" fill="#d33"/>'
+
+
+def test_emoji_styles_match_icons_by_name_and_render_them(sources, tmp_path):
+    pytest.importorskip("resvg_py")
+    _iconify(
+        sources,
+        "fxemoji",
+        {
+            "grinningface": {"body": CIRCLE},  # compact name -> "grinning face"
+            "red-heart": {"body": CIRCLE},  # hyphenated label
+            "waving-hand-light-skin-tone": {"body": CIRCLE},  # a skin-tone variant
+            "spaceship": {"body": CIRCLE},  # no such concept
+            "light-skin-tone": {"body": "<path d='M 0 0 L'/><circle r='oops'"},  # bad SVG
+        },
+        {"cat-face": {"parent": "spaceship"}, "cat": {"parent": "red-heart", "hFlip": True}},
+    )
+    out = tmp_path / "data"
+    outputs = {(o.kind, o.name): o for o in emoji_styles.build(sources, out, log=QUIET)}
+    shards = outputs["shards", "emoji-fxemoji"]
+    # grinning face, red heart, cat face (a plain alias), waving hand's skin tone, and the
+    # broken "light skin tone" (counted, not written); the flipped alias and the unmatched
+    # icon are not used
+    assert shards.count == 4 and shards.details["matched"] == 5
+    assert sum(shards.details["render_failures"].values()) == 1
+    source = WebDatasetSource(shard_urls("emoji-fxemoji", out), name="fx")
+    metas = {}
+    for raw in source.scan():
+        meta = json.loads(raw.members["json"])
+        metas[meta["hexcode"]] = meta
+        with Image.open(io.BytesIO(raw.members["png"])) as im:
+            assert im.size == (64, 64) and im.convert("RGBA").getpixel((32, 32))[3] == 255
+    assert set(metas) == {"1F600", "2764", "1F431", "1F44B-1F3FB"}
+    assert metas["1F44B-1F3FB"]["base_hexcode"] == "1F44B" and metas["2764"]["style"] == "fxemoji"
+    assert any("heart" in caption for caption in metas["2764"]["captions"])
+    evalset = load_classification_set(out / "eval" / "emoji-fxemoji")
+    assert sorted(evalset.classnames) == ["cat face", "grinning face", "red heart"]
+    # other styles are not installed: skipped with the install command, nothing built
+    assert not (out / "shards" / "emoji-noto-v1").exists()
+    again = emoji_styles.build(sources, out, log=QUIET)
+    assert all(o.cached for o in again)
 
 
 def test_emoji_captions_change_each_epoch_and_name_the_concept(sources, tmp_path):

@@ -117,7 +117,9 @@ def saved(model, tmp_path_factory) -> Path:
 def test_export_command_writes_checked_onnx_models(saved, model, tmp_path, capsys) -> None:
     for flags, tolerance in (([], 1e-4), (["--int8"], 0.2)):
         out = tmp_path / f"onnx{len(flags)}"
-        assert main(["export", "--model", str(saved), "--to", "onnx", "--out", str(out), *flags]) == 0
+        assert (
+            main(["export", "--model", str(saved), "--to", "onnx", "--out", str(out), *flags]) == 0
+        )
         assert "against torch: image max relative error" in capsys.readouterr().out
         info = json.loads((out / "onnx.json").read_text())
         assert info["int8"] == bool(flags) and info["fingerprint"] == model_fingerprint(model)
@@ -156,7 +158,8 @@ def test_classify_eval_and_embed_take_the_runtime(saved, tmp_path, capsys, monke
         argv += ["--out", str(tmp_path / runtime), "--no-cache", "--quiet", "--runtime", runtime]
         assert main(argv) == 0
     top1 = {
-        r: json.loads((tmp_path / r / "zeroshot-colors.json").read_text()) for r in ("torch", "int8")
+        r: json.loads((tmp_path / r / "zeroshot-colors.json").read_text())
+        for r in ("torch", "int8")
     }
     assert top1["int8"]["confusion"] == top1["torch"]["confusion"]  # the same predictions
     out = tmp_path / "embedded"

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cliplab.cli.common import add_device, add_runtime, add_model, add_set, load_model
+from cliplab.cli.common import add_device, add_model, add_runtime, add_set, load_model
 from cliplab.zeroshot import classify_images, load_templates
 
 #: The model used when ``--model`` is not given (an OpenAI name looked up in local caches).

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cliplab.cli.common import add_device, add_runtime, add_model, add_out, add_set, load_model
+from cliplab.cli.common import add_device, add_model, add_out, add_runtime, add_set, load_model
 from cliplab.encode import BadImages, FeatureStore
 from cliplab.evaluation.datasets import load_classification, load_retrieval
 from cliplab.evaluation.protocol import Input, Protocol

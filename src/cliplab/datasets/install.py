@@ -59,6 +59,16 @@ PACKAGES: tuple[Package, ...] = (
     Package("emoji-datasource-facebook", "npm", "16.0.0", "Facebook emoji (local eval only)"),
     Package("emoji-datasource-apple", "npm", "16.0.0", "Apple emoji (local eval only)"),
     Package("emojibase-data", "npm", "17.0.0", "CLDR emoji labels and tags"),
+    Package("@iconify-json/noto-v1", "npm", "1.2.5", "Noto v1 emoji, SVG (train style)"),
+    Package("@iconify-json/emojione", "npm", "1.2.3", "Emoji One emoji, SVG (train style)"),
+    Package("@iconify-json/emojione-v1", "npm", "1.2.3", "Emoji One v1 emoji, SVG (train style)"),
+    Package(
+        "@iconify-json/emojione-monotone", "npm", "1.2.1", "Emoji One monotone, SVG (train style)"
+    ),
+    Package("@iconify-json/fxemoji", "npm", "1.2.2", "Firefox OS emoji, SVG (train style)"),
+    Package(
+        "@iconify-json/streamline-emojis", "npm", "1.2.4", "Streamline emoji, SVG (train style)"
+    ),
     Package("tuxpaint-stamps-default", "apt", what="Tux Paint stamps with descriptions"),
     Package("openclipart-png", "apt", what="OpenClipart PNG renderings"),
     Package("openclipart-svg", "apt", what="OpenClipart SVG (titles, keywords)"),
@@ -77,6 +87,17 @@ LOCATIONS: dict[str, tuple[str, str]] = {
     "emoji-datasource-facebook": ("package", ""),
     "emoji-datasource-apple": ("package", ""),
     "emojibase-data": ("package", ""),
+    **{
+        f"@iconify-json/{name}": ("package", "")
+        for name in (
+            "noto-v1",
+            "emojione",
+            "emojione-v1",
+            "emojione-monotone",
+            "fxemoji",
+            "streamline-emojis",
+        )
+    },
     "tuxpaint-stamps-default": ("usr/share/tuxpaint/stamps", "/usr/share/tuxpaint/stamps"),
     "openclipart-png": ("usr/share/openclipart/png", "/usr/share/openclipart/png"),
     "openclipart-svg": ("usr/share/openclipart/svg", "/usr/share/openclipart/svg"),
@@ -98,6 +119,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "emoji-datasource-apple",
         "emojibase-data",
     ),
+    "emoji-styles": tuple(p.name for p in PACKAGES if p.name.startswith("@iconify-json/")),
     "tuxpaint": ("tuxpaint-stamps-default",),
     "openclipart": ("openclipart-png", "openclipart-svg"),
     "fashion-mnist": ("dataset-fashion-mnist",),

@@ -97,7 +97,9 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, grid**2, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, width)
         x = torch.cat([cls, x], dim=1)  # (B, grid**2 + 1, width)
-        x = x + resample_positions(self.positional_embedding, self.config.grid_size, grid).to(x.dtype)
+        x = x + resample_positions(self.positional_embedding, self.config.grid_size, grid).to(
+            x.dtype
+        )
         if self.training and self.patch_dropout > 0:
             x = drop_patches(x, self.patch_dropout)  # (B, 1 + K, width)
         x = self.ln_pre(x)

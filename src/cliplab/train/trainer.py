@@ -115,7 +115,9 @@ def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
     visual = model.visual
     wanted = [k for k in ("patch_dropout", "low_res_size") if getattr(tc, k)]
     if wanted and not isinstance(visual, VisionTransformer):
-        raise ValueError(f"train.{wanted[0]} needs a ViT image tower; {config.model.name} has a ResNet")
+        raise ValueError(
+            f"train.{wanted[0]} needs a ViT image tower; {config.model.name} has a ResNet"
+        )
     if tc.low_res_size:
         patch, size = visual.config.patch_size, visual.image_size
         if tc.low_res_size % patch or tc.low_res_size >= size:

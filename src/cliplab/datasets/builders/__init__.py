@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from cliplab.datasets.builders import emoji, fashion_mnist, icons, openclipart, tuxpaint
+from cliplab.datasets.builders import (
+    emoji,
+    emoji_styles,
+    fashion_mnist,
+    icons,
+    openclipart,
+    tuxpaint,
+)
 from cliplab.datasets.builders.common import BUILD_FILE, Builder, MissingExtra, Output, read_build
 
 __all__ = [
@@ -36,6 +43,7 @@ BUILDERS: dict[str, Builder] = {
     b.name: b
     for b in (
         emoji.BUILDER,
+        emoji_styles.BUILDER,
         tuxpaint.BUILDER,
         openclipart.BUILDER,
         fashion_mnist.BUILDER,
