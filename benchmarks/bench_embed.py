@@ -25,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import cpu_name  # noqa: E402
+
 import cliplab  # noqa: E402
 from cliplab.data.sources import spec_for_path  # noqa: E402
 from cliplab.encode import open_image  # noqa: E402
@@ -117,7 +119,7 @@ def main() -> None:
     report = {
         "command": " ".join(["python benchmarks/bench_embed.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "decode_and_preprocess_only_images_per_s": round(ceiling["images_per_s"], 1),
@@ -126,16 +128,6 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {a.out}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

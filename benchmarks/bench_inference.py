@@ -18,45 +18,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import ROOT, machine, model_config, open_clip_model, rate, refs, table, write
+from common import (
+    ROOT,
+    machine,
+    model_config,
+    open_clip_model,
+    rate,
+    refs,
+    sample_inputs,
+    table,
+    write,
+)
 
 import cliplab  # noqa: E402
 from cliplab.demo.plan import ZEROSHOT_SETS  # noqa: E402
 from cliplab.runtime import accelerate  # noqa: E402
 
 RUNTIMES = ("torch", "bf16", "bf16-compile", "int8", "onnx", "onnx-int8")
-WORDS = [
-    "a",
-    "photo",
-    "of",
-    "the",
-    "red",
-    "green",
-    "small",
-    "large",
-    "old",
-    "dog",
-    "cat",
-    "car",
-    "tree",
-    "house",
-    "on",
-    "street",
-    "at",
-    "night",
-]
 BATCH = {"demo": 256, "ViT-B-32": 32}
-
-
-def inputs(config: cliplab.CLIPConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    size = config.vision.image_size
-    images = torch.randn(n, 3, size, size, generator=g)
-    lengths = torch.randint(4, 15, (n,), generator=g).tolist()
-    picks = torch.randint(0, len(WORDS), (n, 14), generator=g).tolist()
-    captions = [" ".join(WORDS[p] for p in row[:k]) for row, k in zip(picks, lengths)]
-    tokens = cliplab.tokenize(captions, context_length=config.text.context_length, truncate=True)
-    return images, tokens
 
 
 def hf_model(config: cliplab.CLIPConfig) -> Any:
@@ -73,7 +52,7 @@ def _features(output: Any) -> torch.Tensor:
 def speed(name: str, repeat: int, cache: Path) -> list[dict[str, Any]]:
     config = model_config(name)
     n = BATCH.get(name, 32)
-    images, tokens = inputs(config, n)
+    images, tokens = sample_inputs(config, n)
     torch.manual_seed(0)
     model = refs.perturb_(cliplab.CLIP(config), seed=0).eval()
     with torch.no_grad():

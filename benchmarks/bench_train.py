@@ -15,53 +15,33 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, machine, model_config, open_clip_model, rate, refs, table, write
+from common import (
+    ROOT,
+    machine,
+    model_config,
+    open_clip_model,
+    rate,
+    refs,
+    sample_inputs,
+    table,
+    train_and_score,
+    write,
+)
 
 import cliplab  # noqa: E402
 from cliplab.demo.plan import ZEROSHOT_SETS  # noqa: E402
 from cliplab.train import Config, Trainer  # noqa: E402
 
-WORDS = [
-    "red",
-    "green",
-    "blue",
-    "small",
-    "large",
-    "old",
-    "new",
-    "happy",
-    "sad",
-    "dog",
-    "cat",
-    "car",
-    "tree",
-    "house",
-    "face",
-    "hand",
-]
 BATCH = {"demo": 256, "ViT-B-32": 64}
 LEVERS = {  # the levers, each on top of the faster of fp32 and bf16 for the model
     "patch dropout 0.5": {"patch_dropout": 0.5},
     "siglip loss": {"loss": "siglip"},
     "low resolution (~half size)": {"low_res_size": "half", "low_res_until": 1.0},
 }
-
-
-def batch(config: cliplab.CLIPConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded images and captions of 4-14 words (typical alt-text lengths)."""
-    g = torch.Generator().manual_seed(0)
-    size = config.vision.image_size
-    images = torch.randn(n, 3, size, size, generator=g)
-    lengths = torch.randint(4, 15, (n,), generator=g).tolist()
-    picks = torch.randint(0, len(WORDS), (n, 14), generator=g).tolist()
-    captions = [" ".join(WORDS[p] for p in row[:k]) for row, k in zip(picks, lengths)]
-    tokens = cliplab.tokenize(captions, context_length=config.text.context_length, truncate=True)
-    return images, tokens
 
 
 def trainer_config(name: str, config: cliplab.CLIPConfig, n: int, **train: Any) -> Config:
@@ -89,7 +69,7 @@ def trainer_config(name: str, config: cliplab.CLIPConfig, n: int, **train: Any) 
 def cliplab_rate(name: str, config, n: int, repeat: int, **train: Any) -> float:
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(trainer_config(name, config, n, **train), output=out)
-        images, tokens = batch(config, n)
+        images, tokens = sample_inputs(config, n)
         warmup = 2 if train.get("compile") else 1
         return rate(lambda: trainer.train_step(images, tokens), n, repeat, warmup)
 
@@ -99,7 +79,7 @@ def open_clip_rate(config, n: int, repeat: int, bf16: bool) -> float:
     model = open_clip_model(config).train()
     loss_fn = oc.loss.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
-    images, tokens = batch(config, n)
+    images, tokens = sample_inputs(config, n)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -152,11 +132,8 @@ def throughput(name: str, repeat: int, compile_: bool) -> list[dict[str, Any]]:
 
 
 def recipe_runs(data: Path, rows: list[dict[str, Any]], out: Path, seeds: list[int]) -> list[dict]:
-    """The demo recipe, plain (fp32) and with each lever (bf16), with the steps scaled by the
+    """The demo recipe, plain (fp32) and with each lever, with the steps scaled by the
     lever's measured speed so every run takes the plain recipe's minutes."""
-    from cliplab.demo.evaluate import load_sets
-    from cliplab.encode import FeatureStore
-    from cliplab.evaluation.registry import get
     from cliplab.train import load_config
 
     speed = {
@@ -167,8 +144,7 @@ def recipe_runs(data: Path, rows: list[dict[str, Any]], out: Path, seeds: list[i
     best = "bf16" if speed["bf16"] > speed["fp32"] else "fp32"
     variants = {"plain recipe (fp32)": ("fp32", {}), "bf16": ("bf16", {})}
     variants |= {f"{best} + {k}": (f"{best} + {k}", v) for k, v in LEVERS.items()}
-    recipe = ROOT / "src" / "cliplab" / "demo" / "recipe.toml"
-    base = load_config(recipe)
+    base = load_config(ROOT / "src" / "cliplab" / "demo" / "recipe.toml")
     results = []
     for label, (mode, settings) in variants.items():
         for seed in seeds:
@@ -177,24 +153,11 @@ def recipe_runs(data: Path, rows: list[dict[str, Any]], out: Path, seeds: list[i
             if train.get("low_res_size") == "half":
                 train["low_res_size"] = 16
                 train["low_res_until"] = 0.8  # CLIPA: the last steps at full size
-            sets = [f"train.{k}={v}" for k, v in train.items()]
-            sets += [f"train.steps={steps}", f"data.dir={data}", "eval.interval=0"]
-            config = load_config(recipe, sets)
-            output = out / f"{label.replace(' ', '-')}-seed{seed}"
-            config = config.replace(output=str(output))
+            sets = [f"train.{k}={v}" for k, v in train.items()] + [f"train.steps={steps}"]
             print(f"== {label}, seed {seed}: {steps} steps", flush=True)
-            start = time.perf_counter()
-            Trainer(config).fit()
-            minutes = (time.perf_counter() - start) / 60
-            model, preprocess = cliplab.load(output / "model")
-            store = FeatureStore(model, preprocess, batch_size=256, progress=False)
-            row = {"variant": label, "seed": seed, "steps": steps, "minutes": minutes}
-            for protocol, inputs, _ in load_sets(
-                data,
-                [("zeroshot", {"dataset": s}, None) for s in ZEROSHOT_SETS],
-            ):
-                result = get(protocol)(store, get(protocol).make_options({}), **inputs)
-                row[inputs["dataset"].name] = 100 * result.top1
+            output = out / f"{label.replace(' ', '-')}-seed{seed}"
+            row = {"variant": label, "seed": seed}
+            row |= train_and_score(sets, data, output, list(ZEROSHOT_SETS))
             print(
                 "  "
                 + ", ".join(

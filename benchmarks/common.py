@@ -97,6 +97,51 @@ def open_clip_model(config: CLIPConfig) -> torch.nn.Module:
     return oc.model.CLIP(config.embed_dim, vision_cfg, text_cfg, quick_gelu=quick)
 
 
+#: Caption words of the benchmarks' inputs.
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "red",
+    "green",
+    "blue",
+    "small",
+    "large",
+    "old",
+    "new",
+    "happy",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "house",
+    "face",
+    "hand",
+    "on",
+    "street",
+    "at",
+    "night",
+]
+
+
+def sample_inputs(
+    config: CLIPConfig, n: int, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random images and captions of 4-14 words (typical alt-text lengths), tokenized
+    to the model's context: the same inputs for cliplab and every peer."""
+    import cliplab
+
+    g = torch.Generator().manual_seed(0)
+    size = config.vision.image_size
+    images = torch.randn(n, 3, size, size, generator=g)
+    lengths = torch.randint(4, 15, (n,), generator=g).tolist()
+    picks = torch.randint(0, len(WORDS), (n, 14), generator=g).tolist()
+    captions = [" ".join(WORDS[p] for p in row[:k]) for row, k in zip(picks, lengths)]
+    tokens = cliplab.tokenize(captions, context_length=config.text.context_length, truncate=True)
+    return images.to(device), tokens.to(device)
+
+
 def rate(fn: Callable[[], Any], items: int, repeat: int, warmup: int = 1) -> float:
     """Items per second of ``fn`` (each call handles ``items``), after ``warmup`` calls."""
     for _ in range(warmup):
@@ -128,3 +173,34 @@ def write(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def train_and_score(
+    settings: list[str], data: Path, output: Path, sets: Sequence[str], recipe: Path | None = None
+) -> dict[str, Any]:
+    """Train the demo recipe (or ``recipe``) with ``--set`` style ``settings`` into
+    ``output`` (resuming a run cut short) and measure zero-shot top-1 (%) on ``sets`` (names
+    under ``data/eval``): ``{"minutes", "steps", <set>: top-1}``."""
+    import cliplab
+    from cliplab.demo.evaluate import load_sets
+    from cliplab.demo.plan import training_config
+    from cliplab.encode import FeatureStore
+    from cliplab.evaluation.registry import get
+    from cliplab.train import Trainer
+
+    config = training_config(recipe, data, output, [*settings, "eval.interval=0"])
+    start = time.perf_counter()
+    summary = Trainer(config).fit()
+    row: dict[str, Any] = {
+        "minutes": (time.perf_counter() - start) / 60,
+        "steps": summary["step"],
+        "samples_per_s": summary.get("last", {}).get("samples_per_s"),
+    }
+    model, preprocess = cliplab.load(output / "model")
+    store = FeatureStore(model, preprocess, batch_size=256, progress=False)
+    zeroshot = get("zeroshot")
+    for _, values, _ in load_sets(data, [("zeroshot", {"dataset": s}, None) for s in sets]):
+        result = zeroshot(store, zeroshot.make_options({}), **values)
+        row[values["dataset"].name] = 100 * result.top1
+        row[values["dataset"].name + " top5"] = 100 * result.top5
+    return row

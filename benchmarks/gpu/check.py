@@ -210,6 +210,8 @@ def losses(device: torch.device, dry: bool) -> dict[str, Any]:
 
 
 def _train_setup(config, device, batch: int, compile_: bool):
+    from common import sample_inputs
+
     from cliplab.loss import clip_loss
     from cliplab.train.parallelize import Towers, compile_towers, trim_tokens
 
@@ -220,28 +222,8 @@ def _train_setup(config, device, batch: int, compile_: bool):
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=fused
     )
-    size = config.vision.image_size
-    images = torch.randn(batch, 3, size, size, device=device)
-    words = [
-        "a",
-        "photo",
-        "of",
-        "the",
-        "red",
-        "green",
-        "small",
-        "large",
-        "old",
-        "dog",
-        "cat",
-        "car",
-        "tree",
-        "house",
-    ]
-    captions = [
-        " ".join(words[(i * 7 + j) % len(words)] for j in range(4 + i % 10)) for i in range(batch)
-    ]
-    tokens = trim_tokens(cliplab.tokenize(captions).to(device), compiled=compile_)
+    images, tokens = sample_inputs(config, batch, device)
+    tokens = trim_tokens(tokens, compiled=compile_)
 
     def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):

@@ -1,0 +1,111 @@
+"""Recipe trials for the demo, chosen on validation and reported on test, never the reverse.
+
+Each trial is the demo recipe with ``--set`` changes (sources, mix, steps, model shape...),
+trained with two seeds. Its *validation* figures are zero-shot top-1 on a training-eligible
+emoji style that the trial leaves out of training (``emoji-emojione`` by default: Emoji One's
+colour set, 1,102 concepts), which is what recipes are compared on; its *test* figures
+(Google, Apple and Facebook emoji, Tux Paint photos, Fashion-MNIST) are measured once per
+trial and printed in separate columns, never used to choose.
+
+    python benchmarks/recipe_trials.py --data data --trials styles --seeds 0,1
+
+Writes ``benchmarks/results/trials-<name>.json`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, machine, table, train_and_score, write
+
+VALIDATION = ["emoji-emojione"]
+TEST = [
+    "emoji-google",
+    "emoji-apple",
+    "emoji-facebook",
+    "tuxpaint-photos-emoji",
+    "fashion-mnist-test",
+]
+TWITTER = ["emoji-twitter", "emoji-twitter-skins"]
+#: The training-eligible styles besides Twitter, less the validation style.
+STYLES = [
+    "emoji-noto-v1",
+    "emoji-emojione-v1",
+    "emoji-emojione-monotone",
+    "emoji-fxemoji",
+    "emoji-streamline-emojis",
+]
+
+
+def sources(sets: list[str]) -> list[str]:
+    """``--set`` values that replace the recipe's sources with these shard sets."""
+    tables = ", ".join(f'{{kind = "shards", set = "{s}"}}' for s in sets)
+    return [f"data.sources=[{tables}]"]
+
+
+#: name -> {trial name: --set values}
+TRIALS: dict[str, dict[str, list[str]]] = {
+    "styles": {
+        "twitter only (today's recipe)": sources(TWITTER),
+        "+ 5 styles": sources(TWITTER + STYLES),
+        "+ 5 styles, 3000 steps": sources(TWITTER + STYLES) + ["train.steps=3000"],
+    },
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=ROOT / "data")
+    p.add_argument("--trials", default="styles", choices=sorted(TRIALS))
+    p.add_argument("--only", help="comma-separated trial names of the group")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "trials")
+    args = p.parse_args()
+    present = [s for s in VALIDATION + TEST if (args.data / "eval" / s).is_dir()]
+    missing = [s for s in VALIDATION + TEST if s not in present]
+    if missing:
+        print(f"not built, left out: {', '.join(missing)} (cliplab data build)")
+    rows: list[dict[str, Any]] = []
+    trials = TRIALS[args.trials]
+    names = args.only.split(",") if args.only else list(trials)
+    for name in names:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+            output = args.runs / args.trials / f"{slug}-seed{seed}"
+            print(f"== {name}, seed {seed}", flush=True)
+            row = {"trial": name, "seed": seed}
+            row |= train_and_score(
+                [*trials[name], f"train.seed={seed}"], args.data, output, present
+            )
+            rows.append(row)
+            print(
+                "   "
+                + ", ".join(
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                ),
+                flush=True,
+            )
+    means = []
+    for name in names:
+        mine = [r for r in rows if r["trial"] == name]
+        mean = {"trial": name, "seed": "mean"}
+        for s in present:
+            values = [r[s] for r in mine]
+            mean[s] = statistics.mean(values)
+            mean[s + " spread"] = max(values) - min(values)
+        means.append(mean)
+    val = [s for s in VALIDATION if s in present]
+    test = [s for s in TEST if s in present]
+    print("validation (choose on these):")
+    print(table(rows + means, ["trial", "seed", "steps", "minutes", *val]))
+    print("test (measured, never chosen on):")
+    print(table(rows + means, ["trial", "seed", *test]))
+    payload = {"machine": machine(), "validation": val, "test": test, "runs": rows, "means": means}
+    print(f"wrote {write(f'trials-{args.trials}.json', payload)}")
+
+
+if __name__ == "__main__":
+    main()
