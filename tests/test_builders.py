@@ -113,6 +113,15 @@ def make_emoji(sources: Path, styles=("twitter", "google")) -> None:
     eb = sources / "npm/emojibase-data-17.0.0/package/en"
     eb.mkdir(parents=True)
     (eb / "data.json").write_text(json.dumps(base))
+    ko = eb.parent / "ko"  # one more locale, with two of the labels
+    ko.mkdir()
+    (ko / "data.json").write_text(json.dumps(KOREAN))
+
+
+KOREAN = [
+    {"hexcode": "1F431", "label": "고양이 얼굴", "tags": ["고양이", "동물"]},
+    {"hexcode": "2764", "label": "빨간색 하트", "tags": ["사랑"]},
+]
 
 
 STAMPS = {
@@ -220,8 +229,17 @@ def test_emoji_build_outputs_and_cache(sources, tmp_path):
         ("classification", "emoji-google-pictorial"),
         ("classification", "emoji-twitter"),
         ("classification", "emoji-twitter-skins"),
+        *(("classification", f"emoji-google-{lang}") for lang in emoji.EVAL_LANGUAGES),
     }
     assert outputs["shards", "emoji-twitter"].count == len(EMOJI)
+    # class names in Korean where emojibase has them (English otherwise, counted); the
+    # name alone as the prompt
+    korean = load_classification_set(out / "eval" / "emoji-google-ko")
+    assert korean.classnames[1] == "고양이 얼굴" and korean.classnames[0] == "grinning face"
+    assert korean.templates == ["{}"] and korean.meta["language"] == "ko"
+    assert outputs["classification", "emoji-google-ko"].details["untranslated_labels"] == 5
+    german = outputs["classification", "emoji-google-de"]
+    assert german.details["untranslated_labels"] == len(EMOJI)  # no German data here
     assert outputs["shards", "emoji-twitter-skins"].count == 1
     # the skin-tone variants as a test set: labelled with their base concept
     skins = load_classification_set(out / "eval" / "emoji-twitter-skins")
@@ -308,6 +326,12 @@ def test_emoji_captions_change_each_epoch_and_name_the_concept(sources, tmp_path
     sample = next(s for s in source.scan() if s.key == "1F431")
     meta = json.loads(sample.members["json"])
     assert meta["kind"] == "emoji" and meta["label"] == "cat face" and len(meta["captions"]) >= 3
+    assert meta["i18n"] == {"ko": {"label": "고양이 얼굴", "tags": ["고양이", "동물"]}}
+    multilingual = [captions.draw_caption_multilingual(sample, random.Random(k)) for k in range(60)]
+    korean = [t for t in multilingual if "고양이" in t]
+    assert 20 < len(korean) < 50 and len(multilingual) - len(korean) > 10  # both languages
+    words = ("cat", "face", "kitten", "pet", "animal", "고양이", "동물")
+    assert all(any(w in t.lower() for w in words) for t in multilingual)
     decoder = ImageDecoder(32, caption_fn=captions.draw_caption)
     texts = {decoder(sample, random.Random(epoch))[1] for epoch in range(30)}
     assert len(texts) >= 8

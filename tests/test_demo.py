@@ -168,6 +168,17 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     metrics = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").open()]
     assert any("zeroshot_emoji-google_top1" in r for r in metrics if r["kind"] == "eval")
 
+    # the multilingual recipe, by name: captions across locales, zero-shot per language
+    multilingual = [*plain, "--out", str(tmp_path / "multi")]
+    multilingual[1] = str(recipe_path("multilingual"))
+    assert main(multilingual) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "multi" / "metrics.jsonl").open()]
+    evals = [r for r in metrics if r["kind"] == "eval"]
+    for lang in ("ko", "ja", "de", "es"):
+        assert any(f"zeroshot_emoji-google-{lang}_top1" in r for r in evals), lang
+    with pytest.raises(FileNotFoundError, match="not a bundled one"):
+        recipe_path("klingon")
+
 
 def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     from cliplab.demo.reproduce import fit_power_law, run_reproduce

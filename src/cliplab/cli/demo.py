@@ -28,7 +28,10 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", default="data", help="data directory (sources/, shards/, eval/)")
     parser.add_argument("--out", default="runs/demo", help="output directory")
-    parser.add_argument("--recipe", help="training recipe TOML (default: the built-in one)")
+    parser.add_argument(
+        "--recipe",
+        help="training recipe: english (the default), multilingual, or a TOML file",
+    )
     add_set(parser, sections=True)
     parser.add_argument(
         "--no-install", action="store_true", help="use the sources already in DATA/sources"

@@ -208,24 +208,70 @@ def sample_captions(meta: dict[str, Any], seed: object, count: int = 8) -> list[
     return out
 
 
-def draw_caption(sample: RawSample, rng: random.Random) -> str:
-    """``caption_fn`` for ``ImageDecoder``: a fresh caption from the ``json`` member's facts."""
+def _json_meta(sample: RawSample) -> dict[str, Any] | None:
+    """The ``json`` member's metadata (None without one); malformed JSON is a bad sample."""
     raw = sample.members.get("json")
     if raw is None:
-        text = sample.members.get("txt")
-        if text is None:
-            raise BadSample("missing-caption")
-        try:
-            return text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadSample("non-utf8-caption") from None
+        return None
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadSample("malformed-json") from None
     if not isinstance(meta, dict):
         raise BadSample("malformed-json", "not an object")
+    return meta
+
+
+def _stored_text(sample: RawSample) -> str:
+    text = sample.members.get("txt")
+    if text is None:
+        raise BadSample("missing-caption")
     try:
-        return caption_for(meta, rng)
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadSample("non-utf8-caption") from None
+
+
+def _draw(sample: RawSample, rng: random.Random, captioner: Any) -> str:
+    meta = _json_meta(sample)
+    if meta is None:
+        return _stored_text(sample)
+    try:
+        return captioner(meta, rng)
     except (KeyError, TypeError, ValueError) as e:
         raise BadSample("missing-caption", f"{type(e).__name__}: {e}") from None
+
+
+def draw_caption(sample: RawSample, rng: random.Random) -> str:
+    """``caption_fn`` for ``ImageDecoder``: a fresh caption from the ``json`` member's facts."""
+    return _draw(sample, rng, caption_for)
+
+
+#: Share of multilingual captions in English (the rest: one of the sample's other locales).
+ENGLISH_SHARE = 0.4
+_LOCALE_TEMPLATES = (
+    "{label}",
+    "{label}: {tags}",
+    "{tags}, {label}",
+    "{label} ({tags})",
+    "{label} emoji",
+)
+
+
+def caption_multilingual(meta: dict[str, Any], rng: random.Random) -> str:
+    """A caption in English (``ENGLISH_SHARE`` of the time) or in one of the languages of the
+    sample's ``i18n`` metadata (emojibase's CLDR labels and tags, e.g. "고양이 얼굴: 동물,
+    애완동물"), drawn afresh each call."""
+    i18n = meta.get("i18n") or {}
+    if not isinstance(i18n, dict) or not i18n or rng.random() < ENGLISH_SHARE:
+        return caption_for(meta, rng)
+    entry = i18n[rng.choice(sorted(i18n))]
+    label = str(entry.get("label") or meta["label"])
+    tags = _pick_tags([str(t) for t in entry.get("tags") or []], rng, label)
+    return rng.choice(_LOCALE_TEMPLATES).format(label=label, tags=", ".join(tags) or label)
+
+
+def draw_caption_multilingual(sample: RawSample, rng: random.Random) -> str:
+    """``caption_fn`` for multilingual training: :func:`caption_multilingual` on the
+    ``json`` member (the multilingual demo recipe names it in its sources)."""
+    return _draw(sample, rng, caption_multilingual)

@@ -47,9 +47,22 @@ def suite(
     ]
 
 
-def recipe_path() -> Path:
-    """The demo's training recipe: a ``cliplab train`` config."""
-    return Path(str(resources.files("cliplab.demo") / "recipe.toml"))
+#: The bundled recipes, by the name ``cliplab demo --recipe NAME`` takes.
+RECIPES = {"english": "recipe.toml", "multilingual": "multilingual.toml"}
+
+
+def recipe_path(recipe: str | os.PathLike[str] | None = None) -> Path:
+    """A training recipe (a ``cliplab train`` config): a bundled one by name (``english``, the
+    default, or ``multilingual``) or a TOML file's path."""
+    name = str(recipe) if recipe is not None else "english"
+    if name in RECIPES:
+        return Path(str(resources.files("cliplab.demo") / RECIPES[name]))
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no recipe {name!r}: not a bundled one ({', '.join(RECIPES)}) nor a TOML file"
+        )
+    return path
 
 
 def training_config(
@@ -65,7 +78,7 @@ def training_config(
 
     settings = [f"data.dir={json.dumps(str(data_dir))}", *overrides]
     settings.append(f"output={json.dumps(str(output))}")
-    return load_config(recipe or recipe_path(), settings)
+    return load_config(recipe_path(recipe), settings)
 
 
 def shard_sets(config: Any) -> list[str]:

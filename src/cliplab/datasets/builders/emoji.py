@@ -36,7 +36,15 @@ from cliplab.datasets.builders import common
 from cliplab.datasets.captions import sample_captions
 from cliplab.datasets.install import source_path
 
-BUILDER_VERSION = 3  # 2: templates chosen on validation styles; 3: caption_fn moved
+BUILDER_VERSION = 4  # 2: templates chosen on validation styles; 3: caption_fn moved; 4: i18n
+#: emojibase-data's locales besides English: labels and tags in each go into the metadata
+#: (``i18n``) for multilingual captions (``captions.draw_caption_multilingual``).
+LOCALES = (
+    "bn", "da", "de", "es", "et", "fi", "fr", "hi", "hu", "it", "ja", "ko", "lt", "ms", "nb",
+    "nl", "pl", "pt", "ru", "sv", "th", "uk", "vi", "zh", "zh-hant",
+)  # fmt: skip
+#: Languages of the zero-shot sets with translated class names (``eval/emoji-google-<lang>``).
+EVAL_LANGUAGES = ("ko", "ja", "de", "es")
 STYLES = ("twitter", "google", "facebook", "apple")
 TRAIN_STYLE = "twitter"
 EVAL_STYLES = ("google", "twitter", "facebook", "apple")
@@ -92,6 +100,7 @@ class Concept:
     skins: tuple[dict[str, Any], ...] = field(
         default=()
     )  # {"hexcode", "image", "label", "has_image"}
+    i18n: dict[str, dict[str, Any]] = field(default_factory=dict)  # locale -> label, tags
 
     def meta(self, style: str) -> dict[str, Any]:
         return {
@@ -105,6 +114,7 @@ class Concept:
             "category": self.category,
             "subcategory": self.subcategory,
             "style": style,
+            "i18n": self.i18n,
         }
 
 
@@ -123,6 +133,7 @@ def load_concepts(sources: Path, style: str = TRAIN_STYLE) -> list[Concept]:
     )
     base = json.loads((emojibase_root(sources) / "en" / "data.json").read_text(encoding="utf-8"))
     by_hex = {strip_fe0f(e["hexcode"]): e for e in base}
+    translations = load_translations(sources)
     skins_by_hex = {strip_fe0f(s["hexcode"]): s for e in base for s in e.get("skins", [])}
     concepts = []
     missing = []
@@ -158,6 +169,7 @@ def load_concepts(sources: Path, style: str = TRAIN_STYLE) -> list[Concept]:
                 sort_order=int(entry["sort_order"]),
                 emoji=info.get("emoji", ""),
                 skins=tuple(skins),
+                i18n={loc: by[key] for loc, by in translations.items() if key in by},
             )
         )
     if missing:
@@ -168,14 +180,34 @@ def load_concepts(sources: Path, style: str = TRAIN_STYLE) -> list[Concept]:
     return concepts
 
 
+def load_translations(sources: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{locale: {hexcode: {"label", "tags"}}}`` from emojibase-data's other locales (those
+    present in the package)."""
+    root = emojibase_root(sources)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for loc in LOCALES:
+        path = root / loc / "data.json"
+        if not path.is_file():
+            continue
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        out[loc] = {
+            strip_fe0f(e["hexcode"]): {"label": e["label"], "tags": list(e.get("tags") or [])}
+            for e in entries
+            if e.get("label")
+        }
+    return out
+
+
 def _inputs(style: str, sources: Path) -> tuple[Path, list[tuple[str, int]]]:
     root = package_root(style, sources)
     images = root / "img" / style / "64"
     files = [
         root / "emoji.json",
         emojibase_root(sources) / "en" / "data.json",
+        *(emojibase_root(sources) / loc / "data.json" for loc in LOCALES),
         *images.glob("*.png"),
     ]
+    files = [f for f in files if f.is_file()]
     return images, [(p.name, p.stat().st_size) for p in sorted(files)]
 
 
@@ -258,18 +290,29 @@ def build_eval(
     log: common.Log,
     description: str,
     skins: bool = False,
+    language: str | None = None,
 ) -> common.Output:
     """One classification set: an image per concept of ``classes``, or with ``skins`` every
-    skin-tone variant of them (labelled with the base concept)."""
+    skin-tone variant of them (labelled with the base concept). With ``language`` the class
+    names are emojibase's labels in that locale (English where a label is missing, counted)
+    and the only template is ``"{}"``: the name alone, in that language."""
     images, listing = _inputs(style, sources)
+    classnames = [c.label for c in classes]
+    templates: tuple[str, ...] = TEMPLATES
+    untranslated = 0
+    if language:
+        classnames = [c.i18n.get(language, {}).get("label") or c.label for c in classes]
+        untranslated = sum(language not in c.i18n for c in classes)
+        templates = ("{}",)
     fp = common.fingerprint(
         builder="emoji-eval",
         version=BUILDER_VERSION,
         name=name,
         style=style,
         skins=skins,
+        language=language,
         classes=[c.hexcode for c in classes],
-        templates=TEMPLATES,
+        templates=templates,
         inputs=listing,
     )
     path = out / "eval" / name
@@ -287,8 +330,8 @@ def build_eval(
         description=description,
         source=f"emoji-datasource-{style} 16.0.0 (img/{style}/64), labels from emojibase-data 17.0.0 (en)",
         license=f"{LICENSES[style]}; labels: {METADATA_LICENSE}",
-        classnames=[c.label for c in classes],
-        templates=TEMPLATES,
+        classnames=classnames,
+        templates=templates,
         class_info=[
             {
                 "hexcode": c.hexcode,
@@ -298,7 +341,11 @@ def build_eval(
             }
             for c in classes
         ],
-        meta={"style": style, "concept": "base emoji (skin tones folded in), hexcode without FE0F"},
+        meta={
+            "style": style,
+            "language": language or "en",
+            "concept": "base emoji (skin tones folded in), hexcode without FE0F",
+        },
     )
     with writer:
         for c in concepts:
@@ -325,7 +372,11 @@ def build_eval(
         str(path),
         len(writer),
         seconds=time.perf_counter() - start,
-        details={"classes": len(classes), "concepts_without_image": missing},
+        details={
+            "classes": len(classes),
+            "concepts_without_image": missing,
+            **({"untranslated_labels": untranslated} if language else {}),
+        },
     )
     return common.record(path, fp, output)
 
@@ -355,6 +406,7 @@ def build(
         names = [f"emoji-{style}"]
         names += [f"emoji-{style}-skins"] if style == TRAIN_STYLE else []
         names += ["emoji-google-pictorial"] if style == "google" else []
+        names += [f"emoji-google-{lang}" for lang in EVAL_LANGUAGES] if style == "google" else []
         if not any(common.wanted(only, "eval", n) for n in names):
             continue
         try:
@@ -411,6 +463,22 @@ def build(
                     description=f"Google-style emoji of the {len(pictorial)} concepts outside the {', '.join(NON_PICTORIAL)} categories.",
                 )
             )
+        for lang in EVAL_LANGUAGES if style == "google" else ():
+            if common.wanted(only, "eval", f"emoji-google-{lang}"):
+                outputs.append(
+                    build_eval(
+                        f"emoji-google-{lang}",
+                        style,
+                        concepts,
+                        concepts,
+                        sources,
+                        out,
+                        force=force,
+                        log=log,
+                        language=lang,
+                        description=f"emoji-google with class names in {lang} (emojibase's CLDR labels), the name alone as prompt: zero-shot beyond English.",
+                    )
+                )
     return outputs
 
 
@@ -423,12 +491,17 @@ BUILDER = common.Builder(
         *(f"emoji-{style}" for style in EVAL_STYLES),
         "emoji-twitter-skins",
         "emoji-google-pictorial",
+        *(f"emoji-google-{lang}" for lang in EVAL_LANGUAGES),
     ),
     extra_packages={
         f"eval/{name}": (f"emoji-datasource-{style}",)
         for style in EVAL_STYLES
         if style != TRAIN_STYLE
-        for name in (f"emoji-{style}", "emoji-google-pictorial")
+        for name in (
+            f"emoji-{style}",
+            "emoji-google-pictorial",
+            *(f"emoji-google-{lang}" for lang in EVAL_LANGUAGES),
+        )
         if style == "google" or name == f"emoji-{style}"
     },
 )
