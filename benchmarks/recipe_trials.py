@@ -49,9 +49,15 @@ def sources(sets: list[str]) -> list[str]:
 #: name -> {trial name: --set values}
 TRIALS: dict[str, dict[str, list[str]]] = {
     "styles": {
-        "twitter only (today's recipe)": sources(TWITTER),
-        "+ 5 styles": sources(TWITTER + STYLES),
-        "+ 5 styles, 3000 steps": sources(TWITTER + STYLES) + ["train.steps=3000"],
+        "twitter 1500": sources(TWITTER),  # today's recipe
+        "twitter 1500 siglip": sources(TWITTER) + ['train.loss="siglip"'],
+        "+5 styles 1500": sources(TWITTER + STYLES),
+        "+5 styles 3000": sources(TWITTER + STYLES) + ["train.steps=3000"],
+        "+5 styles 4000": sources(TWITTER + STYLES) + ["train.steps=4000"],
+        "+5 styles 4000 patch-dropout": sources(TWITTER + STYLES)
+        + ["train.steps=4000", "train.patch_dropout=0.5"],
+        "+5 styles 4000 siglip": sources(TWITTER + STYLES)
+        + ["train.steps=4000", 'train.loss="siglip"'],
     },
 }
 
