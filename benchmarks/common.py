@@ -176,7 +176,11 @@ def write(name: str, payload: dict[str, Any]) -> Path:
 
 
 def train_and_score(
-    settings: list[str], data: Path, output: Path, sets: Sequence[str], recipe: Path | None = None
+    settings: list[str],
+    data: Path,
+    output: Path,
+    sets: Sequence[str],
+    recipe: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the demo recipe (or ``recipe``) with ``--set`` style ``settings`` into
     ``output`` (resuming a run cut short) and measure zero-shot top-1 (%) on ``sets`` (names

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 from cliplab.cli import main
-from test_builders import make_emoji, make_fashion, make_icons, make_tuxpaint
+from cliplab.datasets.builders import emoji_styles
+from test_builders import (
+    CIRCLE,
+    _iconify,
+    make_emoji,
+    make_fashion,
+    make_icons,
+    make_tuxpaint,
+)
+
+#: The Iconify emoji styles the built-in recipes train on.
+TRAINING_STYLES = ("noto-v1", "emojione-v1", "emojione-monotone", "fxemoji", "streamline-emojis")
 
 RECIPE = """
 [model]
@@ -147,6 +158,21 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     hits = searcher.search_text("a cat face", k=3)
     assert len(hits) == 3 and all(h.path for h in hits)
 
+    # the demo fits the recipe's length to this machine's speed (`--minutes`, default 9)
+    from cliplab.demo.plan import training_config
+    from cliplab.demo.train import fit_steps
+
+    long = training_config(recipe, data, tmp_path / "fit", ["train.steps=100000"])
+    said: list[str] = []
+    assert fit_steps(long, 0.01, log=said.append).train.steps == 100  # the floor
+    assert "100 of the recipe's 100000 steps fit in 0.01 min" in said[0]
+    assert fit_steps(long, 1e6, log=said.append).train.steps == 100000  # it fits already
+    assert fit_steps(long, 0.01, ["train.steps=100000"]).train.steps == 100000  # asked for
+    assert fit_steps(long, 0).train.steps == 100000  # --minutes 0
+    (tmp_path / "fit").mkdir()  # a run to resume keeps the count it started with
+    (tmp_path / "fit" / "config.json").write_text(json.dumps({"train": {"steps": 700}}))
+    assert fit_steps(long, 0.01, log=said.append).train.steps == 700
+
     # a re-run reuses the finished training (resume) and the built data
     assert main([*argv, "--no-install", "--quiet"]) == 0
 
@@ -159,6 +185,13 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
         main(["data", "build", "emoji", "--sources", str(data / "sources"), "--out", str(data)])
         == 0
     )
+    # ... five more emoji styles (Iconify sets) and Emoji One, the validation style it tracks
+    pytest.importorskip("resvg_py")
+    for name in (*TRAINING_STYLES, "emojione"):
+        icons = {"grinningface": {"body": CIRCLE}, "cat-face": {"body": CIRCLE}}
+        _iconify(data / "sources", name, icons, {})
+    built = emoji_styles.build(data / "sources", data, log=lambda _: None)
+    assert {o.name for o in built if o.kind == "shards"} >= {f"emoji-{n}" for n in TRAINING_STYLES}
     plain = [
         "train", str(recipe_path()), "--out", str(tmp_path / "plain"),
         "--set", f"data.dir={data}", "--set", "train.steps=2", "--set", "data.batch_size=8",

@@ -34,6 +34,13 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_set(parser, sections=True)
     parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget: train fewer of the recipe's steps where they would take longer "
+        "on this machine (default 9; 0: the recipe's steps whatever they take)",
+    )
+    parser.add_argument(
         "--no-install", action="store_true", help="use the sources already in DATA/sources"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars in evaluation")
@@ -43,6 +50,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cliplab.demo.pipeline import run_demo
     from cliplab.demo.report import chance_note, format_table
+    from cliplab.demo.train import DEFAULT_MINUTES
+
+    minutes = DEFAULT_MINUTES if args.minutes is None else args.minutes
+    if minutes < 0:
+        raise ValueError(f"--minutes must be 0 or more, not {minutes}")
 
     start = time.perf_counter()
     try:
@@ -53,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=args.settings,
             install=not args.no_install,
             progress=not args.quiet,
+            minutes=minutes,
         )
     except RuntimeError as e:  # a source that cannot be installed, a stopped training run
         print(f"cliplab demo: {e}", file=sys.stderr)
@@ -62,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     note = chance_note(result.rows)
     if note:
         print(f"\n{note}")
-    minutes = (time.perf_counter() - start) / 60
+    elapsed = (time.perf_counter() - start) / 60
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
-    print(f"\nreport: {result.report}  model: {result.model}  ({minutes:.1f} min: {timing})")
+    print(f"\nreport: {result.report}  model: {result.model}  ({elapsed:.1f} min: {timing})")
     print(f'try: cliplab classify IMAGE --model {result.model} --labels "cat,dog,pizza"')
     if result.search is not None:
         print(f"     cliplab serve {result.search}    (then open http://127.0.0.1:8000/)")

@@ -36,7 +36,7 @@ from cliplab.demo.evaluate import evaluate, summary_rows
 from cliplab.demo.plan import SHOTS, Log
 from cliplab.demo.report import machine, plot_accuracy, plot_predictions, write_report
 from cliplab.demo.search import embed_collections
-from cliplab.demo.train import train
+from cliplab.demo.train import fit_steps, train
 from cliplab.fileio import write_json
 
 __all__ = ["DemoResult", "run_demo"]
@@ -66,8 +66,11 @@ def run_demo(
     log: Log = print,
     progress: bool = True,
     embed_for_search: bool = True,
+    minutes: float = 0.0,
 ) -> DemoResult:
-    """The whole demo (see the module docstring); returns its summary."""
+    """The whole demo (see the module docstring); returns its summary. ``minutes`` > 0 fits
+    the recipe's step count to that training budget on this machine
+    (:func:`~cliplab.demo.train.fit_steps`)."""
     from cliplab.evaluation.protocols.fewshot import plot_fewshot
 
     data_dir, out = Path(data_dir), Path(out)
@@ -81,6 +84,7 @@ def run_demo(
     seconds["data"] = time.perf_counter() - start
 
     t0 = time.perf_counter()
+    config = fit_steps(config, minutes, overrides, log)
     summary = train(config, log)
     seconds["train"] = time.perf_counter() - t0
 

@@ -35,7 +35,7 @@ import torch
 from cliplab.demo import plan
 from cliplab.demo.plan import Log
 from cliplab.demo.report import machine
-from cliplab.demo.train import train
+from cliplab.demo.train import DEFAULT_MINUTES, fit_steps, train
 from cliplab.evaluation.output import pyplot, save_figure
 from cliplab.evaluation.registry import get, result_from_dict
 from cliplab.fileio import write_json, write_text
@@ -205,7 +205,7 @@ def run_reproduce(
     demo_model = demo_dir / "train" / "model"
     if not (demo_model / "config.json").is_file():
         log(f"== no demo model at {demo_model}: training it")
-        train(config, log)
+        train(fit_steps(config, DEFAULT_MINUTES, overrides, log), log)
     model, preprocess = cliplab.load(demo_model)
     store = FeatureStore(model, preprocess, batch_size=256, progress=progress)
     results: dict[str, Any] = {
@@ -282,10 +282,18 @@ def run_reproduce(
     # 5. data scaling
     t0 = time.perf_counter()
     data_points = []
+    # the fractions train as many steps as the demo model did (fitted to the machine's speed)
+    demo_config = demo_dir / "train" / "config.json"
+    demo_steps = (
+        json.loads(demo_config.read_text())["train"]["steps"] if demo_config.is_file() else 0
+    )
+    fraction_overrides = [*overrides, f"train.steps={demo_steps}"] if demo_steps else [*overrides]
     for fraction in fractions:
         name = f"data-{int(100 * fraction)}pct"
         log(f"== data scaling: {100 * fraction:.0f}% of the pairs")
-        model_dir = _train_variant(name, recipe, data_dir, runs_dir, log, overrides, None, fraction)
+        model_dir = _train_variant(
+            name, recipe, data_dir, runs_dir, log, fraction_overrides, None, fraction
+        )
         top1, top5, _ = _zero_shot_top1(model_dir, target)
         data_points.append({"name": name, "fraction": fraction, "top1": top1, "top5": top5})
     demo_zs = get("zeroshot")(store, dataset=target)  # the demo model's features, once

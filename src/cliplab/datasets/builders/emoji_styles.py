@@ -44,7 +44,7 @@ from cliplab.datasets.builders.emoji import (
 from cliplab.datasets.captions import sample_captions
 from cliplab.datasets.install import source_path
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: concepts carry i18n (emoji builder v4): multilingual captions
 
 
 @dataclass(frozen=True)
