@@ -95,7 +95,17 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "multilingual")
     p.add_argument("--english-model", type=Path, help="the English demo model, for comparison")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="training steps (default: as many as the English model's run, else the recipe's)",
+    )
     args = p.parse_args()
+    steps = args.steps
+    run_config = args.english_model.parent / "config.json" if args.english_model else None
+    if steps is None and run_config and run_config.is_file():
+        steps = json.loads(run_config.read_text(encoding="utf-8"))["train"]["steps"]
+    settings = [f"train.steps={steps}"] if steps else []
     costs = token_costs(args.data)
     print(
         table(costs, ["language", "tokens_per_name", "tokens_per_caption", "names_over_30_tokens"])
@@ -105,7 +115,9 @@ def main() -> None:
         rows.append({"model": "english recipe", **zeroshot(args.english_model, args.data)})
     for seed in (int(s) for s in args.seeds.split(",")):
         output = args.runs / f"seed{seed}"
-        train_and_score([f"train.seed={seed}"], args.data, output, [], recipe="multilingual")
+        train_and_score(
+            [*settings, f"train.seed={seed}"], args.data, output, [], recipe="multilingual"
+        )
         rows.append({"model": f"multilingual seed {seed}", **zeroshot(output / "model", args.data)})
         print(rows[-1], flush=True)
     columns = ["model", "en (templates)", "en (bare name)", *EVAL_LANGUAGES]
@@ -113,7 +125,7 @@ def main() -> None:
     for row in rows:
         base = row["en (bare name)"]
         row["half_of_english"] = {lang: row[lang] >= base / 2 for lang in EVAL_LANGUAGES}
-    payload = {"machine": machine(), "token_costs": costs, "zeroshot": rows}
+    payload = {"machine": machine(), "steps": steps, "token_costs": costs, "zeroshot": rows}
     print(f"wrote {write('multilingual.json', payload)}")
 
 

@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, machine, table, train_and_score, write
+from common import ROOT, cpu_name, machine, table, train_and_score, write
 
 VALIDATION = ["emoji-emojione"]
 TEST = [
@@ -87,7 +87,7 @@ def main() -> None:
             slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
             output = args.runs / args.trials / f"{slug}-seed{seed}"
             print(f"== {name}, seed {seed}", flush=True)
-            row = {"trial": name, "seed": seed}
+            row = {"trial": name, "seed": seed, "cpu": cpu_name()}
             row |= train_and_score(
                 [*trials[name], f"train.seed={seed}"], args.data, output, present
             )

@@ -38,7 +38,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="training budget: train fewer of the recipe's steps where they would take longer "
-        "on this machine (default 9; 0: the recipe's steps whatever they take)",
+        "on this machine (default 8.5; 0: the recipe's steps whatever they take)",
     )
     parser.add_argument(
         "--no-install", action="store_true", help="use the sources already in DATA/sources"

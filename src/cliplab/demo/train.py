@@ -20,8 +20,9 @@ from typing import Any
 
 from cliplab.demo.plan import Log
 
-#: ``cliplab demo``'s default training budget: about 9 minutes of the demo's 15.
-DEFAULT_MINUTES = 9.0
+#: ``cliplab demo``'s default training budget, of its 15 minutes (set-up, data and evaluation
+#: take 4-5 on a fresh clone).
+DEFAULT_MINUTES = 8.5
 #: Runs of at most this many steps are not timed (the timing would cost more than the run).
 UNTIMED_STEPS = 100
 
