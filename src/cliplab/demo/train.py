@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,9 +41,10 @@ def train(config: Any, log: Log = print, threads: int | None = None) -> dict[str
     return summary
 
 
-def time_steps(config: Any, warmup: int = 3, timed: int = 12) -> float:
+def time_steps(config: Any, warmup: int = 8, timed: int = 16) -> float:
     """Pairs per second of ``config``'s training step on this machine, data loading
-    included: ``warmup`` untimed steps, then ``timed`` timed ones. Nothing is saved."""
+    included: ``warmup`` untimed steps (the first few run up to 1.4x slower: allocator and
+    thread-pool warm-up), then the median of ``timed`` timed ones. Nothing is saved."""
     from cliplab.train import Trainer
 
     trainer = Trainer(config.replace(eval=dataclasses.replace(config.eval, sets=())))
@@ -50,11 +52,13 @@ def time_steps(config: Any, warmup: int = 3, timed: int = 12) -> float:
     for _ in range(warmup):
         batch = next(batches)
         trainer.train_step(batch.images, batch.tokens)
-    start = time.perf_counter()
+    seconds = []
     for _ in range(timed):
+        start = time.perf_counter()
         batch = next(batches)
         trainer.train_step(batch.images, batch.tokens)
-    return timed * config.data.batch_size / (time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start)
+    return config.data.batch_size / statistics.median(seconds)
 
 
 def fit_steps(config: Any, minutes: float, overrides: Sequence[str] = (), log: Log = print) -> Any:
