@@ -146,6 +146,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="ViT-B-32,demo")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--name", default="inference", help="results file: benchmarks/results/NAME.json")
     p.add_argument("--demo-model", type=Path, help="a trained demo model, for accuracy")
     p.add_argument("--data", type=Path, default=ROOT / "data")
     args = p.parse_args()
@@ -174,7 +175,7 @@ def main() -> None:
             payload["accuracy"] = accuracy(args.demo_model, args.data, Path(cache))
             sets = list(ZEROSHOT_SETS)
             print(table(payload["accuracy"], ["runtime", *sets, "max_delta_points"]))
-    print(f"wrote {write('inference.json', payload)}")
+    print(f"wrote {write(f'{args.name}.json', payload)}")
 
 
 if __name__ == "__main__":
