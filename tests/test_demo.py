@@ -65,7 +65,7 @@ def fake_data(tmp_path: Path) -> tuple[Path, Path]:
     recipe file."""
     data = tmp_path / "data"
     sources = data / "sources"
-    make_emoji(sources)
+    make_emoji(sources, styles=("twitter", "google", "apple"))  # Facebook's left out
     make_tuxpaint(sources)
     make_fashion(sources, train=12, test=40)
     make_icons(sources)
@@ -115,6 +115,10 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     assert google["value"] == pytest.approx(by_hand_zero_shot(out / "train" / "model", data))
     assert ("fashion-mnist-test", "linear probe", "top-1") in rows
     assert ("fashion-mnist-test", "1-shot probe", "top-1") in rows
+    # the optional styles: Apple's sources are installed, so it is evaluated; Facebook's not
+    assert rows["emoji-apple", "zero-shot", "top-1"]["test"] == "unseen drawing style"
+    assert not any(key[0] == "emoji-facebook" for key in rows)
+    assert "eval/emoji-facebook not built (its source is not installed): left out" in printed
     assert summary["meta"]["steps"] == 3
     # held-out data stays out of training: no Google or photo shards, no Fashion-MNIST train
     shards = {p.name for p in (data / "shards").iterdir()}

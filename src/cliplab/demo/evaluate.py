@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cliplab.demo.plan import RETRIEVAL_TESTS, ZEROSHOT_SETS, Log, suite
+from cliplab.demo.plan import OPTIONAL_ZEROSHOT_SETS, RETRIEVAL_TESTS, ZEROSHOT_SETS, Log, suite
 from cliplab.encode import FeatureStore
 from cliplab.evaluation.datasets import ClassificationSet, load_classification, load_retrieval
 from cliplab.evaluation.protocol import Result
@@ -46,22 +46,28 @@ def evaluate(
     seeds: int = 3,
     max_iter: int = 100,
     progress: bool = True,
+    optional: Sequence[str] = (),
 ) -> tuple[list[Result], FeatureStore, list[ClassificationSet]]:
-    """The suite on ``model_dir``: (results, the model's feature store, the zero-shot sets)."""
+    """The suite on ``model_dir`` (with the ``optional`` zero-shot sets that were built):
+    (results, the model's feature store, the main zero-shot sets)."""
     import cliplab
 
     model, preprocess = cliplab.load(model_dir)
     store = FeatureStore(model, preprocess, cache_dir=None, batch_size=256, progress=progress)
-    runs = load_sets(data_dir, suite(shots, seeds, max_iter))
+    runs = load_sets(data_dir, suite(shots, seeds, max_iter, optional))
     log(f"== evaluation ({len(runs)} runs: " + ", ".join(p for p, _, _ in runs) + ")")
     results = [get(p)(store, options, **inputs) for p, inputs, options in runs]
-    zeroshot = [inputs["dataset"] for p, inputs, _ in runs if p == "zeroshot"]
+    zeroshot = [
+        inputs["dataset"]
+        for p, inputs, _ in runs
+        if p == "zeroshot" and inputs["dataset"].name in ZEROSHOT_SETS
+    ]
     return results, store, zeroshot
 
 
 def summary_rows(results: Sequence[Result]) -> list[dict[str, Any]]:
     """One row per headline figure: set, what it tests, protocol, metric, value, chance."""
-    tests = {**ZEROSHOT_SETS, **RETRIEVAL_TESTS}
+    tests = {**ZEROSHOT_SETS, **OPTIONAL_ZEROSHOT_SETS, **RETRIEVAL_TESTS}
     rows = []
     for r in results:
         for row in r.rows():
