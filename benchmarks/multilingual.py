@@ -21,6 +21,7 @@ from common import ROOT, machine, table, train_and_score, write
 import cliplab  # noqa: E402
 from cliplab.datasets.builders.emoji import EVAL_LANGUAGES  # noqa: E402
 from cliplab.datasets.captions import caption_for  # noqa: E402
+from cliplab.demo.train import run_steps  # noqa: E402
 
 SETS = ["emoji-google", *(f"emoji-google-{lang}" for lang in EVAL_LANGUAGES)]
 
@@ -102,9 +103,8 @@ def main() -> None:
     )
     args = p.parse_args()
     steps = args.steps
-    run_config = args.english_model.parent / "config.json" if args.english_model else None
-    if steps is None and run_config and run_config.is_file():
-        steps = json.loads(run_config.read_text(encoding="utf-8"))["train"]["steps"]
+    if steps is None and args.english_model:
+        steps = run_steps(args.english_model.parent)
     settings = [f"train.steps={steps}"] if steps else []
     costs = token_costs(args.data)
     print(

@@ -35,7 +35,7 @@ import torch
 from cliplab.demo import plan
 from cliplab.demo.plan import Log
 from cliplab.demo.report import machine
-from cliplab.demo.train import DEFAULT_MINUTES, fit_steps, train
+from cliplab.demo.train import DEFAULT_MINUTES, fit_steps, run_steps, train
 from cliplab.evaluation.output import pyplot, save_figure
 from cliplab.evaluation.registry import get, result_from_dict
 from cliplab.fileio import write_json, write_text
@@ -283,10 +283,7 @@ def run_reproduce(
     t0 = time.perf_counter()
     data_points = []
     # the fractions train as many steps as the demo model did (fitted to the machine's speed)
-    demo_config = demo_dir / "train" / "config.json"
-    demo_steps = (
-        json.loads(demo_config.read_text())["train"]["steps"] if demo_config.is_file() else 0
-    )
+    demo_steps = run_steps(demo_dir / "train")
     fraction_overrides = [*overrides, f"train.steps={demo_steps}"] if demo_steps else [*overrides]
     for fraction in fractions:
         name = f"data-{int(100 * fraction)}pct"

@@ -61,6 +61,16 @@ def time_steps(config: Any, warmup: int = 8, timed: int = 16) -> float:
     return config.data.batch_size / statistics.median(seconds)
 
 
+def run_steps(run_dir: str | Path) -> int | None:
+    """The step count the training run in ``run_dir`` started with (its ``config.json``);
+    ``None`` where there is no run or its config cannot be read."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        return int(config["train"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def fit_steps(config: Any, minutes: float, overrides: Sequence[str] = (), log: Log = print) -> Any:
     """``config`` with ``train.steps`` lowered (to a multiple of 100) so that training takes
     about ``minutes`` here; unchanged when the recipe already fits, when ``overrides`` set
@@ -71,12 +81,8 @@ def fit_steps(config: Any, minutes: float, overrides: Sequence[str] = (), log: L
         return config
     if any(o.replace(" ", "").startswith("train.steps=") for o in overrides):
         return config
-    previous = Path(config.output) / "config.json"
-    if previous.is_file():
-        try:
-            kept = int(json.loads(previous.read_text(encoding="utf-8"))["train"]["steps"])
-        except (ValueError, KeyError, TypeError):
-            kept = steps
+    if (Path(config.output) / "config.json").is_file():
+        kept = run_steps(config.output) or steps
         if kept != steps:
             log(f"== resuming the run in {config.output}: {kept} steps, as it started")
         return config.replace(train=dataclasses.replace(config.train, steps=min(kept, steps)))
