@@ -63,10 +63,15 @@ def logged_steps(out: Path) -> int:
 
 
 def run_until(
-    cmd: list[str], out: Path, step: int, sig: int, timeout: float = 120
+    cmd: list[str],
+    out: Path,
+    step: int,
+    sig: int,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start the run and send ``sig`` once it has logged ``step`` (plus a random few ms)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + timeout
     while logged_steps(out) < step:
         assert proc.poll() is None, (

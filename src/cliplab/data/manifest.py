@@ -20,11 +20,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import posixpath
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from cliplab.data import storage
 from cliplab.data.decode import IMAGE_EXTS, error_sample
 from cliplab.data.stream import RawSample, stable_seed
 from cliplab.data.webdataset import iter_units, stream_share
@@ -59,17 +61,6 @@ def table_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _open_text(path: Path) -> Any:
-    if path.name.lower().endswith(".gz"):
-        import gzip
-        import io
-
-        return io.TextIOWrapper(
-            gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline=""
-        )
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
-
-
 def csv_reader(f: Any, delimiter: str) -> csv.DictReader:
     """A ``DictReader`` that allows fields up to 16 MB (long alt texts, embedded JSON)."""
     csv.field_size_limit(1 << 24)
@@ -82,16 +73,17 @@ def iter_rows(
     """Every row of a manifest table as a dict, streamed in bounded memory. A JSONL line that
     is not a JSON object becomes ``{"_malformed": <its start>}`` (or ``{"_value": v}``), so
     a reader can count it instead of failing."""
-    path = Path(path)
+    path = os.fspath(path)
     fmt = fmt or table_format(path)
     if fmt == "parquet":
         pq = _pyarrow_parquet()
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            yield from batch.to_pylist()
+        with storage.open_binary(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+                yield from batch.to_pylist()
         return
     if fmt not in ("csv", "tsv", "jsonl"):
         raise ValueError(f"{path}: not a table ({', '.join(TABLE_FORMATS)}); got format {fmt!r}")
-    with _open_text(path) as f:
+    with storage.open_text(path) as f:
         if fmt == "jsonl":
             for line in f:
                 if not line.strip():
@@ -119,7 +111,7 @@ _MAGIC = (
 def image_ext(name: str, data: bytes = b"") -> str:
     """The member extension for an image file: its suffix when it is an image suffix
     (``jpeg`` -> ``jpg``), else what its first bytes say, else ``img``."""
-    suffix = Path(name).suffix.lower().lstrip(".")
+    suffix = os.path.splitext(name)[1].lower().lstrip(".")
     suffix = "jpg" if suffix == "jpeg" else suffix
     if suffix in IMAGE_EXTS:
         return suffix
@@ -131,22 +123,23 @@ def image_ext(name: str, data: bytes = b"") -> str:
     return "img"
 
 
-def _read_image(key: str, path: Path, source: str) -> RawSample | bytes:
+def _read_image(key: str, path: str, source: str) -> RawSample | bytes:
     try:
-        return path.read_bytes()
+        return storage.read_bytes(path)
     except FileNotFoundError:
         return error_sample(key, "missing-file", source, str(path))
-    except OSError as e:  # a directory, no permission, an I/O error
+    except (OSError, ImportError) as e:  # a directory, no permission, an I/O error
         return error_sample(key, "unreadable-file", source, f"{path}: {e}")
 
 
 def _sample(
-    key: str, image: Path | bytes, caption: str | None, extra: dict[str, Any], source: str
+    key: str, image: str | bytes, caption: str | None, extra: dict[str, Any], source: str
 ) -> RawSample:
-    """A record from an image path (read now) or image bytes, a caption and extra columns."""
+    """A record from an image location (read now) or image bytes, a caption and extra
+    columns."""
     name = ""
-    if isinstance(image, Path):
-        name = image.name
+    if isinstance(image, str):
+        name = posixpath.basename(image)
         data = _read_image(key, image, source)
         if isinstance(data, RawSample):
             return data
@@ -191,9 +184,8 @@ class _RowSource:
                 yield self.record(index)
 
 
-def _resolve(root: Path, value: str) -> Path:
-    path = Path(os.path.expanduser(value))
-    return path if path.is_absolute() else root / path
+def _resolve(root: str, value: str) -> str:
+    return storage.join(root, value)
 
 
 class CsvSource(_RowSource):
@@ -213,12 +205,12 @@ class CsvSource(_RowSource):
         name: str = "csv",
         delimiter: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)
         self.name = name
-        self.root = Path(root) if root is not None else self.path.parent
-        delimiter = delimiter or ("\t" if self.path.suffix.lower() == ".tsv" else ",")
+        self.root = os.fspath(root) if root is not None else storage.parent(self.path)
+        delimiter = delimiter or ("\t" if self.path.lower().endswith(".tsv") else ",")
         try:
-            with open(self.path, newline="", encoding="utf-8-sig") as f:
+            with storage.open_text(self.path, errors="strict") as f:
                 reader = csv_reader(f, delimiter)
                 columns = list(reader.fieldnames or [])
                 for column in (image_column, caption_column):
@@ -236,9 +228,13 @@ class CsvSource(_RowSource):
         return len(self.rows)
 
     def location(self, index: int) -> str | None:
-        """The image file of row ``index`` (absolute), or None when the row names none."""
+        """The image file of row ``index`` (absolute, or its URL), or None when the row names
+        none."""
         image = (self.rows[index].get(self.image_column) or "").strip()
-        return str(_resolve(self.root, image).resolve()) if image else None
+        if not image:
+            return None
+        location = _resolve(self.root, image)
+        return location if storage.is_remote(location) else str(Path(location).resolve())
 
     def record(self, index: int) -> RawSample:
         row = self.rows[index]
@@ -275,36 +271,54 @@ class FolderSource(_RowSource):
         name: str = "folder",
         extensions: Sequence[str] = IMAGE_EXTS,
     ) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
+        self.root = os.fspath(root)
+        if not storage.is_dir(self.root):
             raise ValueError(f"{self.root} is not a folder")
         self.name = name
         wanted = {e.lower().lstrip(".") for e in extensions}
+        every = _find_files(self.root)
+        self._all = set(every)
+        #: paths relative to root, posix, sorted: the keys
         self.files = sorted(
-            p
-            for p in self.root.rglob("*")
-            if p.suffix.lower().lstrip(".") in wanted and p.is_file() and not p.name.startswith(".")
+            rel
+            for rel in every
+            if os.path.splitext(rel)[1].lower().lstrip(".") in wanted
+            and not posixpath.basename(rel).startswith(".")
         )
 
     def __len__(self) -> int:
         return len(self.files)
 
     def location(self, index: int) -> str | None:
-        """The image file of record ``index`` (absolute)."""
-        return str(self.files[index].resolve())
+        """The image file of record ``index`` (absolute, or its URL)."""
+        location = storage.join(self.root, self.files[index])
+        return location if storage.is_remote(location) else str(Path(location).resolve())
 
     def record(self, index: int) -> RawSample:
-        path = self.files[index]
-        key = path.relative_to(self.root).as_posix()
-        data = _read_image(key, path, self.name)
+        key = self.files[index]
+        data = _read_image(key, storage.join(self.root, key), self.name)
         if isinstance(data, RawSample):
             return data
-        members = {image_ext(path.name, data): data}
+        members = {image_ext(key, data): data}
+        stem = os.path.splitext(key)[0]
         for ext in ("txt", "json"):
-            sidecar = path.with_suffix(f".{ext}")
-            if sidecar.is_file():
-                members[ext] = sidecar.read_bytes()
+            sidecar = f"{stem}.{ext}"
+            if sidecar in self._all:
+                try:
+                    members[ext] = storage.read_bytes(storage.join(self.root, sidecar))
+                except OSError:
+                    continue  # a sidecar that vanished or cannot be read: as if absent
         return RawSample(key=key, members=members, source=self.name)
+
+
+def _find_files(root: str) -> list[str]:
+    """Every file under ``root``, as posix paths relative to it (local or object storage)."""
+    if storage.is_remote(root):
+        fs, base = storage.fs_and_path(root)
+        base = base.rstrip("/")
+        return [name[len(base) + 1 :] for name in fs.find(base) if name.startswith(base + "/")]
+    top = Path(root)
+    return [p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file()]
 
 
 def _pyarrow_parquet() -> Any:
@@ -335,41 +349,44 @@ class ParquetSource:
         name: str = "parquet",
     ) -> None:
         pq = _pyarrow_parquet()
-        self.path = Path(path)
-        self.files = sorted(self.path.glob("*.parquet")) if self.path.is_dir() else [self.path]
+        self.path = os.fspath(path)
+        folder = storage.is_dir(self.path)
+        self.files = storage.list_files(self.path, ".parquet") if folder else [self.path]
         if not self.files:
             raise ValueError(f"no .parquet files in {self.path}")
         self.root = (
-            Path(root)
+            os.fspath(root)
             if root is not None
-            else (self.path if self.path.is_dir() else self.path.parent)
+            else (self.path if folder else storage.parent(self.path))
         )
         self.name = name
         self.image_column = image_column
         self.caption_column = caption_column
         # units: (file, row group, first global row); the global row number is the key
-        self.units: list[tuple[Path, int, int]] = []
+        self.units: list[tuple[str, int, int]] = []
         total = 0
         for file in self.files:
-            meta = pq.ParquetFile(file)
-            columns = meta.schema_arrow.names
-            for column in (image_column, caption_column):
-                if column is not None and column not in columns:
-                    raise ValueError(f"{file}: no column {column!r}; the columns are {columns}")
-            for group in range(meta.num_row_groups):
-                self.units.append((file, group, total))
-                total += meta.metadata.row_group(group).num_rows
+            with storage.open_binary(file) as f:
+                meta = pq.ParquetFile(f)
+                columns = meta.schema_arrow.names
+                for column in (image_column, caption_column):
+                    if column is not None and column not in columns:
+                        raise ValueError(f"{file}: no column {column!r}; the columns are {columns}")
+                for group in range(meta.num_row_groups):
+                    self.units.append((file, group, total))
+                    total += meta.metadata.row_group(group).num_rows
         self._num_samples = total
 
     def num_samples(self) -> int:
         return self._num_samples
 
-    def records(self, unit: tuple[Path, int, int]) -> Iterator[RawSample]:
+    def records(self, unit: tuple[str, int, int]) -> Iterator[RawSample]:
         """The records of one row group, in order."""
         pq = _pyarrow_parquet()
         file, group, first = unit
         columns = [self.image_column] + ([self.caption_column] if self.caption_column else [])
-        rows = pq.ParquetFile(file).read_row_group(group).to_pylist()
+        with storage.open_binary(file) as f:
+            rows = pq.ParquetFile(f).read_row_group(group).to_pylist()
         for i, row in enumerate(rows):
             key = f"{first + i:09d}"
             value = row.get(self.image_column)
@@ -378,7 +395,7 @@ class ParquetSource:
             caption = row.get(self.caption_column) if self.caption_column else None
             extra = {k: v for k, v in row.items() if k not in columns and not isinstance(v, bytes)}
             if isinstance(value, bytes):
-                image: Path | bytes = value
+                image: str | bytes = value
             elif isinstance(value, str) and value.strip():
                 image = _resolve(self.root, value.strip())
             else:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cliplab.config import unknown_message
+from cliplab.data import storage
 from cliplab.data.decode import IMAGE_EXTS
 from cliplab.data.manifest import CsvSource, FolderSource, ParquetSource
 from cliplab.data.stream import Source
@@ -169,9 +170,12 @@ class WebDatasetSpec(SourceSpec):
 
     def recorded_caption_fn(self) -> str | None:
         try:
-            first = Path(expand_urls(self.urls)[0])
-            info = json.loads((first.parent / BUILD_FILE).read_text(encoding="utf-8"))
-        except (ValueError, OSError, IndexError):
+            first = expand_urls(self.urls)[0]
+            if first.startswith("pipe:"):
+                return None
+            record = storage.join(storage.parent(first), BUILD_FILE)
+            info = json.loads(storage.read_text(record)) if storage.exists(record) else None
+        except (ValueError, OSError, IndexError, ImportError):
             return None
         name = info.get("caption_fn") if isinstance(info, dict) else None
         return name if isinstance(name, str) else None
@@ -313,14 +317,13 @@ def infer_kind(path: str) -> str:
         return "parquet"
     if ".tar" in lower or "{" in path:
         return "webdataset"
-    folder = Path(path)
-    if folder.is_dir():
-        if any(folder.glob("*.tar")):
+    if storage.is_dir(path):
+        if storage.list_files(path, ".tar"):
             return "webdataset"
-        if any(folder.glob("*.parquet")):
+        if storage.list_files(path, ".parquet"):
             return "parquet"
         return "folder"
-    if not folder.exists():
+    if not storage.exists(path):
         raise FileNotFoundError(f"no such source: {path}")
     raise ValueError(f"cannot tell what kind of source {path!r} is; give its kind")
 
@@ -336,11 +339,10 @@ def spec_for_path(path: str, kind: str | None = None, **options: Any) -> SourceS
     valid = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in options.items() if k in valid and v is not None}
     if kind == "webdataset":
-        folder = Path(path)
-        if folder.is_dir():
-            tars = tuple(sorted(str(p) for p in folder.glob("*.tar")))
+        if storage.is_dir(path):
+            tars = tuple(storage.list_files(path, ".tar"))
             if not tars:
-                raise ValueError(f"no .tar shards in {folder}")
+                raise ValueError(f"no .tar shards in {path}")
             values["urls"] = tars
         else:
             values["urls"] = path

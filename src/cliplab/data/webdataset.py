@@ -30,13 +30,12 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import IO, Any
 
+from cliplab.data import storage
 from cliplab.data.decode import ERROR_MEMBER, ImageDecoder, error_sample, image_member, probe_image
 from cliplab.data.stream import BadSample, RawSample, stable_seed
 
@@ -194,28 +193,14 @@ class _LastRead(io.RawIOBase):
         return self.raw.tell()
 
 
-def _open_url(url: str) -> IO[bytes]:
-    """A readable binary file for a shard: a local path, ``file:`` URL, or ``pipe:COMMAND``
-    (the command's stdout, e.g. ``pipe:curl -s https://host/shard.tar``)."""
-    if url.startswith("pipe:"):
-        process = subprocess.Popen(
-            url[5:], shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-        assert process.stdout is not None
-        return process.stdout
-    if url.startswith("file:"):
-        url = url[5:]
-    return open(url, "rb")  # noqa: SIM115 (closed by the caller)
-
-
 _COMPRESSED = (".gz", ".tgz", ".bz2", ".xz")
 
 
 def iter_tar_records(url: str, source: str = "") -> Iterator[RawSample]:
     """Every record of one shard in order: samples, and error records for what is malformed."""
     try:
-        raw = _open_url(url)
-    except OSError as e:
+        raw = storage.open_binary(url)
+    except (OSError, ImportError) as e:
         yield error_sample(url, "unreadable-shard", source, str(e))
         return
     streaming = url.startswith("pipe:") or url.endswith(_COMPRESSED)
@@ -276,21 +261,23 @@ def _group_members(
     yield from flush()
 
 
-def shard_stats_path(url: str) -> Path | None:
-    """The stats JSON beside a shard (ours ``NAME.json``, img2dataset's ``NAME_stats.json``)."""
-    path = Path(url[5:] if url.startswith("file:") else url)
+def shard_stats_path(url: str) -> str | None:
+    """The stats JSON beside a shard (ours ``NAME.json``, img2dataset's ``NAME_stats.json``),
+    local or in object storage; None for a ``pipe:`` shard or when there is none."""
     if url.startswith("pipe:"):
         return None
-    name = path.name
     for suffix in (".tar.gz", ".tgz", ".tar"):
-        if name.endswith(suffix):
-            stem = name[: -len(suffix)]
+        if url.endswith(suffix):
+            stem = url[: -len(suffix)]
             break
     else:
-        stem = path.stem
-    for candidate in (path.with_name(stem + ".json"), path.with_name(stem + "_stats.json")):
-        if candidate.is_file():
-            return candidate
+        stem = os.path.splitext(url)[0]
+    for candidate in (stem + ".json", stem + "_stats.json"):
+        try:
+            if storage.exists(candidate) and not storage.is_dir(candidate):
+                return candidate
+        except (OSError, ImportError):
+            return None
     return None
 
 
@@ -299,7 +286,7 @@ def _count_from_stats(url: str) -> int | None:
     if path is None:
         return None
     try:
-        stats = json.loads(path.read_text())
+        stats = json.loads(storage.read_text(path))
     except (OSError, ValueError):
         return None
     for field in ("samples", "successes"):
@@ -312,14 +299,14 @@ def _count_by_scan(url: str) -> int:
     """Samples in a shard from its headers alone (member data is skipped, not read)."""
     count, last = 0, None
     try:
-        with tarfile.open(url[5:] if url.startswith("file:") else url, "r:*") as tar:
+        with storage.open_binary(url) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             for info in tar:
                 tar.members = []
                 parts = split_key(info.name) if info.isfile() else None
                 if parts is not None and parts[0] != last:
                     count += 1
                 last = parts[0] if parts else None
-    except (tarfile.TarError, OSError, EOFError):
+    except (tarfile.TarError, OSError, EOFError, ImportError):
         pass  # a broken shard counts what could be read; reading it reports the rest
     return count
 
@@ -439,7 +426,7 @@ def shard_stats(
         if path is None:
             continue
         try:
-            stats = json.loads(path.read_text())
+            stats = json.loads(storage.read_text(path))
         except (OSError, ValueError):
             continue
         with_stats += 1
