@@ -86,7 +86,9 @@ class DroppingProxy:
                     if cut:
                         dst.sendall(data[: max(0, self.after_bytes - sent)])
                         for s in (src, dst):  # reset (linger 0); shutdown wakes the other pump
-                            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            s.setsockopt(
+                                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                            )
                             with contextlib.suppress(OSError):
                                 s.shutdown(socket.SHUT_RDWR)
                             s.close()

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -545,3 +546,122 @@ def test_real_captions_with_wordfreq(tmp_path):
         for o in ("real", "foreign", "junk")
     }
     assert share["real"] > 0.9 and share["foreign"] < 0.1 and share["junk"] < 0.01, share
+
+
+# --------------------------------------------------------------------------- balancing, Ray
+
+
+def test_balance_probability_is_metaclips_formula():
+    from cliplab.data.curate.pipeline import balance_draw, balance_probability
+
+    counts = [10, 40, 100_000]
+    assert balance_probability([0], counts, 20) == 1.0  # a rare query keeps everything
+    assert balance_probability([1], counts, 20) == pytest.approx(0.5)
+    assert balance_probability([1, 2], counts, 20) == pytest.approx(1 - 0.5 * (1 - 20 / 100_000))
+    draws = [balance_draw(0, f"id{i}") for i in range(20_000)]
+    assert min(draws) >= 0 and max(draws) < 1 and abs(sum(draws) / len(draws) - 0.5) < 0.01
+    assert draws[:5] == [balance_draw(0, f"id{i}") for i in range(5)]  # fixed by seed and id
+    assert balance_draw(1, "id0") != draws[0]
+
+
+def _frequent_pool(path: Path) -> None:
+    """Many captions of a few queries (cat 300, dog 60, zebra 5) plus junk."""
+    texts = (
+        [f"a cat number {i}" for i in range(300)]
+        + [f"a dog number {i}" for i in range(60)]
+        + [f"a zebra number {i}" for i in range(5)]
+        + [f"DSC{i:05d}.jpg" for i in range(40)]
+    )
+    random.Random(1).shuffle(texts)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "caption"])
+        w.writerows([i, t] for i, t in enumerate(texts))
+
+
+def _balance_config(wordnet: Path, **overrides) -> CurateConfig:
+    return _config(
+        wordnet,
+        cap=20,
+        use_wordnet=False,
+        bigrams=0,
+        english_vocab=("a", "cat", "dog", "zebra", "number"),
+        extra_queries=("cat", "dog", "zebra"),
+        **overrides,
+    )
+
+
+def test_balancing_keeps_rare_queries_whole_and_samples_frequent_ones(tmp_path, wordnet):
+    _frequent_pool(tmp_path / "pool.csv")
+    kept_by_seed = []
+    for seed in (0, 1):
+        out = tmp_path / f"out{seed}"
+        report = curate.curate(
+            [str(tmp_path / "pool.csv")],
+            out,
+            _balance_config(wordnet, select="balance", seed=seed),
+            id_column="id",
+            log=lambda *_: None,
+        )
+        counts = Counter(k["query"] for k in _kept(out))
+        assert counts["zebra"] == 5  # count 5 < t = 20: probability 1
+        # cat: p = 20/300 per pair, dog: 20/60 -> about 20 each (binomial spread)
+        assert 8 <= counts["cat"] <= 34 and 8 <= counts["dog"] <= 34, counts
+        assert report["dropped"]["balance"] == 365 - sum(counts.values())
+        assert report["dropped"]["filename"] == 40
+        kept_by_seed.append([k["id"] for k in _kept(out)])
+    assert kept_by_seed[0] != kept_by_seed[1]  # the seed matters
+    again = tmp_path / "again"
+    curate.curate(
+        [str(tmp_path / "pool.csv")],
+        again,
+        _balance_config(wordnet, select="balance", seed=0, workers=2, chunk_size=16),
+        id_column="id",
+        log=lambda *_: None,
+    )
+    assert [k["id"] for k in _kept(again)] == kept_by_seed[0]  # deterministic, any workers
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'cliplab[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("select", ["cap", "balance"])
+def test_ray_engine_keeps_the_same_set(tmp_path, wordnet, ray_cluster, select):
+    """On a local Ray cluster, for CSV and WebDataset inputs over several files, the kept set
+    (ids, texts, queries, order, and the shards) equals the local engine's."""
+    from cliplab.data.shardwriter import ShardWriter
+
+    _frequent_pool(tmp_path / "a.csv")
+    _pool(tmp_path / "b.csv", copies=2, junk=100)
+    with ShardWriter(tmp_path / "shards", max_samples=7) as writer:
+        for i in range(30):
+            text = ["a cat number", "a zebra number", "DSC0001.jpg"][i % 3] + f" {i}"
+            writer.write(f"{i:04d}", {"png": b"\x89PNG fake %d" % i, "txt": text})
+    inputs = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), str(tmp_path / "shards")]
+    config = dict(select=select, chunk_size=50)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    ours = curate.curate(
+        inputs, local, _balance_config(wordnet, **config), id_column="id", log=lambda *_: None
+    )
+    theirs = curate.curate(
+        inputs,
+        remote,
+        _balance_config(wordnet, engine="ray", **config),
+        id_column="id",
+        log=lambda *_: None,
+    )
+    assert (local / "kept.jsonl").read_text() == (remote / "kept.jsonl").read_text()
+    assert ours["dropped"] == theirs["dropped"] and ours["kept"] == theirs["kept"] > 0
+    assert ray_cluster.is_initialized()  # a cluster the caller started is left running
+    from cliplab.data.webdataset import WebDatasetSource
+
+    shards = [sorted((d / "shards").glob("*.tar")) for d in (local, remote)]
+    assert len(shards[0]) == len(shards[1]) > 0
+    a = list(WebDatasetSource([str(p) for p in shards[0]]).scan())
+    b = list(WebDatasetSource([str(p) for p in shards[1]]).scan())
+    assert [(r.key, r.members) for r in a] == [(r.key, r.members) for r in b]

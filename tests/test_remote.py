@@ -20,14 +20,14 @@ from PIL import Image
 pytest.importorskip("moto", reason="needs moto[server]: pip install 'cliplab[scale]'")
 pytest.importorskip("s3fs", reason="needs s3fs: pip install 'cliplab[scale]'")
 
-from objectstore import object_store  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_train_resume import logged_steps, run_until, train_records  # noqa: E402
 
 from cliplab.data import storage  # noqa: E402
 from cliplab.data.shardwriter import ShardWriter  # noqa: E402
 from cliplab.data.sources import build_source, spec_for_path  # noqa: E402
 from cliplab.data.webdataset import WebDatasetSource  # noqa: E402
+from objectstore import object_store  # noqa: E402
+from test_train_resume import logged_steps, run_until, train_records  # noqa: E402
 
 COLORS = ("red", "green", "blue", "yellow")
 
@@ -69,9 +69,7 @@ def make_data(root: Path, n: int = 48) -> None:
 
 def same(a, b) -> bool:
     a, b = list(a), list(b)
-    return len(a) == len(b) and all(
-        x.key == y.key and x.members == y.members for x, y in zip(a, b)
-    )
+    return len(a) == len(b) and all(x.key == y.key and x.members == y.members for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +168,9 @@ def test_training_from_s3_resumes_exactly_across_drops(data: Path, tmp_path: Pat
     with object_store() as store:
         url = store.upload(data / "shards", "train")
         remote_config = tmp_path / "remote.toml"
-        remote_config.write_text(TRAIN.format(urls=f"{url}/shard-{{000000..000003}}.tar", steps=steps))
+        remote_config.write_text(
+            TRAIN.format(urls=f"{url}/shard-{{000000..000003}}.tar", steps=steps)
+        )
         env = {**__import__("os").environ, **store.env, "CLIPLAB_STORAGE_BLOCK_SIZE": "65536"}
         out = tmp_path / "remote"
         store.proxy.drop(times=12, after_bytes=30_000, every=2)

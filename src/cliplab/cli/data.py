@@ -273,6 +273,22 @@ def add_curate(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--workers", type=int, default=0, help="processes (default: cores - 1; 1: no pool)"
     )
     parser.add_argument("--chunk-size", type=int, default=2000)
+    parser.add_argument(
+        "--balance",
+        action="store_true",
+        help="MetaCLIP's balancing instead of the hard cap: count matches per query over the "
+        "pool, keep each pair with probability 1 - prod(1 - min(1, t/count)), t = --cap",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="--balance: the draws' seed")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process and a pool (--workers); ray: Ray Data stages",
+    )
+    parser.add_argument(
+        "--address", default=None, help="--engine ray: a cluster (default: start a local one)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="stop after this many texts")
     parser.add_argument(
         "--no-shards", action="store_true", help="shard inputs: write kept.jsonl only"
@@ -308,6 +324,10 @@ def run_curate(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         limit=args.limit,
         write_shards=not args.no_shards,
+        select="balance" if args.balance else "cap",
+        seed=args.seed,
+        engine=args.engine,
+        address=args.address,
     )
     try:
         curate(

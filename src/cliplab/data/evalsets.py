@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any
 
 from PIL import Image
 
+from cliplab.data import storage
 from cliplab.fileio import AtomicDirectory, write_json
 
 __all__ = [
@@ -60,7 +62,7 @@ PLACEHOLDER = "{}"
 class ClassificationFiles:
     """A classification set as read from disk: image paths, labels, names, templates."""
 
-    images: list[Path]
+    images: list[Path | str]  # local paths, or URLs for a set in object storage
     labels: list[int]
     classnames: list[str]
     templates: list[str]
@@ -85,7 +87,7 @@ class ClassificationFiles:
 class RetrievalFiles:
     """A retrieval set as read from disk: image paths, each with one or more captions."""
 
-    images: list[Path]
+    images: list[Path | str]  # local paths, or URLs for a set in object storage
     captions: list[list[str]]
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
@@ -108,8 +110,9 @@ class RetrievalFiles:
         return _open_rgb(self.images[i])
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
+def _open_rgb(path: Path | str) -> Image.Image:
+    source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
+    with Image.open(source) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
@@ -132,15 +135,15 @@ def is_evalset(path: str | os.PathLike[str]) -> bool:
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The set's ``meta.json``."""
-    meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    meta = json.loads(storage.read_text(storage.join(path, "meta.json")))
     if not isinstance(meta, dict):
         raise ValueError(f"{path}/meta.json is not a JSON object")
     return meta
 
 
-def _read_index(root: Path) -> list[dict[str, Any]]:
+def _read_index(root: Path | str) -> list[dict[str, Any]]:
     rows = []
-    with open(root / "index.jsonl", encoding="utf-8") as f:
+    with storage.open_text(storage.join(root, "index.jsonl"), errors="strict") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -151,7 +154,12 @@ def _read_index(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_file(root: Path, rel: str) -> Path:
+def _check_file(root: Path | str, rel: str) -> Path | str:
+    if isinstance(root, str):  # object storage: a plain relative path, never up or out
+        parts = rel.replace("\\", "/").split("/")
+        if rel.startswith("/") or "://" in rel or ".." in parts:
+            raise ValueError(f"{root}: image path {rel!r} leaves the set's directory")
+        return storage.join(root, rel)
     path = (root / rel).resolve()
     if root.resolve() not in path.parents:
         raise ValueError(f"{root}: image path {rel!r} leaves the set's directory")
@@ -160,9 +168,10 @@ def _check_file(root: Path, rel: str) -> Path:
 
 def _load(
     path: str | os.PathLike[str], task: str
-) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    root = Path(path)
-    if not (root / "meta.json").is_file():
+) -> tuple[Path | str, dict[str, Any], list[dict[str, Any]]]:
+    text = os.fspath(path)
+    root: Path | str = text.rstrip("/") if storage.is_remote(text) else Path(text)
+    if not storage.exists(storage.join(root, "meta.json")):
         raise FileNotFoundError(f"{root} is not an evaluation set (no meta.json)")
     meta = read_meta(root)
     if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
@@ -177,10 +186,10 @@ def _load(
 def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles:
     """Read a classification set directory (see the module docstring); checks labels."""
     root, meta, rows = _load(path, "classification")
-    classnames = json.loads((root / "classes.json").read_text(encoding="utf-8"))
+    classnames = json.loads(storage.read_text(storage.join(root, "classes.json")))
     if not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames):
         raise ValueError(f"{root}/classes.json must be a list of strings")
-    templates_data = json.loads((root / "templates.json").read_text(encoding="utf-8"))
+    templates_data = json.loads(storage.read_text(storage.join(root, "templates.json")))
     templates = (
         templates_data.get("templates") if isinstance(templates_data, dict) else templates_data
     )
@@ -192,14 +201,14 @@ def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles
     bad = [y for y in labels if not 0 <= y < len(classnames)]
     if bad:
         raise ValueError(f"{root}: labels outside 0..{len(classnames) - 1}: {bad[:5]}")
-    info_path = root / "class_info.json"
-    class_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else None
+    info_path = storage.join(root, "class_info.json")
+    class_info = json.loads(storage.read_text(info_path)) if storage.exists(info_path) else None
     return ClassificationFiles(
         images=[_check_file(root, r["file"]) for r in rows],
         labels=labels,
         classnames=classnames,
         templates=list(templates),
-        name=str(meta.get("name", root.name)),
+        name=str(meta.get("name", posixpath.basename(os.fspath(root)))),
         meta=meta,
         rows=rows,
         class_info=class_info,
@@ -222,7 +231,7 @@ def load_retrieval_set(path: str | os.PathLike[str]) -> RetrievalFiles:
     return RetrievalFiles(
         images=[_check_file(root, r["file"]) for r in rows],
         captions=captions,
-        name=str(meta.get("name", root.name)),
+        name=str(meta.get("name", posixpath.basename(os.fspath(root)))),
         meta=meta,
         rows=rows,
     )

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: Why a text was dropped, in the order the checks run.
-REASONS = ("empty", "filename", "no-content", "non-english", "no-query", "cap")
+REASONS = ("empty", "filename", "no-content", "non-english", "no-query", "cap", "balance")
 
 
 def _wordlist(text: str) -> list[str]:

@@ -13,11 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cliplab.data import storage
 from cliplab.data.decode import ERROR_MEMBER
 from cliplab.data.manifest import iter_rows, table_format
 from cliplab.data.webdataset import expand_urls, iter_tar_records
 
-__all__ = ["FORMATS", "TEXT_COLUMNS", "Record", "detect_format", "expand_inputs", "read_records"]
+__all__ = [
+    "FORMATS",
+    "TEXT_COLUMNS",
+    "Record",
+    "detect_format",
+    "expand_inputs",
+    "read_file_records",
+    "read_records",
+]
 
 #: Input formats: the manifest tables and ``wds`` (WebDataset tar shards).
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "wds")
@@ -74,16 +83,16 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     for item in inputs:
         if "{" in item:
             out.extend(expand_urls(item))
-        elif Path(item).is_dir():
+        elif storage.is_dir(item):
             for ext in ("csv", "tsv", "jsonl", "parquet", "tar"):
-                out.extend(sorted(str(p) for p in Path(item).glob(f"*.{ext}")))
+                out.extend(storage.list_files(item, f".{ext}"))
         elif any(c in item for c in "*?["):
             out.extend(sorted(glob.glob(item)))
         else:
             out.append(item)
     if not out:
         raise FileNotFoundError(f"no input files in {list(inputs)}")
-    missing = [p for p in out if not p.startswith("pipe:") and not Path(p).exists()]
+    missing = [p for p in out if not storage.exists(p)]
     if missing:
         raise FileNotFoundError(f"no such input file: {', '.join(missing[:5])}")
     return out
@@ -134,10 +143,17 @@ def read_records(
 ) -> Iterator[Record]:
     """Every candidate pair of the inputs, streamed in order."""
     for path in expand_inputs(inputs):
-        kind = detect_format(path) if fmt == "auto" else fmt
-        if kind == "wds":
-            yield from _read_wds(path, text_column)
-        elif kind in FORMATS:
-            yield from _read_table(path, kind, text_column, id_column)
-        else:
-            raise ValueError(f"unknown format {kind!r}; expected one of {', '.join(FORMATS)}")
+        yield from read_file_records(path, fmt, text_column, id_column)
+
+
+def read_file_records(
+    path: str, fmt: str = "auto", text_column: str | None = None, id_column: str | None = None
+) -> Iterator[Record]:
+    """The candidate pairs of one input file, in order (the unit a distributed engine deals)."""
+    kind = detect_format(path) if fmt == "auto" else fmt
+    if kind == "wds":
+        yield from _read_wds(path, text_column)
+    elif kind in FORMATS:
+        yield from _read_table(path, kind, text_column, id_column)
+    else:
+        raise ValueError(f"unknown format {kind!r}; expected one of {', '.join(FORMATS)}")

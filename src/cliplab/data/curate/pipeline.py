@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -34,9 +35,18 @@ from cliplab.data.curate.queries import (
     wordnet_lemmas,
 )
 from cliplab.data.curate.report import curation_report, report_markdown
+from cliplab.data.stream import stable_seed
 from cliplab.fileio import AtomicFile, write_json, write_text
 
-__all__ = ["CurateConfig", "curate", "prepare"]
+__all__ = [
+    "CurateConfig",
+    "balance_draw",
+    "balance_probability",
+    "balance_reason",
+    "checked_local",
+    "curate",
+    "prepare",
+]
 
 
 @dataclass
@@ -60,6 +70,13 @@ class CurateConfig:
     english_vocab: tuple[str, ...] = ()  # without wordfreq: the English vocabulary to use
     workers: int = 0  # 0: one process per CPU core but one; 1: in this process
     chunk_size: int = 2000
+    # "cap": at most `cap` pairs per query, in input order (the paper); "balance": MetaCLIP's
+    # balancing with t = `cap`: count matches per query over the whole pool, then keep each
+    # pair with probability 1 - prod(1 - min(1, t / count_q)) over its queries
+    select: str = "cap"
+    seed: int = 0  # the balancing draws (deterministic per pair id)
+    engine: str = "local"  # "local": this process and a pool; "ray": Ray Data stages
+    address: str | None = None  # a Ray cluster (None: start a local one)
     limit: int | None = None
     write_shards: bool = True
     max_samples_per_shard: int = 10000
@@ -79,6 +96,28 @@ def _check_chunk(texts: list[str]) -> list[tuple[str | None, list[int]]]:
     return [_CHECKER(t) for t in texts]
 
 
+def balance_probability(found: Sequence[int], counts: Sequence[int], t: int) -> float:
+    """MetaCLIP's keep probability for a pair matching queries ``found``: 1 - prod over them
+    of (1 - min(1, t / count_q)), where ``count_q`` is how many pool pairs match query q."""
+    miss = 1.0
+    for q in found:
+        miss *= 1.0 - min(1.0, t / max(counts[q], 1))
+    return 1.0 - miss
+
+
+def balance_draw(seed: int, record_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the seed and the pair's id (any engine, any order)."""
+    return stable_seed("balance", seed, record_id) / float(1 << 63)
+
+
+def balance_reason(
+    record_id: str, found: Sequence[int], counts: Sequence[int], t: int, seed: int
+) -> str | None:
+    """None when a checked pair is kept by balancing, else ``"balance"``."""
+    keep = balance_draw(seed, record_id) < balance_probability(found, counts, t)
+    return None if keep else "balance"
+
+
 def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
     chunk: list[Record] = []
     for r in records:
@@ -88,6 +127,57 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+CheckResult = tuple[str | None, list[int]]
+
+
+def _records(
+    read: tuple[Sequence[str], str, str | None, str | None], limit: int | None
+) -> Iterator[Record]:
+    records = read_records(*read)
+    return records if limit is None else (r for r, _ in zip(records, range(limit)))
+
+
+def checked_local(
+    read: tuple[Sequence[str], str, str | None, str | None],
+    queries: list[str],
+    english: EnglishFilter | None,
+    config: CurateConfig,
+    workers: int,
+    counts: list[int] | None = None,
+) -> Iterator[tuple[Record, CheckResult]]:
+    """Every input record in order with its check ``(reason, query ids)``: in this process
+    (``workers <= 1``) or chunk by chunk in a process pool, at most 2 chunks per worker in
+    flight. With ``counts`` (balancing), a checked pair the draw rejects gets ``"balance"``."""
+
+    def decide(
+        chunk: list[Record], results: list[CheckResult]
+    ) -> Iterator[tuple[Record, CheckResult]]:
+        for record, (reason, found) in zip(chunk, results):
+            if reason is None and counts is not None and record.error is None:
+                reason = balance_reason(record.id, found, counts, config.cap, config.seed)
+            yield record, (reason, found)
+
+    records = _records(read, config.limit)
+    if workers <= 1:
+        _init_worker(queries, english)
+        for chunk in _chunks(records, config.chunk_size):
+            yield from decide(chunk, _check_chunk([r.text for r in chunk]))
+        return
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+    with context.Pool(workers, initializer=_init_worker, initargs=(queries, english)) as pool:
+        pending: deque[tuple[list[Record], Any]] = deque()
+        for chunk in _chunks(records, config.chunk_size):
+            pending.append((chunk, pool.apply_async(_check_chunk, ([r.text for r in chunk],))))
+            while len(pending) > 2 * workers:  # bounded memory
+                done, result = pending.popleft()
+                yield from decide(done, result.get())
+        while pending:
+            done, result = pending.popleft()
+            yield from decide(done, result.get())
 
 
 def _english_filter(
@@ -179,6 +269,26 @@ def curate(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Curate ``inputs`` into ``out`` (kept.jsonl, shards/ for shard inputs, report.json/.md)."""
+    try:
+        return _curate(
+            inputs, out, config, fmt=fmt, text_column=text_column, id_column=id_column, log=log
+        )
+    finally:
+        if "cliplab.data.curate.ray_engine" in sys.modules:
+            sys.modules["cliplab.data.curate.ray_engine"].stop()
+
+
+def _curate(
+    inputs: Sequence[str],
+    out: str | os.PathLike[str],
+    config: CurateConfig | None = None,
+    *,
+    fmt: str = "auto",
+    text_column: str | None = None,
+    id_column: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Curate ``inputs`` into ``out`` (kept.jsonl, shards/ for shard inputs, report.json/.md)."""
     config = config or CurateConfig()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,11 +298,26 @@ def curate(
     )
     queries.save(out_dir / "queries.tsv")
 
-    # the main process reads, applies the cap and writes: it keeps a core for itself
+    if config.select not in ("cap", "balance"):
+        raise ValueError(f"select must be 'cap' or 'balance', got {config.select!r}")
+    if config.engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {config.engine!r}")
+    # the main process applies the cap (or the balancing) and writes; checking runs beside
     workers = config.workers or max(1, (os.cpu_count() or 1) - 1)
-    records = read_records(inputs, fmt, text_column, id_column)
-    if config.limit is not None:
-        records = (r for r, _ in zip(records, range(config.limit)))
+    read = (inputs, fmt, text_column, id_column)
+    if config.engine == "ray":
+        from cliplab.data.curate import ray_engine
+
+        workers = ray_engine.start(config.address, config.workers)
+
+        def checked(counts: list[int] | None = None, light: bool = False) -> Iterator[Any]:
+            return ray_engine.checked(read, queries.queries, english, config, counts, light)
+
+    else:
+
+        def checked(counts: list[int] | None = None, light: bool = False) -> Iterator[Any]:
+            return checked_local(read, queries.queries, english, config, workers, counts)
+
     kept_per_query = [0] * len(queries)
     cap_drops: Counter[int] = Counter()
     reasons: Counter[str] = Counter()
@@ -201,70 +326,57 @@ def curate(
     writer = None
     start = time.perf_counter()
     last_log = start
-
-    def consume(chunk: list[Record], results: list[tuple[str | None, list[int]]]) -> None:
-        nonlocal total, kept, writer
-        for record, (reason, found) in zip(chunk, results):
-            total += 1
-            if record.error is not None:  # a malformed input record, counted by its reason
-                reason = record.error
+    counts: list[int] | None = None
+    if config.select == "balance":  # first pass: matches per query over the whole pool
+        counts = [0] * len(queries)
+        for n, (_, (reason, found)) in enumerate(checked(light=True), 1):
             if reason is None:
+                for q in found:
+                    counts[q] += 1
+            if n % 10000 == 0:
+                last_log = _progress(log, start, last_log, n, 0, config.progress_every, "counted")
+        info["balance_counts"] = {"queries_matched": sum(1 for c in counts if c)}
+        log(f"curate: counted matches of {sum(1 for c in counts if c):,} queries; balancing")
+
+    def consume(record: Record, reason: str | None, found: list[int]) -> None:
+        nonlocal total, kept, writer
+        total += 1
+        if record.error is not None:  # a malformed input record, counted by its reason
+            reason = record.error
+        if reason is None:
+            if counts is not None:  # balanced: the pair counts for its rarest query
+                q = min(found, key=lambda i: (counts[i], i))
+            else:
                 q = min(found, key=lambda i: (kept_per_query[i], i))
                 if kept_per_query[q] >= config.cap:
                     reason = "cap"
                     cap_drops[q] += 1
-                else:
-                    kept_per_query[q] += 1
-                    kept += 1
-                    line = {"id": record.id, "text": record.text, "query": queries.queries[q]}
-                    if record.row is not None:
-                        line["row"] = record.row
-                    if record.members is not None:
-                        line["shard"] = record.shard
-                        if config.write_shards:
-                            writer = writer or _shard_writer(out_dir, config)
-                            writer.write(
-                                f"{kept - 1:09d}", _with_curation(record, queries.queries[q])
-                            )
-                    kept_file.write(json.dumps(line, ensure_ascii=False) + "\n")
-                    continue
-            reasons[reason] += 1
-            bucket = examples.setdefault(reason, [])
-            if len(bucket) < 8:
-                bucket.append(record.text[:200])
+            if reason is None:
+                kept_per_query[q] += 1
+                kept += 1
+                line = {"id": record.id, "text": record.text, "query": queries.queries[q]}
+                if record.row is not None:
+                    line["row"] = record.row
+                if record.members is not None:
+                    line["shard"] = record.shard
+                    if config.write_shards:
+                        writer = writer or _shard_writer(out_dir, config)
+                        writer.write(f"{kept - 1:09d}", _with_curation(record, queries.queries[q]))
+                kept_file.write(json.dumps(line, ensure_ascii=False) + "\n")
+                return
+        reasons[reason] += 1
+        bucket = examples.setdefault(reason, [])
+        if len(bucket) < 8:
+            bucket.append(record.text[:200])
 
     with (
         AtomicFile(out_dir / "kept.jsonl") as kept_path,
         open(kept_path, "w", encoding="utf-8") as kept_file,
     ):
-        if workers <= 1:
-            _init_worker(queries.queries, english)
-            for chunk in _chunks(records, config.chunk_size):
-                consume(chunk, _check_chunk([r.text for r in chunk]))
+        for record, (reason, found) in checked(counts):
+            consume(record, reason, found)
+            if total % 1000 == 0:
                 last_log = _progress(log, start, last_log, total, kept, config.progress_every)
-        else:
-            context = multiprocessing.get_context(
-                "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            )
-            with context.Pool(
-                workers, initializer=_init_worker, initargs=(queries.queries, english)
-            ) as pool:
-                pending: deque[tuple[list[Record], Any]] = deque()
-                for chunk in _chunks(records, config.chunk_size):
-                    pending.append(
-                        (chunk, pool.apply_async(_check_chunk, ([r.text for r in chunk],)))
-                    )
-                    while (
-                        len(pending) > 2 * workers
-                    ):  # bounded: at most 2 chunks per worker in flight
-                        done, result = pending.popleft()
-                        consume(done, result.get())
-                        last_log = _progress(
-                            log, start, last_log, total, kept, config.progress_every
-                        )
-                while pending:
-                    done, result = pending.popleft()
-                    consume(done, result.get())
     shards = writer.close() if writer is not None else None
     seconds = time.perf_counter() - start
     report = curation_report(
@@ -291,12 +403,18 @@ def curate(
 
 
 def _progress(
-    log: Callable[[str], None], start: float, last: float, total: int, kept: int, every: float
+    log: Callable[[str], None],
+    start: float,
+    last: float,
+    total: int,
+    kept: int,
+    every: float,
+    what: str = "texts",
 ) -> float:
     now = time.perf_counter()
     if now - last < every:
         return last
-    log(f"curate: {total:,} texts, {total / max(now - start, 1e-9):,.0f} texts/s, kept {kept:,}")
+    log(f"curate: {total:,} {what}, {total / max(now - start, 1e-9):,.0f} texts/s, kept {kept:,}")
     return now
 
 

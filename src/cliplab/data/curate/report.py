@@ -45,6 +45,8 @@ def curation_report(
         "queries_hit": len(hit),
         "queries_at_cap": len(at_cap),
         "cap": config.cap,
+        "select": getattr(config, "select", "cap"),
+        "engine": getattr(config, "engine", "local"),
         "cap_effects": {
             "dropped_by_cap": reasons.get("cap", 0),
             "queries_at_cap": at_cap[:50],
@@ -66,7 +68,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         "# Curation report",
         "",
         f"- texts: {r['texts']:,}; kept: {r['kept']:,} ({r['kept_fraction']:.1%})",
-        f"- speed: {r['texts_per_second']:,.0f} texts/s with {r['workers']} worker(s), {r['seconds']} s (query list prepared in {r['prepare_seconds']} s)",
+        f"- speed: {r['texts_per_second']:,.0f} texts/s with {r['workers']} worker(s) ({r.get('engine', 'local')} engine), {r['seconds']} s (query list prepared in {r['prepare_seconds']} s)",
+        f"- selection: {'MetaCLIP balancing, t' if r.get('select') == 'balance' else 'hard cap'} = {r['cap']:,}",
         f"- queries: {r['queries']}; hit: {r['queries_hit']:,}; at the cap of {r['cap']:,}: {r['queries_at_cap']:,}",
         "",
         "## Drops by reason",
