@@ -10,7 +10,9 @@ set or the new one. Loading uses ``torch.load(weights_only=True)``: no code runs
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,10 @@ from cliplab.fileio import atomic_write
 
 FORMAT = "cliplab-train"
 VERSION = 1
-_NAME = re.compile(r"^step_(\d+)\.pt$")
+_NAME = re.compile(r"^step_(\d+)\.(pt|dcp)$")
+#: The file of a sharded checkpoint (a ``step_N.dcp`` folder) that holds everything but the
+#: model and optimiser (which ``torch.distributed.checkpoint`` writes as shards beside it).
+EXTRA = "extra.pt"
 
 
 class NonFiniteCheckpointError(RuntimeError):
@@ -35,6 +40,11 @@ def checkpoint_dir(output: Path) -> Path:
 
 def checkpoint_path(output: Path, step: int) -> Path:
     return checkpoint_dir(output) / f"step_{step:08d}.pt"
+
+
+def has_checkpoint(output: Path, step: int) -> bool:
+    """Whether the checkpoint of ``step`` exists (a file, or a sharded folder)."""
+    return any(s == step for s, _ in list_checkpoints(output))
 
 
 def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
@@ -51,17 +61,20 @@ def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
 
 
 def remove_partial_writes(output: Path) -> int:
-    """Delete temporary files left by a writer that was killed (in the output directory and
-    its checkpoints); returns how many."""
+    """Delete temporary files (and sharded-checkpoint folders) left by a writer that was
+    killed (in the output directory and its checkpoints); returns how many."""
     stale = [
         p
         for directory in (Path(output), checkpoint_dir(output))
         if directory.is_dir()
         for p in directory.iterdir()
-        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()
+        if p.name.startswith(".") and p.name.endswith(".tmp")
     ]
     for p in stale:
-        p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return len(stale)
 
 
@@ -104,14 +117,108 @@ def save_checkpoint(output: Path, step: int, state: dict[str, Any], keep: int) -
     path = checkpoint_path(output, step)
     payload = {"format": FORMAT, "version": VERSION, "step": step, **state}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    for _, old in list_checkpoints(output)[:-keep]:
-        old.unlink(missing_ok=True)
+    prune(output, keep)
     return path
 
 
+def prune(output: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints (files or sharded folders)."""
+    for _, old in list_checkpoints(output)[:-keep]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def save_sharded_checkpoint(
+    output: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+    keep: int,
+    is_main: bool,
+) -> Path:
+    """A sharded checkpoint (FSDP): ``step_N.dcp/`` holds every rank's shards of the model and
+    optimiser (``torch.distributed.checkpoint``) and ``extra.pt`` (the rest, plain data).
+    Collective: every rank calls it. Written in a temporary folder renamed at the end (by
+    rank 0, after all ranks finished), so a crash leaves the previous checkpoints whole."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.tensor import DTensor
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    bad = torch.zeros(1)
+    for _, t in _tensors({"model": model_state, "optimizer": optim_state}):
+        local = t.to_local() if isinstance(t, DTensor) else t
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            bad += 1
+    if dist.is_initialized():
+        dist.all_reduce(bad)
+    if bad.item():
+        raise NonFiniteCheckpointError(
+            f"not writing the checkpoint of step {step}: non-finite values in the model or optimiser"
+        )
+    final = checkpoint_dir(output) / f"step_{step:08d}.dcp"
+    tmp = final.with_name(f".{final.name}.tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if dist.is_initialized():
+        dist.barrier()
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    if dist.is_initialized():
+        dist.barrier()
+    if is_main:
+        payload = {"format": FORMAT, "version": VERSION, "step": step, "sharded": True, **extra}
+        atomic_write(tmp / EXTRA, lambda path: torch.save(payload, path))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune(output, keep)
+    if dist.is_initialized():
+        dist.barrier()
+    return final
+
+
+def load_sharded_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """Load a sharded checkpoint's model (and optimiser) into ``model``: sharded with FSDP on
+    any number of ranks, wrapped in DDP, or a plain model in one process (no process group
+    needed). Tensors are read, never unpickled."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    if optimizer is None:
+        state = {"model": get_model_state_dict(model)}
+        dcp.load(state, checkpoint_id=str(path))
+        set_model_state_dict(model, state["model"])
+        return
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read one checkpoint (tensors on the CPU); raises on a damaged or foreign file."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Read one checkpoint (tensors on the CPU); raises on a damaged or foreign file. For a
+    sharded checkpoint this is its ``extra.pt`` (``"sharded": True``, ``"path"``): the model
+    and optimiser are loaded with :func:`load_sharded_checkpoint`."""
+    if Path(path).is_dir():
+        state = torch.load(Path(path) / EXTRA, map_location="cpu", weights_only=True)
+        if isinstance(state, dict):
+            state["path"] = str(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a cliplab training checkpoint")
     if state.get("version") != VERSION:

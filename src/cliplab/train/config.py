@@ -156,6 +156,9 @@ class TrainSection:
     grad_checkpointing: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
+    # several processes: "ddp" replicates the model; "fsdp" shards each transformer block
+    # (FSDP2 fully_shard) and writes sharded checkpoints (torch.distributed.checkpoint)
+    parallelism: str = "ddp"
     loss: str = "plain"  # "chunked": the same, in O(N) memory; "siglip": the sigmoid loss
     loss_chunk_size: int = 4096
     patch_dropout: float = 0.0  # FLIP: fraction of image patches dropped in training (ViT)
@@ -175,6 +178,12 @@ class TrainSection:
         _choice("train", "precision", self.precision, PRECISIONS)
         _choice("train", "loss", self.loss, LOSSES)
         _choice("train", "device", self.device, DEVICES)
+        _choice("train", "parallelism", self.parallelism, ("ddp", "fsdp"))
+        if self.parallelism == "fsdp" and (self.compile or self.accum_steps > 1):
+            raise ValueError(
+                'train.parallelism = "fsdp" does not yet combine with train.compile or '
+                "train.accum_steps > 1 (use ddp for those)"
+            )
         if not 0 <= self.patch_dropout < 1:
             raise ValueError(f"train.patch_dropout must be in [0, 1), got {self.patch_dropout}")
         _at_least("train", 0, low_res_size=self.low_res_size)

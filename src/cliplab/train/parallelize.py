@@ -1,5 +1,5 @@
 """Memory and speed options applied to a model from outside its files (as torchtitan's
-``parallelize``): activation checkpointing, ``torch.compile`` and DDP.
+``parallelize``): activation checkpointing, ``torch.compile``, DDP and FSDP2.
 
 The model files stay architecture-only, and the state-dict keys never change: checkpointing
 replaces each block's ``forward`` on the instance, and compile/DDP wrap ``Towers``, a view
@@ -95,3 +95,59 @@ def wrap_ddp(towers: nn.Module, device: torch.device) -> nn.Module:
 
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(towers, device_ids=device_ids)
+
+
+def sharded_units(model: CLIP) -> list[nn.Module]:
+    """What FSDP shards as one unit each: every transformer block of both towers, or for a
+    ResNet image tower each of its four stages."""
+    units: list[nn.Module] = list(model.text.transformer.resblocks)
+    visual = model.visual
+    if isinstance(visual, VisionTransformer):
+        units += list(visual.transformer.resblocks)
+    elif isinstance(visual, ModifiedResNet):
+        units += [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+    else:
+        raise TypeError(f"no sharding rule for image tower {type(visual).__name__}")
+    return units
+
+
+def apply_fsdp(towers: Towers, model: CLIP, precision: str = "fp32") -> nn.Module:
+    """FSDP2 (``fully_shard``): each unit of :func:`sharded_units` is sharded on its own
+    (gathered just before its forward and backward, freed after), the rest of the towers as
+    the root unit. Parameters stay fp32 masters; with ``precision`` bf16/fp16 they are
+    gathered and computed in that dtype, gradients reduced in fp32. The logit scale and bias
+    are not in the towers: they stay replicated (the trainer averages their gradients)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for unit in sharded_units(model):
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(towers, mp_policy=policy)
+    return towers
+
+
+def sharded_bytes_per_rank(
+    model: nn.Module, world_size: int, optimizer_states: int = 2
+) -> dict[str, float]:
+    """Parameter, gradient and AdamW-state bytes one rank holds (fp32), replicated (DDP) vs
+    sharded on dim 0 as FSDP2 does (each tensor padded to a multiple of ``world_size`` rows);
+    works on a model built on the meta device."""
+    full = sharded = 0
+    for p in model.parameters():
+        n = p.numel()
+        full += n
+        if p.dim() == 0:
+            sharded += n
+            continue
+        rows = p.shape[0]
+        per_row = n // max(rows, 1)
+        sharded += -(-rows // world_size) * per_row
+    per = 4 * (2 + optimizer_states)  # param + grad + states, fp32
+    return {
+        "parameters": full,
+        "ddp_bytes": full * per,
+        "fsdp_bytes": sharded * per,
+        "fsdp_param_bytes": sharded * 4,
+        "fsdp_optimizer_bytes": sharded * 4 * optimizer_states,
+    }

@@ -62,6 +62,7 @@ from cliplab.train.logs import MetricsLogger, Progress, peak_memory_mb, plot_cur
 from cliplab.train.optim import build_optimizer, build_scheduler
 from cliplab.train.parallelize import (
     Towers,
+    apply_fsdp,
     apply_gradient_checkpointing,
     compile_towers,
     trim_tokens,
@@ -174,7 +175,10 @@ class Trainer:
         towers: torch.nn.Module = self.plain_towers
         if tc.compile:
             towers = compile_towers(towers, self.model, tc.compile_backend)
-        if self.env.distributed:
+        self.fsdp = self.env.distributed and tc.parallelism == "fsdp"
+        if self.fsdp:
+            towers = apply_fsdp(self.plain_towers, self.model, self.precision)
+        elif self.env.distributed:
             towers = wrap_ddp(towers, device)
         self.towers = towers
 
@@ -247,6 +251,8 @@ class Trainer:
     def _grad_norm(self) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.optim.grad_clip_norm
+        if self.fsdp:
+            return _sharded_grad_norm(params, clip)
         if clip > 0:
             return torch.nn.utils.clip_grad_norm_(params, clip)
         return torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -321,12 +327,18 @@ class Trainer:
         return None
 
     # -- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (every rank's RNG and data position too)."""
+    def state_dict(self, include_weights: bool = True) -> dict[str, Any]:
+        """Everything needed to continue exactly (every rank's RNG and data position too).
+        ``include_weights=False``: all but the model and optimiser (a sharded checkpoint
+        writes those itself)."""
         per_rank = all_gather_objects({"rng": rng_state(), "data": self.loader.state_dict()})
+        weights = (
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            if include_weights
+            else {}
+        )
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **weights,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "counters": dict(self.counters),
@@ -341,8 +353,11 @@ class Trainer:
                 f"the checkpoint was written by {state['world_size']} processes and this run has "
                 f"{self.env.world_size}; exact resumption needs the same number"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded"):  # FSDP's folder: into FSDP, DDP or one process alike
+            ckpt.load_sharded_checkpoint(Path(state["path"]), self.model, self.optimizer)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -353,6 +368,17 @@ class Trainer:
         set_rng_state(mine["rng"])
 
     def save_checkpoint(self) -> Path | None:
+        if self.fsdp:
+            extra = self.state_dict(include_weights=False)  # collective
+            return ckpt.save_sharded_checkpoint(
+                self.output,
+                self.step,
+                self.model,
+                self.optimizer,
+                extra,
+                self.config.checkpoint.keep,
+                self.env.is_main,
+            )
         state = self.state_dict()  # collective: every rank takes part
         path = None
         if self.env.is_main:
@@ -378,6 +404,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Run every evaluator on rank 0 (the others wait); returns the merged metrics."""
         results: dict[str, float] = {}
+        if self.fsdp and self.evaluators:  # a sharded model cannot run on rank 0 alone
+            model = self.gathered_model()  # collective
+            if model is not None:
+                with torch.no_grad():
+                    for evaluator in self.evaluators:
+                        results.update(evaluator(model.eval(), self.step))
+            barrier()
+            return results
         if self.env.is_main and self.evaluators:
             self.model.eval()
             try:
@@ -388,6 +422,25 @@ class Trainer:
                 self.model.train()
         barrier()
         return results
+
+    def gathered_model(self) -> torch.nn.Module | None:
+        """The whole model as a plain module on rank 0 (None elsewhere); collective under
+        FSDP (the shards are gathered), ``self.model`` otherwise."""
+        if not self.fsdp:
+            return self.model if self.env.is_main else None
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        state = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if not self.env.is_main:
+            return None
+        plain = create_model(self.config.model.name, **model_overrides(self.config))
+        plain.load_state_dict(state)
+        return plain
 
     # -- the loop --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -455,8 +508,9 @@ class Trainer:
             )
             if already_done:
                 progress.write(f"the run in {out} is already complete ({self.step} steps)")
+                final = self.gathered_model()
                 if main and not (out / "model").exists():
-                    save_model(self.model, out / "model")
+                    save_model(final, out / "model")
             elif summary["status"] == "complete":
                 summary["eval"] = self._finish(logger)
         finally:
@@ -506,12 +560,36 @@ class Trainer:
         results = self.evaluate()
         if results:
             logger.log("eval", self.step, results)
-        if not ckpt.checkpoint_path(self.output, self.step).exists():
+        if not ckpt.has_checkpoint(self.output, self.step):
             self.save_checkpoint()
+        final = self.gathered_model()  # collective under FSDP
         if self.env.is_main:
-            save_model(self.model, self.output / "model")
+            save_model(final, self.output / "model")
             logger.close()
             if self.config.log.plots:
                 plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")
         barrier()
         return results
+
+
+def _sharded_grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """The global gradient norm over sharded (DTensor) and replicated gradients, clipped to
+    ``clip`` as ``clip_grad_norm_`` does (coefficient max / (norm + 1e-6), at most 1)."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        g = p.grad
+        if isinstance(g, DTensor):
+            sharded += g.to_local().double().pow(2).sum()
+        else:
+            replicated += g.double().pow(2).sum()
+    all_reduce_sum(sharded)
+    norm = (sharded + replicated).sqrt().float()
+    if clip > 0:
+        coefficient = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        for p in params:
+            g = p.grad
+            (g.to_local() if isinstance(g, DTensor) else g).mul_(coefficient)
+    return norm

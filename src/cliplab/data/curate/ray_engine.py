@@ -151,7 +151,7 @@ def checked(
             "chunk": config.chunk_size,
         },
         batch_size=1,
-        concurrency=(1, max(1, cpus)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
     )
     if config.limit is not None:
         ds = ds.limit(config.limit)
@@ -166,7 +166,7 @@ def checked(
             "light": light,
         },
         batch_size=config.chunk_size,
-        concurrency=(1, cpus),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         blobs = batch.get("record")
