@@ -74,13 +74,21 @@ def write(tmp_path: Path, name: str, steps: int, interval: int) -> Path:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_two_ranks_under_torchrun_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_ranks_under_torchrun_equal_one_process_on_the_whole_batch(
+    tmp_path: Path, parallelism: str
+) -> None:
     steps = 3
-    config_path = write(tmp_path, "run", steps, 10)
+    config_path = write(tmp_path, "run", steps, 2)
     out = tmp_path / "torchrun"
-    done = subprocess.run(torchrun(config_path, out), capture_output=True, text=True, env=ENV)
+    command = [*torchrun(config_path, out), "--set", f'train.parallelism="{parallelism}"']
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == steps
+    suffix = ".dcp" if parallelism == "fsdp" else ".pt"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"step_0000000{s}{suffix}" for s in (2, 3)
+    ]
 
     # one process, on the union of the two ranks' batches (each rank's loader, rebuilt here)
     config = load_config(config_path, [f'output="{tmp_path / "single"}"'])

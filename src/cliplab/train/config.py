@@ -248,6 +248,7 @@ RESUMABLE_CHANGES = (
     "train.epochs",
     "train.threads",
     "train.max_nonfinite",
+    "train.parallelism",  # the same maths sharded or replicated; checkpoints load either way
     "checkpoint.",
     "log.",
     "eval.",
