@@ -276,3 +276,36 @@ def test_search_cli_text_image_and_captions(tmp_path: Path, capsys) -> None:
         ["search", str(tmp_path / "nope"), "x"],
     ):
         assert main(bad) == 2, bad
+
+
+def test_ray_engine_writes_the_same_collection(tmp_path: Path) -> None:
+    """`cliplab embed --engine ray` on a local Ray cluster (decode tasks, a model actor): the
+    same parts, ids, metadata, failures and vectors as the local engine; then it resumes."""
+    ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'cliplab[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # both runs use it
+    try:
+        _ray_engine_same_collection(tmp_path)
+    finally:
+        ray.shutdown()
+
+
+def _ray_engine_same_collection(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "pics")
+    argv = ["embed", str(folder), "--model", MODEL, "--batch-size", "4", "--part-size", "8"]
+    argv += ["--quiet"]
+    ray_argv = [*argv, "--workers", "2", "--engine", "ray", "--out", str(tmp_path / "ray")]
+    # exit status 1: done, with bad records skipped (the folder has two)
+    assert main([*argv, "--workers", "0", "--out", str(tmp_path / "local")]) == 1
+    assert main(ray_argv) == 1
+    a, b = Collection(tmp_path / "local"), Collection(tmp_path / "ray")
+    assert len(b) == 30 and b.records == 32 and len(a.parts) == len(b.parts)
+    assert np.array_equal(a.image_embeddings(), b.image_embeddings())
+    assert np.array_equal(a.text_embeddings(), b.text_embeddings())
+    assert a.metadata.equals(b.metadata)
+    failures = [(tmp_path / d / "failures.jsonl").read_text() for d in ("local", "ray")]
+    assert failures[0] == failures[1] and failures[0]
+    # a lost part is re-embedded by the ray engine too
+    (tmp_path / "ray" / "parts" / "000003.json").unlink()
+    assert main(ray_argv) == 0  # the bad records were in the parts kept
+    c = Collection(tmp_path / "ray")
+    assert np.array_equal(a.image_embeddings(), c.image_embeddings())

@@ -75,6 +75,16 @@ def add_embed(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-captions", action="store_true", help="embed images only")
     p.add_argument("--part-size", type=int, default=10_000, help="images per part (resume unit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: decoding processes and the model here; ray: Ray Data decode tasks "
+        "feeding model actors (one per GPU)",
+    )
+    p.add_argument(
+        "--address", default=None, help="--engine ray: a cluster (default: start a local one)"
+    )
     p.set_defaults(run=run_embed)
 
 
@@ -111,6 +121,8 @@ def run_embed(args: argparse.Namespace) -> int:
         captions=not args.no_captions,
         part_size=args.part_size,
         progress=not args.quiet,
+        engine=args.engine,
+        address=args.address,
     )
     failed = sum(result.failures.values())
     print(

@@ -280,10 +280,17 @@ def embed(
     part_size: int = 10_000,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    engine: str = "local",
+    address: str | None = None,
 ) -> EmbedResult:
     """Embed the source into the collection ``out`` (created, or resumed; see the module
     docstring). ``model_spec`` and ``model_settings`` are what ``cliplab.load`` takes to
-    load the model again at query time; its fingerprint is checked then."""
+    load the model again at query time; its fingerprint is checked then.
+
+    ``engine="ray"`` runs the same job on Ray Data (:mod:`cliplab.search.ray_embed`): decode
+    tasks feeding model actors (one per GPU where the cluster has GPUs), the outputs written
+    here in order, the same as this process would write; ``address`` names a cluster and
+    ``workers`` caps the decode tasks."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if part_size < 1 or batch_size < 1:
@@ -317,8 +324,6 @@ def embed(
     result = EmbedResult(out, resumed_from=done.records)
     writer = _PartWriter(out, len(done.parts), dtype, captions, info["dim"])
     next_id = len(done)
-    dataset = _DecodedBatches(spec, preprocess, done.records, batch_size, captions)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
     total = _count(spec)
     if done.records:
         log(
@@ -326,22 +331,38 @@ def embed(
         )
     start = time.perf_counter()
     meter = _Meter(None if total is None else total - done.records, progress)
-    for batch in loader:
-        meter.update(len(batch.items))
-        items = batch.items
+    if engine == "ray":
+        from cliplab.search import ray_embed
+
+        encoded = ray_embed.encoded_batches(
+            spec,
+            preprocess,
+            model,
+            done.records,
+            batch_size,
+            captions,
+            info["dim"],
+            address,
+            workers,
+        )
+    elif engine == "local":
+        dataset = _DecodedBatches(spec, preprocess, done.records, batch_size, captions)
+        loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+        encoded = (encode_batch(model, batch, captions, info["dim"]) for batch in loader)
+    else:
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    for items, image_features, text_features in encoded:
+        meter.update(len(items))
         good = [it for it in items if it.reason is None]
         for it in items:
             if it.reason is not None:
                 writer.failures[it.reason] += 1
                 result.failures[it.reason] += 1
                 writer.failed.append({"key": it.key, "path": it.path or "", "reason": it.reason})
-        if batch.pixels is not None:
-            pixels = batch.pixels
-            with autocast_for(device):
-                features = model.encode_image(pixels.to(device, model_dtype(model)))
-            writer.images.append(F.normalize(features.float(), dim=-1).cpu().numpy())
+        if image_features is not None:
+            writer.images.append(image_features)
             if captions:
-                writer.texts.append(_caption_features(model, good, writer.dim))
+                writer.texts.append(text_features)
             writer.meta += [
                 {
                     "key": it.key,
@@ -403,6 +424,23 @@ class _Meter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@torch.no_grad()
+def encode_batch(
+    model: torch.nn.Module, batch: _Batch, captions: bool, dim: int
+) -> tuple[list[_Item], np.ndarray | None, np.ndarray | None]:
+    """A decoded batch -> (its items, normalised image features of the good ones, their
+    caption features): the model step both engines share."""
+    if batch.pixels is None:
+        return batch.items, None, None
+    device = model_device(model)
+    with autocast_for(device):
+        features = model.encode_image(batch.pixels.to(device, model_dtype(model)))
+    images = F.normalize(features.float(), dim=-1).cpu().numpy()
+    good = [it for it in batch.items if it.reason is None]
+    texts = _caption_features(model, good, dim) if captions else None
+    return batch.items, images, texts
 
 
 def _caption_features(model: torch.nn.Module, items: list[_Item], dim: int) -> np.ndarray:
