@@ -190,3 +190,69 @@ def test_training_from_s3_resumes_exactly_across_drops(data: Path, tmp_path: Pat
     ours = load_file(out / "model" / "model.safetensors")
     ref = load_file(reference / "model" / "model.safetensors")
     assert [k for k in ref if not torch.equal(ours[k], ref[k])] == []
+
+
+def test_curation_eval_sets_and_embed_read_s3(data: Path, tmp_path: Path) -> None:
+    """`cliplab data curate`, an evaluation set and `cliplab embed` on s3:// inputs give what
+    they give on the same files on disk."""
+    from PIL import Image
+
+    import cliplab
+    from cliplab.cli import main
+    from cliplab.data.evalsets import EvalSetWriter, load_classification_set
+    from cliplab.encode import encode_images
+    from cliplab.evaluation.datasets import load_classification
+    from cliplab.search.collection import Collection
+
+    with EvalSetWriter(
+        data / "evalset", "classification", name="colours", classnames=list(COLORS),
+        templates=["a photo of a {}."],
+    ) as writer:  # fmt: skip
+        for i in range(8):
+            writer.add(Image.open(io.BytesIO(png(i, 32))), label=i % 4)
+    queries = tmp_path / "queries.txt"
+    queries.write_text("red\ngreen\nblue\nsquare\n")
+    with object_store() as store:
+        url = store.upload(data, "all")
+        # curation: the same kept pairs
+        common = ["--queries", str(queries), "--no-wordfreq", "--no-wordnet", "--bigrams", "0"]
+        common += ["--workers", "1", "--cap", "5"]
+        for name, source in (("local", str(data / "manifest.csv")), ("s3", f"{url}/manifest.csv")):
+            args = ["data", "curate", source, "--out", str(tmp_path / f"curate-{name}")]
+            assert main([*args, *common]) == 0
+        kept = [(tmp_path / f"curate-{n}" / "kept.jsonl").read_text() for n in ("local", "s3")]
+        assert kept[0] == kept[1] and kept[0].count("\n") == 20  # 5 each: red, green, blue, square
+        # an evaluation set
+        remote, local = (load_classification_set(u) for u in (f"{url}/evalset", data / "evalset"))
+        assert remote.labels == local.labels and remote.classnames == local.classnames
+        assert all(str(i).startswith("s3://") for i in remote.images)
+        model, preprocess = cliplab.load("random:tiny-vit")
+        a = encode_images(model, load_classification(f"{url}/evalset").images, preprocess)
+        b = encode_images(model, local.images, preprocess)
+        assert torch.equal(a, b)
+        # embed: the same collection from the S3 manifest
+        for name, source in (("local", str(data / "manifest.csv")), ("s3", f"{url}/manifest.csv")):
+            argv = ["embed", source, "--model", "random:tiny-vit", "--batch-size", "8"]
+            assert main([*argv, "--quiet", "--out", str(tmp_path / f"embed-{name}")]) == 0
+        c = [Collection(tmp_path / f"embed-{n}") for n in ("local", "s3")]
+        assert len(c[1]) == 48 and np.array_equal(c[0].image_embeddings(), c[1].image_embeddings())
+
+
+def test_https_shards(data: Path) -> None:
+    """Shards over plain HTTP (a real server on 127.0.0.1): https:// works the same way."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/shards"
+        remote = WebDatasetSource(f"{base}/shard-{{000000..000003}}.tar")
+        local = WebDatasetSource(str(data / "shards/shard-{000000..000003}.tar"))
+        assert remote.num_samples() == 48  # from the stats JSONs beside the shards
+        assert same(remote.scan(), local.scan())
+    finally:
+        server.shutdown()

@@ -34,7 +34,6 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -285,14 +284,17 @@ def load_image(
 def read_image_file(
     path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
-    """A loaded image from a file, or ``BadSample``: ``missing-file``, ``unreadable-file``
-    (a directory, no permission) or any reason of :func:`load_image`."""
+    """A loaded image from a file (a local path or a URL: ``cliplab.data.storage``), or
+    ``BadSample``: ``missing-file``, ``unreadable-file`` (a directory, no permission, a
+    connection that failed every retry) or any reason of :func:`load_image`."""
+    from cliplab.data import storage
+
     try:
-        data = Path(path).read_bytes()
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise BadSample("missing-file", str(path)) from None
-    except OSError as e:
-        raise BadSample("unreadable-file", f"{path}: {e.strerror or e}") from None
+    except (OSError, ImportError) as e:
+        raise BadSample("unreadable-file", f"{path}: {getattr(e, 'strerror', None) or e}") from None
     return load_image(data, max_pixels=max_pixels)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from cliplab.data.storage import is_remote
 from cliplab.encode import ImageLike
 
 __all__ = [
@@ -45,6 +46,8 @@ def images_fingerprint(images: Sequence[ImageLike] | torch.Tensor) -> str:
         if isinstance(item, Image.Image):
             h.update(f"pil:{item.mode}:{item.size}:".encode())
             h.update(item.tobytes())
+        elif is_remote(item):  # object storage: by URL (no request per image)
+            h.update(f"url:{item}".encode())
         else:
             path = Path(item).resolve()
             try:
