@@ -552,7 +552,7 @@ def test_real_captions_with_wordfreq(tmp_path):
 
 
 def test_balance_probability_is_metaclips_formula():
-    from cliplab.data.curate.pipeline import balance_draw, balance_probability
+    from cliplab.data.curate.balance import balance_draw, balance_probability
 
     counts = [10, 40, 100_000]
     assert balance_probability([0], counts, 20) == 1.0  # a rare query keeps everything
@@ -630,8 +630,8 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("select", ["cap", "balance"])
-def test_ray_engine_keeps_the_same_set(tmp_path, wordnet, ray_cluster, select):
+@pytest.mark.parametrize(("select", "limit"), [("cap", None), ("balance", None), ("cap", 150)])
+def test_ray_engine_keeps_the_same_set(tmp_path, wordnet, ray_cluster, select, limit):
     """On a local Ray cluster, for CSV and WebDataset inputs over several files, the kept set
     (ids, texts, queries, order, and the shards) equals the local engine's."""
     from cliplab.data.shardwriter import ShardWriter
@@ -643,7 +643,7 @@ def test_ray_engine_keeps_the_same_set(tmp_path, wordnet, ray_cluster, select):
             text = ["a cat number", "a zebra number", "DSC0001.jpg"][i % 3] + f" {i}"
             writer.write(f"{i:04d}", {"png": b"\x89PNG fake %d" % i, "txt": text})
     inputs = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), str(tmp_path / "shards")]
-    config = dict(select=select, chunk_size=50)
+    config = dict(select=select, chunk_size=50, limit=limit)
     local, remote = tmp_path / "local", tmp_path / "ray"
     ours = curate.curate(
         inputs, local, _balance_config(wordnet, **config), id_column="id", log=lambda *_: None
@@ -658,6 +658,9 @@ def test_ray_engine_keeps_the_same_set(tmp_path, wordnet, ray_cluster, select):
     assert (local / "kept.jsonl").read_text() == (remote / "kept.jsonl").read_text()
     assert ours["dropped"] == theirs["dropped"] and ours["kept"] == theirs["kept"] > 0
     assert ray_cluster.is_initialized()  # a cluster the caller started is left running
+    if limit is not None:
+        assert ours["texts"] == theirs["texts"] == limit
+        return
     from cliplab.data.webdataset import WebDatasetSource
 
     shards = [sorted((d / "shards").glob("*.tar")) for d in (local, remote)]

@@ -230,6 +230,8 @@ def test_curation_eval_sets_and_embed_read_s3(data: Path, tmp_path: Path) -> Non
         a = encode_images(model, load_classification(f"{url}/evalset").images, preprocess)
         b = encode_images(model, local.images, preprocess)
         assert torch.equal(a, b)
+        argv = ["eval", "zeroshot", "--model", "random:tiny-vit", "--no-cache", "--quiet"]
+        assert main([*argv, "--dataset", f"{url}/evalset"]) == 0
         # embed: the same collection from the S3 manifest
         for name, source in (("local", str(data / "manifest.csv")), ("s3", f"{url}/manifest.csv")):
             argv = ["embed", source, "--model", "random:tiny-vit", "--batch-size", "8"]

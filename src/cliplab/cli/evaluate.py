@@ -139,7 +139,7 @@ def add_protocol_parser(subparsers: argparse._SubParsersAction, protocol: Protoc
         p.add_argument(
             _flag(i.name),
             dest=f"input_{i.name}",
-            type=Path,
+            type=str,  # a folder, or a URL (s3://...: a Path would fold its "//")
             nargs="+" if i.many else None,
             required=i.required,
             help=i.help,

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,101 +24,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load_image
 from cliplab.data.sources import SourceSpec
-from cliplab.data.stream import BadSample, RawSample, scan
+from cliplab.data.stream import RawSample
 from cliplab.encode import (
-    autocast_for,
-    encode_texts,
     model_device,
     model_dtype,
     model_fingerprint,
 )
 from cliplab.fileio import atomic_write, write_json
+from cliplab.search.batches import Batch, decode, encode_batch, records
 from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
 
 __all__ = ["EmbedResult", "embed"]
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-@dataclass
-class _Item:
-    """One record after decoding: pixels, or the reason it could not be embedded."""
-
-    key: str
-    path: str | None
-    pixels: torch.Tensor | None
-    caption: str | None = None
-    width: int = 0
-    height: int = 0
-    reason: str | None = None
-
-
-def _records(
-    source: Any, start: int, keep: Callable[[int], bool]
-) -> Iterator[tuple[RawSample, str | None]]:
-    """(record, the image's file or shard) of the records from ``start`` on whose position
-    (counted from ``start``) ``keep`` accepts, in source order. Row sources (folders, CSV)
-    read only those; streams (shards) are read through and the others dropped."""
-    if callable(getattr(source, "record", None)) and hasattr(source, "__len__"):
-        location = getattr(source, "location", None)
-        for i in range(start, len(source)):
-            if keep(i - start):
-                yield source.record(i), location(i) if callable(location) else None
-        return
-    urls = getattr(source, "urls", None)
-    if urls is not None:  # WebDataset: remember the shard of each record
-        from cliplab.data.webdataset import iter_tar_records
-
-        index = 0
-        for url in urls:
-            for record in iter_tar_records(url, getattr(source, "name", "")):
-                if index >= start and keep(index - start):
-                    yield record, url
-                index += 1
-        return
-    for index, record in enumerate(scan(source)):
-        if index >= start and keep(index - start):
-            yield record, None
-
-
-def _decode(
-    record: RawSample, path: str | None, preprocess: Callable[[Any], torch.Tensor], captions: bool
-) -> _Item:
-    item = _Item(record.key, path, None)
-    try:
-        marker = record.members.get(ERROR_MEMBER)
-        if marker is not None:
-            raise BadSample(marker.decode("utf-8", "replace").partition("\n")[0] or "malformed")
-        ext = image_member(record.members)
-        if ext is None:
-            raise BadSample("no-image")
-        image = load_image(record.members[ext])
-        item.width, item.height = image.size
-        with warnings.catch_warnings():  # Pillow on palette transparency: converted anyway
-            warnings.simplefilter("ignore", UserWarning)
-            item.pixels = preprocess(image)
-    except BadSample as e:
-        item.reason = e.reason
-        return item
-    if captions:
-        try:
-            item.caption = decode_caption(record, random.Random(0))
-        except BadSample:
-            item.caption = None
-    return item
-
-
-@dataclass
-class _Batch:
-    """Decoded items in order, and the stacked pixels of those without a ``reason``."""
-
-    items: list[_Item]
-    pixels: torch.Tensor | None
 
 
 class _DecodedBatches(IterableDataset):
@@ -141,7 +60,7 @@ class _DecodedBatches(IterableDataset):
         self.batch_size = batch_size
         self.captions = captions
 
-    def __iter__(self) -> Iterator[_Batch]:
+    def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         size = self.batch_size
@@ -150,7 +69,7 @@ class _DecodedBatches(IterableDataset):
             return (position // size) % workers == worker
 
         batch: list[tuple[RawSample, str | None]] = []
-        for record, path in _records(self.spec.open(), self.start, mine):
+        for record, path in records(self.spec.open(), self.start, mine):
             batch.append((record, path))
             if len(batch) == size:
                 yield self._decoded(batch)
@@ -158,14 +77,14 @@ class _DecodedBatches(IterableDataset):
         if batch:
             yield self._decoded(batch)
 
-    def _decoded(self, batch: list[tuple[RawSample, str | None]]) -> _Batch:
+    def _decoded(self, batch: list[tuple[RawSample, str | None]]) -> Batch:
         """The batch decoded, its good images' pixels stacked into one tensor (one transfer
         from a worker per batch, not one per image)."""
-        items = [_decode(r, p, self.preprocess, self.captions) for r, p in batch]
+        items = [decode(r, p, self.preprocess, self.captions) for r, p in batch]
         good = [it.pixels for it in items if it.pixels is not None]
         for it in items:
             it.pixels = None
-        return _Batch(items, torch.stack(good) if good else None)
+        return Batch(items, torch.stack(good) if good else None)
 
 
 @dataclass
@@ -426,34 +345,7 @@ class _Meter:
             self.bar.close()
 
 
-@torch.no_grad()
-def encode_batch(
-    model: torch.nn.Module, batch: _Batch, captions: bool, dim: int
-) -> tuple[list[_Item], np.ndarray | None, np.ndarray | None]:
-    """A decoded batch -> (its items, normalised image features of the good ones, their
-    caption features): the model step both engines share."""
-    if batch.pixels is None:
-        return batch.items, None, None
-    device = model_device(model)
-    with autocast_for(device):
-        features = model.encode_image(batch.pixels.to(device, model_dtype(model)))
-    images = F.normalize(features.float(), dim=-1).cpu().numpy()
-    good = [it for it in batch.items if it.reason is None]
-    texts = _caption_features(model, good, dim) if captions else None
-    return batch.items, images, texts
-
-
-def _caption_features(model: torch.nn.Module, items: list[_Item], dim: int) -> np.ndarray:
-    """Caption embeddings aligned with ``items`` (zero rows where there is no caption)."""
-    out = np.zeros((len(items), dim), dtype=np.float32)
-    texts = [(i, it.caption) for i, it in enumerate(items) if it.caption]
-    if texts:
-        features = encode_texts(model, None, [t for _, t in texts], batch_size=256)
-        out[[i for i, _ in texts]] = features.numpy()
-    return out
-
-
-def _as_is(batch: _Batch) -> _Batch:
+def _as_is(batch: Batch) -> Batch:
     return batch
 
 

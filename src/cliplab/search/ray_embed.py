@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from cliplab.data.sources import SourceSpec
+from cliplab.search.batches import Batch, decode, encode_batch, records
 
 __all__ = ["encoded_batches"]
 
@@ -42,10 +43,8 @@ class _Reader:
         self.spec, self.start, self.batch_size = spec, start, batch_size
 
     def __call__(self, _: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        from cliplab.search.embed import _records
-
         batch: list[Any] = []
-        for record, path in _records(self.spec.open(), self.start, lambda _: True):
+        for record, path in records(self.spec.open(), self.start, lambda _: True):
             batch.append((record, path))
             if len(batch) == self.batch_size:
                 yield {"raw": [pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)]}
@@ -55,21 +54,19 @@ class _Reader:
 
 
 def _decoder(preprocess: Callable[[Any], torch.Tensor], captions: bool) -> Callable:
-    def decode(rows: dict[str, Any]) -> dict[str, Any]:
-        from cliplab.search.embed import _Batch, _decode
-
+    def decode_rows(rows: dict[str, Any]) -> dict[str, Any]:
         out = []
         for blob in rows["raw"]:
             raw = pickle.loads(blob)  # noqa: S301 - the reader stage's own output
-            items = [_decode(r, p, preprocess, captions) for r, p in raw]
+            items = [decode(r, p, preprocess, captions) for r, p in raw]
             good = [it.pixels for it in items if it.pixels is not None]
             for it in items:
                 it.pixels = None
-            batch = _Batch(items, torch.stack(good) if good else None)
+            batch = Batch(items, torch.stack(good) if good else None)
             out.append(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
         return {"decoded": out}
 
-    return decode
+    return decode_rows
 
 
 class _Encoder:
@@ -81,8 +78,6 @@ class _Encoder:
         self.captions, self.dim = captions, dim
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
-        from cliplab.search.embed import encode_batch
-
         out = []
         for blob in rows["decoded"]:
             batch = pickle.loads(blob)  # noqa: S301 - the decode stage's own output

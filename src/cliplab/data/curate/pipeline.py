@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cliplab.data.curate.balance import balance_reason
 from cliplab.data.curate.filters import EnglishFilter, junk_reason, tokenize
 from cliplab.data.curate.inputs import Record, read_records
 from cliplab.data.curate.matching import QueryMatcher, TextChecker
@@ -35,14 +36,10 @@ from cliplab.data.curate.queries import (
     wordnet_lemmas,
 )
 from cliplab.data.curate.report import curation_report, report_markdown
-from cliplab.data.stream import stable_seed
 from cliplab.fileio import AtomicFile, write_json, write_text
 
 __all__ = [
     "CurateConfig",
-    "balance_draw",
-    "balance_probability",
-    "balance_reason",
     "checked_local",
     "curate",
     "prepare",
@@ -94,28 +91,6 @@ def _init_worker(queries: list[str], english: EnglishFilter | None) -> None:
 def _check_chunk(texts: list[str]) -> list[tuple[str | None, list[int]]]:
     assert _CHECKER is not None
     return [_CHECKER(t) for t in texts]
-
-
-def balance_probability(found: Sequence[int], counts: Sequence[int], t: int) -> float:
-    """MetaCLIP's keep probability for a pair matching queries ``found``: 1 - prod over them
-    of (1 - min(1, t / count_q)), where ``count_q`` is how many pool pairs match query q."""
-    miss = 1.0
-    for q in found:
-        miss *= 1.0 - min(1.0, t / max(counts[q], 1))
-    return 1.0 - miss
-
-
-def balance_draw(seed: int, record_id: str) -> float:
-    """A uniform number in [0, 1) fixed by the seed and the pair's id (any engine, any order)."""
-    return stable_seed("balance", seed, record_id) / float(1 << 63)
-
-
-def balance_reason(
-    record_id: str, found: Sequence[int], counts: Sequence[int], t: int, seed: int
-) -> str | None:
-    """None when a checked pair is kept by balancing, else ``"balance"``."""
-    keep = balance_draw(seed, record_id) < balance_probability(found, counts, t)
-    return None if keep else "balance"
 
 
 def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -373,12 +348,20 @@ def _curate(
         AtomicFile(out_dir / "kept.jsonl") as kept_path,
         open(kept_path, "w", encoding="utf-8") as kept_file,
     ):
+        pass_start = time.perf_counter()
+        first = None
         for record, (reason, found) in checked(counts):
+            if first is None:  # the engine's start-up (a Ray cluster's workers) ends here
+                first = time.perf_counter()
             consume(record, reason, found)
             if total % 1000 == 0:
                 last_log = _progress(log, start, last_log, total, kept, config.progress_every)
     shards = writer.close() if writer is not None else None
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    seconds = end - start
+    if first is not None:
+        info["startup_seconds"] = round(first - pass_start, 2)
+        info["steady_texts_per_second"] = round((total - 1) / max(end - first, 1e-9), 1)
     report = curation_report(
         queries,
         kept_per_query,

@@ -18,12 +18,12 @@ cliplab installed and access to the inputs (shared storage or object storage URL
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from cliplab.data.curate.balance import balance_reason
 from cliplab.data.curate.filters import EnglishFilter
 from cliplab.data.curate.inputs import Record, expand_inputs, read_file_records
 from cliplab.data.curate.matching import QueryMatcher, TextChecker
@@ -66,7 +66,8 @@ def stop() -> None:
 
 
 class _Reader:
-    """Stage 1: one input file -> batches of pickled records, in file order."""
+    """Stage 1: one input file -> its records in chunks, one pickled chunk per row (Ray sees
+    a few rows per file, not one per text: the per-row overhead stays out of the way)."""
 
     def __init__(self, fmt: str, text_column: str | None, id_column: str | None, chunk: int):
         self.options = (fmt, text_column, id_column)
@@ -74,19 +75,20 @@ class _Reader:
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for path in batch["path"]:
-            records: list[bytes] = []
+            records: list[Record] = []
             for record in read_file_records(str(path), *self.options):
-                records.append(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+                records.append(record)
                 if len(records) >= self.chunk:
-                    yield {"record": records}
+                    yield {"chunk": [pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)]}
                     records = []
             if records:
-                yield {"record": records}
+                yield {"chunk": [pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)]}
 
 
 class _Checker:
-    """Stage 2: records -> (reason, query ids) with the recipe's checks (and the balancing
-    draw when counts are given). ``light``: return only the check, not the record."""
+    """Stage 2: a chunk of records -> the chunk with each record's (reason, query ids), by the
+    recipe's checks (and the balancing draw when counts are given). ``light``: the checks
+    only, no records (the counting pass)."""
 
     def __init__(
         self,
@@ -101,27 +103,20 @@ class _Checker:
         self.counts, self.t, self.seed, self.light = counts, t, seed, light
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from cliplab.data.curate.pipeline import balance_reason
-
-        reasons: list[str | None] = []
-        found_out: list[str] = []
-        out: list[bytes] = []
-        for blob in batch["record"]:
-            record: Record = pickle.loads(blob)  # noqa: S301 - our own reader stage's output
-            reason, found = self.check(record.text)
-            if reason is None and self.counts is not None and record.error is None:
-                reason = balance_reason(record.id, found, self.counts, self.t, self.seed)
-            reasons.append(reason)
-            found_out.append(json.dumps(found))
-            if not self.light:
+        out = []
+        for blob in batch["chunk"]:
+            records: list[Record] = pickle.loads(blob)  # noqa: S301 - our reader's output
+            results = []
+            for record in records:
+                reason, found = self.check(record.text)
+                if reason is None and self.counts is not None and record.error is None:
+                    reason = balance_reason(record.id, found, self.counts, self.t, self.seed)
                 if (reason is not None or record.error is not None) and record.members:
                     record.members = None  # a dropped pair's image bytes go no further
-                    blob = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-                out.append(blob)
-        result: dict[str, Any] = {"reason": reasons, "found": found_out}
-        if not self.light:
-            result["record"] = out
-        return result
+                results.append((reason, found))
+            payload = results if self.light else (records, results)
+            out.append(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        return {"checked": out}
 
 
 def checked(
@@ -132,8 +127,9 @@ def checked(
     counts: list[int] | None = None,
     light: bool = False,
 ) -> Iterator[tuple[Record | None, tuple[str | None, list[int]]]]:
-    """Every input record in input order with its check, computed on the Ray cluster.
-    ``light``: records are not shipped back (None), only the checks (the counting pass)."""
+    """Every input record in input order with its check, computed on the Ray cluster
+    (``config.limit``: the first that many). ``light``: records are not shipped back (None),
+    only the checks (the counting pass)."""
     ray = _ray()
     inputs, fmt, text_column, id_column = read
     files = expand_inputs(inputs)
@@ -153,8 +149,6 @@ def checked(
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
     )
-    if config.limit is not None:
-        ds = ds.limit(config.limit)
     ds = ds.map_batches(
         _Checker,
         fn_constructor_kwargs={
@@ -165,11 +159,15 @@ def checked(
             "seed": config.seed,
             "light": light,
         },
-        batch_size=config.chunk_size,
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        blobs = batch.get("record")
-        for i, (reason, found) in enumerate(zip(batch["reason"], batch["found"])):
-            record = None if light else pickle.loads(blobs[i])  # noqa: S301
-            yield record, (None if reason is None else str(reason), json.loads(found))
+    remaining = config.limit if config.limit is not None else -1
+    for row in ds.iter_rows():
+        payload = pickle.loads(row["checked"])  # noqa: S301 - our checker's output
+        records, results = (None, payload) if light else payload
+        for i, result in enumerate(results):
+            if remaining == 0:
+                return
+            remaining -= 1
+            yield (None if records is None else records[i]), result

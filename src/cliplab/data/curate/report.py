@@ -40,6 +40,9 @@ def curation_report(
         "drop_examples": examples,
         "seconds": round(seconds, 2),
         "texts_per_second": round(total / seconds, 1) if seconds > 0 else 0.0,
+        # after the first result: without the engine's start-up (Ray's workers)
+        "steady_texts_per_second": info.get("steady_texts_per_second"),
+        "startup_seconds": info.get("startup_seconds"),
         "workers": workers,
         "queries": info.get("queries", {}),
         "queries_hit": len(hit),

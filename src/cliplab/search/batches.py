@@ -1,0 +1,125 @@
+"""The steps both embedding engines share (``cliplab embed``'s local loader and its Ray
+stages): a source's records in order, decoded into batches of preprocessed pixels (a bad
+record keeps its reason instead), and a batch encoded into normalised image and caption
+features."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load_image
+from cliplab.data.stream import BadSample, RawSample, scan
+from cliplab.encode import autocast_for, encode_texts, model_device, model_dtype
+
+__all__ = ["Batch", "Item", "decode", "encode_batch", "records"]
+
+
+@dataclass
+class Item:
+    """One record after decoding: pixels, or the reason it could not be embedded."""
+
+    key: str
+    path: str | None
+    pixels: torch.Tensor | None
+    caption: str | None = None
+    width: int = 0
+    height: int = 0
+    reason: str | None = None
+
+
+def records(
+    source: Any, start: int, keep: Callable[[int], bool]
+) -> Iterator[tuple[RawSample, str | None]]:
+    """(record, the image's file or shard) of the records from ``start`` on whose position
+    (counted from ``start``) ``keep`` accepts, in source order. Row sources (folders, CSV)
+    read only those; streams (shards) are read through and the others dropped."""
+    if callable(getattr(source, "record", None)) and hasattr(source, "__len__"):
+        location = getattr(source, "location", None)
+        for i in range(start, len(source)):
+            if keep(i - start):
+                yield source.record(i), location(i) if callable(location) else None
+        return
+    urls = getattr(source, "urls", None)
+    if urls is not None:  # WebDataset: remember the shard of each record
+        from cliplab.data.webdataset import iter_tar_records
+
+        index = 0
+        for url in urls:
+            for record in iter_tar_records(url, getattr(source, "name", "")):
+                if index >= start and keep(index - start):
+                    yield record, url
+                index += 1
+        return
+    for index, record in enumerate(scan(source)):
+        if index >= start and keep(index - start):
+            yield record, None
+
+
+def decode(
+    record: RawSample, path: str | None, preprocess: Callable[[Any], torch.Tensor], captions: bool
+) -> Item:
+    item = Item(record.key, path, None)
+    try:
+        marker = record.members.get(ERROR_MEMBER)
+        if marker is not None:
+            raise BadSample(marker.decode("utf-8", "replace").partition("\n")[0] or "malformed")
+        ext = image_member(record.members)
+        if ext is None:
+            raise BadSample("no-image")
+        image = load_image(record.members[ext])
+        item.width, item.height = image.size
+        with warnings.catch_warnings():  # Pillow on palette transparency: converted anyway
+            warnings.simplefilter("ignore", UserWarning)
+            item.pixels = preprocess(image)
+    except BadSample as e:
+        item.reason = e.reason
+        return item
+    if captions:
+        try:
+            item.caption = decode_caption(record, random.Random(0))
+        except BadSample:
+            item.caption = None
+    return item
+
+
+@dataclass
+class Batch:
+    """Decoded items in order, and the stacked pixels of those without a ``reason``."""
+
+    items: list[Item]
+    pixels: torch.Tensor | None
+
+
+@torch.no_grad()
+def encode_batch(
+    model: torch.nn.Module, batch: Batch, captions: bool, dim: int
+) -> tuple[list[Item], np.ndarray | None, np.ndarray | None]:
+    """A decoded batch -> (its items, normalised image features of the good ones, their
+    caption features): the model step both engines share."""
+    if batch.pixels is None:
+        return batch.items, None, None
+    device = model_device(model)
+    with autocast_for(device):
+        features = model.encode_image(batch.pixels.to(device, model_dtype(model)))
+    images = F.normalize(features.float(), dim=-1).cpu().numpy()
+    good = [it for it in batch.items if it.reason is None]
+    texts = _caption_features(model, good, dim) if captions else None
+    return batch.items, images, texts
+
+
+def _caption_features(model: torch.nn.Module, items: list[Item], dim: int) -> np.ndarray:
+    """Caption embeddings aligned with ``items`` (zero rows where there is no caption)."""
+    out = np.zeros((len(items), dim), dtype=np.float32)
+    texts = [(i, it.caption) for i, it in enumerate(items) if it.caption]
+    if texts:
+        features = encode_texts(model, None, [t for _, t in texts], batch_size=256)
+        out[[i for i, _ in texts]] = features.numpy()
+    return out
