@@ -82,9 +82,11 @@ def test_two_ranks_under_torchrun_equal_one_process_on_the_whole_batch(
     config_path = write(tmp_path, "run", steps, 2)
     out = tmp_path / "torchrun"
     command = [*torchrun(config_path, out), "--set", f'train.parallelism="{parallelism}"']
+    command += ["--set", "eval.synthetic_pairs=32"]  # an evaluation at the end, on rank 0
     done = subprocess.run(command, capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == steps
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["step"] == steps and summary["eval"], summary
     suffix = ".dcp" if parallelism == "fsdp" else ".pt"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         f"step_0000000{s}{suffix}" for s in (2, 3)

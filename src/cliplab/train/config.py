@@ -22,6 +22,7 @@ Every key is checked: an unknown section or key is an error that lists the valid
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -267,6 +268,27 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: str = ""
+
+    def model_settings(self) -> dict[str, Any]:
+        """The model settings of the run: ``model.overrides``, plus SigLIP's initial
+        temperature and bias (t = log 10, b = -10, as the paper) when ``train.loss = "siglip"``."""
+        overrides = dict(self.model.overrides)
+        if self.train.loss == "siglip":
+            overrides.setdefault("logit_scale_init", math.log(10.0))
+            overrides.setdefault("logit_bias_init", -10.0)
+        return overrides
+
+    def batch_split(self, world_size: int) -> tuple[int, int]:
+        """(per-rank batch, micro-batch) from the global batch; clear errors when uneven."""
+        n, accum = self.data.batch_size, self.train.accum_steps
+        if n % world_size:
+            raise ValueError(f"data.batch_size {n} is not divisible by the {world_size} processes")
+        per_rank = n // world_size
+        if per_rank % accum:
+            raise ValueError(
+                f"the per-process batch {per_rank} is not divisible by train.accum_steps {accum}"
+            )
+        return per_rank, per_rank // accum
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); ``Config.from_dict`` inverts it."""

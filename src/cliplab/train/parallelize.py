@@ -17,6 +17,7 @@ from torch import nn
 
 from cliplab.models import CLIP, ModifiedResNet, VisionTransformer
 from cliplab.models.text import trim_padding
+from cliplab.train.config import TrainSection
 
 
 class Towers(nn.Module):
@@ -97,6 +98,25 @@ def wrap_ddp(towers: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(towers, device_ids=device_ids)
 
 
+def parallelize(
+    model: CLIP, train: TrainSection, distributed: bool, device: torch.device, precision: str
+) -> tuple[Towers, nn.Module]:
+    """Apply a run's ``[train]`` options to the model from outside it: activation
+    checkpointing, compile, then DDP or FSDP2 (``train.parallelism``) when several processes
+    train. Returns the plain towers (GradCache re-runs them) and the ones a step calls."""
+    if train.grad_checkpointing:
+        apply_gradient_checkpointing(model)
+    plain = Towers(model)
+    towers: nn.Module = plain
+    if train.compile:
+        towers = compile_towers(towers, model, train.compile_backend)
+    if distributed and train.parallelism == "fsdp":
+        towers = apply_fsdp(plain, model, precision)
+    elif distributed:
+        towers = wrap_ddp(towers, device)
+    return plain, towers
+
+
 def sharded_units(model: CLIP) -> list[nn.Module]:
     """What FSDP shards as one unit each: every transformer block of both towers, or for a
     ResNet image tower each of its four stages."""
@@ -151,3 +171,36 @@ def sharded_bytes_per_rank(
         "fsdp_param_bytes": sharded * 4,
         "fsdp_optimizer_bytes": sharded * 4 * optimizer_states,
     }
+
+
+def sharded_grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """The global gradient norm over sharded (DTensor) and replicated gradients, clipped to
+    ``clip`` as ``clip_grad_norm_`` does (coefficient max / (norm + 1e-6), at most 1)."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        g = p.grad
+        if isinstance(g, DTensor):
+            sharded += g.to_local().double().pow(2).sum()
+        else:
+            replicated += g.double().pow(2).sum()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sharded)
+    norm = (sharded + replicated).sqrt().float()
+    if clip > 0:
+        coefficient = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        for p in params:
+            g = p.grad
+            (g.to_local() if isinstance(g, DTensor) else g).mul_(coefficient)
+    return norm
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of a model with FSDP units, on the CPU (collective: every rank
+    calls it; each gets the whole)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)

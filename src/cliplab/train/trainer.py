@@ -60,14 +60,7 @@ from cliplab.train.evaluation import Evaluator, build_evaluators
 from cliplab.train.gradcache import gradcache_backward
 from cliplab.train.logs import MetricsLogger, Progress, peak_memory_mb, plot_curves
 from cliplab.train.optim import build_optimizer, build_scheduler
-from cliplab.train.parallelize import (
-    Towers,
-    apply_fsdp,
-    apply_gradient_checkpointing,
-    compile_towers,
-    trim_tokens,
-    wrap_ddp,
-)
+from cliplab.train.parallelize import full_state_dict, parallelize, sharded_grad_norm, trim_tokens
 
 #: Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + 15, as shells).
 INTERRUPTED_EXIT = 143
@@ -101,16 +94,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def model_overrides(config: Config) -> dict[str, Any]:
-    """The model settings of a run: the config's, plus SigLIP's initial temperature and
-    bias (t = log 10, b = -10, as the paper) when ``train.loss = "siglip"``."""
-    overrides = dict(config.model.overrides)
-    if config.train.loss == "siglip":
-        overrides.setdefault("logit_scale_init", math.log(10.0))
-        overrides.setdefault("logit_bias_init", -10.0)
-    return overrides
-
-
 def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
     tc = config.train
     visual = model.visual
@@ -128,19 +111,6 @@ def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
             )
 
 
-def _split_batch(config: Config, world_size: int) -> tuple[int, int]:
-    """(per-rank batch, micro-batch) from the global batch; clear errors when uneven."""
-    n, accum = config.data.batch_size, config.train.accum_steps
-    if n % world_size:
-        raise ValueError(f"data.batch_size {n} is not divisible by the {world_size} processes")
-    per_rank = n // world_size
-    if per_rank % accum:
-        raise ValueError(
-            f"the per-process batch {per_rank} is not divisible by train.accum_steps {accum}"
-        )
-    return per_rank, per_rank // accum
-
-
 class Trainer:
     """One process's share of a training run (see the module docstring)."""
 
@@ -156,12 +126,12 @@ class Trainer:
         self.output = Path(output or config.output or ".")
         tc = config.train
         set_determinism(tc.deterministic, tc.threads)
-        self.per_rank_batch, self.micro_batch = _split_batch(config, self.env.world_size)
+        self.per_rank_batch, self.micro_batch = config.batch_split(self.env.world_size)
         device = self.env.device
 
         self.precision = resolve_precision(tc.precision, device)
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
-        self.model = create_model(config.model.name, **model_overrides(config)).to(device)
+        self.model = create_model(config.model.name, **config.model_settings()).to(device)
         if tc.loss == "siglip" and not hasattr(self.model, "logit_bias"):
             raise ValueError('train.loss = "siglip" needs a model with a logit bias')
         _check_vit_levers(config, self.model)
@@ -169,18 +139,10 @@ class Trainer:
             self.model.visual.patch_dropout = tc.patch_dropout  # training mode only
         self.model.train()
         seed_everything(tc.seed, self.env.rank)
-        if tc.grad_checkpointing:
-            apply_gradient_checkpointing(self.model)
-        self.plain_towers = Towers(self.model)
-        towers: torch.nn.Module = self.plain_towers
-        if tc.compile:
-            towers = compile_towers(towers, self.model, tc.compile_backend)
         self.fsdp = self.env.distributed and tc.parallelism == "fsdp"
-        if self.fsdp:
-            towers = apply_fsdp(self.plain_towers, self.model, self.precision)
-        elif self.env.distributed:
-            towers = wrap_ddp(towers, device)
-        self.towers = towers
+        self.plain_towers, self.towers = parallelize(
+            self.model, tc, self.env.distributed, device, self.precision
+        )
 
         self.loader = build_loader(
             config,
@@ -252,7 +214,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.optim.grad_clip_norm
         if self.fsdp:
-            return _sharded_grad_norm(params, clip)
+            return sharded_grad_norm(params, clip)
         if clip > 0:
             return torch.nn.utils.clip_grad_norm_(params, clip)
         return torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -368,18 +330,12 @@ class Trainer:
         set_rng_state(mine["rng"])
 
     def save_checkpoint(self) -> Path | None:
-        if self.fsdp:
-            extra = self.state_dict(include_weights=False)  # collective
+        state = self.state_dict(include_weights=not self.fsdp)  # collective
+        if self.fsdp:  # every rank writes its shards of the model and optimiser
+            keep, main = self.config.checkpoint.keep, self.env.is_main
             return ckpt.save_sharded_checkpoint(
-                self.output,
-                self.step,
-                self.model,
-                self.optimizer,
-                extra,
-                self.config.checkpoint.keep,
-                self.env.is_main,
+                self.output, self.step, self.model, self.optimizer, state, keep, main
             )
-        state = self.state_dict()  # collective: every rank takes part
         path = None
         if self.env.is_main:
             path = ckpt.save_checkpoint(self.output, self.step, state, self.config.checkpoint.keep)
@@ -402,43 +358,32 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Run every evaluator on rank 0 (the others wait); returns the merged metrics."""
+        """Run every evaluator on rank 0 (the others wait; under FSDP they first help gather
+        the weights); returns the merged metrics."""
         results: dict[str, float] = {}
-        if self.fsdp and self.evaluators:  # a sharded model cannot run on rank 0 alone
-            model = self.gathered_model()  # collective
+        wanted = torch.tensor(float(len(self.evaluators)))  # only rank 0 has evaluators
+        if all_reduce_sum(wanted).item():
+            model = self.gathered_model()  # collective under FSDP
             if model is not None:
-                with torch.no_grad():
-                    for evaluator in self.evaluators:
-                        results.update(evaluator(model.eval(), self.step))
-            barrier()
-            return results
-        if self.env.is_main and self.evaluators:
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    for evaluator in self.evaluators:
-                        results.update(evaluator(self.model, self.step))
-            finally:
-                self.model.train()
+                model.eval()
+                try:
+                    with torch.no_grad():
+                        for evaluator in self.evaluators:
+                            results.update(evaluator(model, self.step))
+                finally:
+                    model.train()
         barrier()
         return results
 
     def gathered_model(self) -> torch.nn.Module | None:
         """The whole model as a plain module on rank 0 (None elsewhere); collective under
-        FSDP (the shards are gathered), ``self.model`` otherwise."""
+        FSDP (the shards are gathered into a fresh copy), ``self.model`` otherwise."""
         if not self.fsdp:
             return self.model if self.env.is_main else None
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
-
-        state = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        state = full_state_dict(self.model)
         if not self.env.is_main:
             return None
-        plain = create_model(self.config.model.name, **model_overrides(self.config))
+        plain = create_model(self.config.model.name, **self.config.model_settings())
         plain.load_state_dict(state)
         return plain
 
@@ -570,26 +515,3 @@ class Trainer:
                 plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")
         barrier()
         return results
-
-
-def _sharded_grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
-    """The global gradient norm over sharded (DTensor) and replicated gradients, clipped to
-    ``clip`` as ``clip_grad_norm_`` does (coefficient max / (norm + 1e-6), at most 1)."""
-    from torch.distributed.tensor import DTensor
-
-    sharded = torch.zeros((), dtype=torch.float64)
-    replicated = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        g = p.grad
-        if isinstance(g, DTensor):
-            sharded += g.to_local().double().pow(2).sum()
-        else:
-            replicated += g.double().pow(2).sum()
-    all_reduce_sum(sharded)
-    norm = (sharded + replicated).sqrt().float()
-    if clip > 0:
-        coefficient = torch.clamp(clip / (norm + 1e-6), max=1.0)
-        for p in params:
-            g = p.grad
-            (g.to_local() if isinstance(g, DTensor) else g).mul_(coefficient)
-    return norm
