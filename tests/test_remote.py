@@ -231,7 +231,9 @@ def test_curation_eval_sets_and_embed_read_s3(data: Path, tmp_path: Path) -> Non
         b = encode_images(model, local.images, preprocess)
         assert torch.equal(a, b)
         argv = ["eval", "zeroshot", "--model", "random:tiny-vit", "--no-cache", "--quiet"]
+        argv += ["--out", str(tmp_path / "eval")]
         assert main([*argv, "--dataset", f"{url}/evalset"]) == 0
+        assert list((tmp_path / "eval").glob("zeroshot-*.json"))
         # embed: the same collection from the S3 manifest
         for name, source in (("local", str(data / "manifest.csv")), ("s3", f"{url}/manifest.csv")):
             argv = ["embed", source, "--model", "random:tiny-vit", "--batch-size", "8"]
