@@ -28,6 +28,7 @@ from cliplab.data.sources import build_source, spec_for_path  # noqa: E402
 from cliplab.data.webdataset import WebDatasetSource  # noqa: E402
 from objectstore import object_store  # noqa: E402
 from test_train_resume import logged_steps, run_until, train_records  # noqa: E402
+from train_helpers import run_toml  # noqa: E402
 
 COLORS = ("red", "green", "blue", "yellow")
 
@@ -126,31 +127,9 @@ def test_dropped_connections_resume_at_the_right_byte(
     assert resumed and max(resumed) > 0, caplog.text  # resumed mid-shard, not from the start
 
 
-TRAIN = """
-[model]
-name = "tiny-vit"
-[data]
-batch_size = 8
-shuffle_buffer = 16
-[[data.sources]]
-kind = "webdataset"
-urls = "{urls}"
-caption_fn = "none"
-[optim]
-lr = 1e-3
-warmup_steps = 2
-[train]
-steps = {steps}
-deterministic = true
-threads = 1
-[checkpoint]
-interval = 3
-keep = 2
-[log]
-interval = 1
-tensorboard = false
-plots = false
-"""
+def train_toml(urls: str, steps: int) -> str:
+    source = f'kind = "webdataset"\nurls = "{urls}"\ncaption_fn = "none"'
+    return run_toml(source, steps=steps, interval=3, batch=8, shuffle=16)
 
 
 def test_training_from_s3_resumes_exactly_across_drops(data: Path, tmp_path: Path) -> None:
@@ -158,9 +137,7 @@ def test_training_from_s3_resumes_exactly_across_drops(data: Path, tmp_path: Pat
     re-run, ends bit-identical to a run reading the same shards from disk."""
     steps = 10
     local_config = tmp_path / "local.toml"
-    local_config.write_text(
-        TRAIN.format(urls=data / "shards/shard-{000000..000003}.tar", steps=steps)
-    )
+    local_config.write_text(train_toml(str(data / "shards/shard-{000000..000003}.tar"), steps))
     reference = tmp_path / "reference"
     cmd = [sys.executable, "-m", "cliplab", "train"]
     done = subprocess.run([*cmd, str(local_config), "--out", str(reference)], capture_output=True)
@@ -168,9 +145,7 @@ def test_training_from_s3_resumes_exactly_across_drops(data: Path, tmp_path: Pat
     with object_store() as store:
         url = store.upload(data / "shards", "train")
         remote_config = tmp_path / "remote.toml"
-        remote_config.write_text(
-            TRAIN.format(urls=f"{url}/shard-{{000000..000003}}.tar", steps=steps)
-        )
+        remote_config.write_text(train_toml(f"{url}/shard-{{000000..000003}}.tar", steps))
         env = {**__import__("os").environ, **store.env, "CLIPLAB_STORAGE_BLOCK_SIZE": "65536"}
         out = tmp_path / "remote"
         store.proxy.drop(times=12, after_bytes=30_000, every=2)

@@ -19,33 +19,7 @@ from safetensors.torch import load_file
 from cliplab.train import Trainer, load_config
 from cliplab.train.data import build_loader
 from test_train_resume import logged_steps, train_records
-from train_helpers import max_abs_diff
-
-CONFIG = """
-[model]
-name = "tiny-vit"
-[data]
-batch_size = 16
-shuffle_buffer = 32
-[[data.sources]]
-kind = "synthetic"
-num_samples = 2000
-image_size = 32
-[optim]
-lr = 1e-4
-warmup_steps = 2
-[train]
-steps = {steps}
-deterministic = true
-threads = 1
-[checkpoint]
-interval = {interval}
-keep = 3
-[log]
-interval = 1
-tensorboard = false
-plots = false
-"""
+from train_helpers import max_abs_diff, run_toml
 
 
 def torchrun(config: Path, out: Path) -> list[str]:
@@ -67,7 +41,7 @@ def torchrun(config: Path, out: Path) -> list[str]:
 
 def write(tmp_path: Path, name: str, steps: int, interval: int) -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(CONFIG.format(steps=steps, interval=interval))
+    path.write_text(run_toml(steps=steps, interval=interval, lr=1e-4, keep=3))
     return path
 
 

@@ -18,33 +18,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from train_helpers import run_toml
+
 STEPS = 30
 INTERVAL = 4
-CONFIG = f"""
-[model]
-name = "tiny-vit"
-[data]
-batch_size = 16
-shuffle_buffer = 64
-[[data.sources]]
-kind = "synthetic"
-num_samples = 2000
-image_size = 32
-[optim]
-lr = 1e-3
-warmup_steps = 5
-[train]
-steps = {STEPS}
-deterministic = true
-threads = 1
-[checkpoint]
-interval = {INTERVAL}
-keep = 2
-[log]
-interval = 1
-tensorboard = false
-plots = false
-"""
+CONFIG = run_toml(steps=STEPS, interval=INTERVAL, shuffle=64, warmup=5)
 
 
 def command(config: Path, out: Path) -> list[str]:

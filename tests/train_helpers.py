@@ -83,3 +83,45 @@ def run_steps(
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+SYNTHETIC_SOURCE = 'kind = "synthetic"\nnum_samples = 2000\nimage_size = 32'
+
+
+def run_toml(
+    source: str = SYNTHETIC_SOURCE,
+    *,
+    steps: int,
+    interval: int,
+    batch: int = 16,
+    shuffle: int = 32,
+    lr: float = 1e-3,
+    warmup: int = 2,
+    keep: int = 2,
+) -> str:
+    """A `cliplab train` TOML for the end-to-end tests (tiny-vit, deterministic, one thread,
+    a log line every step, no TensorBoard or plots); ``source`` is the body of its one
+    ``[[data.sources]]`` table."""
+    return f"""
+[model]
+name = "tiny-vit"
+[data]
+batch_size = {batch}
+shuffle_buffer = {shuffle}
+[[data.sources]]
+{source}
+[optim]
+lr = {lr}
+warmup_steps = {warmup}
+[train]
+steps = {steps}
+deterministic = true
+threads = 1
+[checkpoint]
+interval = {interval}
+keep = {keep}
+[log]
+interval = 1
+tensorboard = false
+plots = false
+"""

@@ -45,18 +45,19 @@ def _checkpointed(forward: Any, *args: Any, **kwargs: Any) -> Any:
     return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def checkpointed_blocks(model: CLIP) -> list[nn.Module]:
-    """The blocks whose activations are recomputed: every transformer block of both towers,
-    or the text blocks and every ResNet bottleneck."""
+def block_units(model: CLIP, resnet_stages: bool = False) -> list[nn.Module]:
+    """The units that activation checkpointing wraps and FSDP shards one by one: every
+    transformer block of both towers; for a ResNet image tower, every bottleneck (or, with
+    ``resnet_stages``, each of its four stages)."""
     blocks: list[nn.Module] = list(model.text.transformer.resblocks)
     visual = model.visual
     if isinstance(visual, VisionTransformer):
         blocks += list(visual.transformer.resblocks)
     elif isinstance(visual, ModifiedResNet):
-        for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-            blocks += list(stage)
+        stages = [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+        blocks += stages if resnet_stages else [b for stage in stages for b in stage]
     else:
-        raise TypeError(f"no checkpointing rule for image tower {type(visual).__name__}")
+        raise TypeError(f"no rule for the blocks of image tower {type(visual).__name__}")
     return blocks
 
 
@@ -66,7 +67,7 @@ def apply_gradient_checkpointing(model: CLIP) -> int:
     Returns the number of blocks wrapped. Keys and weights are untouched. Note: a
     BatchNorm block (ResNet) updates its running statistics again when recomputed.
     """
-    blocks = checkpointed_blocks(model)
+    blocks = block_units(model)
     for block in blocks:
         if not isinstance(block.forward, functools.partial):  # idempotent
             block.forward = functools.partial(_checkpointed, block.forward)  # type: ignore[method-assign]
@@ -117,22 +118,9 @@ def parallelize(
     return plain, towers
 
 
-def sharded_units(model: CLIP) -> list[nn.Module]:
-    """What FSDP shards as one unit each: every transformer block of both towers, or for a
-    ResNet image tower each of its four stages."""
-    units: list[nn.Module] = list(model.text.transformer.resblocks)
-    visual = model.visual
-    if isinstance(visual, VisionTransformer):
-        units += list(visual.transformer.resblocks)
-    elif isinstance(visual, ModifiedResNet):
-        units += [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
-    else:
-        raise TypeError(f"no sharding rule for image tower {type(visual).__name__}")
-    return units
-
-
 def apply_fsdp(towers: Towers, model: CLIP, precision: str = "fp32") -> nn.Module:
-    """FSDP2 (``fully_shard``): each unit of :func:`sharded_units` is sharded on its own
+    """FSDP2 (``fully_shard``): each unit of :func:`block_units` (ResNet: its stages) is
+    sharded on its own
     (gathered just before its forward and backward, freed after), the rest of the towers as
     the root unit. Parameters stay fp32 masters; with ``precision`` bf16/fp16 they are
     gathered and computed in that dtype, gradients reduced in fp32. The logit scale and bias
@@ -141,7 +129,7 @@ def apply_fsdp(towers: Towers, model: CLIP, precision: str = "fp32") -> nn.Modul
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for unit in sharded_units(model):
+    for unit in block_units(model, resnet_stages=True):
         fully_shard(unit, mp_policy=policy)
     fully_shard(towers, mp_policy=policy)
     return towers

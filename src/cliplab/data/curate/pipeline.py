@@ -13,6 +13,7 @@ WebDataset samples as shards when the input is shards, ``queries.tsv``, and ``re
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -233,27 +234,22 @@ def prepare(
     return queries, english, info
 
 
+def _stops_ray(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Shut down the Ray cluster the ray engine started for this call, however it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if "cliplab.data.curate.ray_engine" in sys.modules:
+                sys.modules["cliplab.data.curate.ray_engine"].stop()
+
+    return wrapper
+
+
+@_stops_ray
 def curate(
-    inputs: Sequence[str],
-    out: str | os.PathLike[str],
-    config: CurateConfig | None = None,
-    *,
-    fmt: str = "auto",
-    text_column: str | None = None,
-    id_column: str | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Curate ``inputs`` into ``out`` (kept.jsonl, shards/ for shard inputs, report.json/.md)."""
-    try:
-        return _curate(
-            inputs, out, config, fmt=fmt, text_column=text_column, id_column=id_column, log=log
-        )
-    finally:
-        if "cliplab.data.curate.ray_engine" in sys.modules:
-            sys.modules["cliplab.data.curate.ray_engine"].stop()
-
-
-def _curate(
     inputs: Sequence[str],
     out: str | os.PathLike[str],
     config: CurateConfig | None = None,
