@@ -173,8 +173,7 @@ class WebDatasetSpec(SourceSpec):
             first = expand_urls(self.urls)[0]
             if first.startswith("pipe:"):
                 return None
-            record = storage.join(storage.parent(first), BUILD_FILE)
-            info = json.loads(storage.read_text(record)) if storage.exists(record) else None
+            info = json.loads(storage.read_text(storage.join(storage.parent(first), BUILD_FILE)))
         except (ValueError, OSError, IndexError, ImportError):
             return None
         name = info.get("caption_fn") if isinstance(info, dict) else None

@@ -29,6 +29,7 @@ import os
 import posixpath
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "exists",
     "fs_and_path",
     "is_dir",
+    "is_file",
     "is_remote",
     "join",
     "list_files",
@@ -100,7 +102,9 @@ def fs_and_path(url: str) -> tuple[Any, str]:
         raise ImportError(f"cannot open {url}: {e}") from None
 
 
-def _retry(what: str, call: Any) -> Any:
+def _retry(what: str, call: Callable[[], Any], recover: Callable[[], None] | None = None) -> Any:
+    """``call()``, retried with exponential backoff on transport errors (``recover()`` runs
+    before each retry); a missing object or a refused permission is raised at once."""
     attempts, delay = retry_policy()
     for attempt in range(attempts):
         try:
@@ -110,24 +114,22 @@ def _retry(what: str, call: Any) -> Any:
         except Exception as e:  # noqa: BLE001 - transport errors come in many types
             if attempt == attempts - 1:
                 raise OSError(f"{what}: gave up after {attempts} attempts: {e}") from e
-            log.warning("%s: %s; retrying in %.1f s", what, e, delay)
+            log.warning("%s (%s); retrying in %.1f s", what, e, delay)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
+            if recover is not None:
+                recover()
     raise AssertionError("unreachable")
 
 
 class ResilientFile(io.RawIOBase):
-    """A read-only remote file that survives dropped connections (see the module docs).
-
-    ``reopens`` counts how many times a broken read was resumed (tests and logs read it).
-    """
+    """A read-only remote file that survives dropped connections (see the module docs)."""
 
     def __init__(self, url: str, block_size: int | None = None) -> None:
         self.url = url
         self.block_size = block_size or BLOCK_SIZE
         self.fs, self.path = fs_and_path(url)
         self.pos = 0
-        self.reopens = 0
         self.size: int | None = None
         self.f: Any = _retry(f"opening {url}", self._open)
 
@@ -139,39 +141,25 @@ class ResilientFile(io.RawIOBase):
             f.seek(self.pos)
         return f
 
+    def _reopen(self) -> None:
+        """A fresh handle at ``pos`` (or a stand-in that fails, so the next retry reopens)."""
+        with contextlib.suppress(Exception):  # the old handle is broken anyway
+            self.f.close()
+        try:
+            self.f = self._open()
+        except _PERMANENT:
+            raise
+        except Exception:  # noqa: BLE001 - the next attempt reopens again
+            self.f = _Broken()
+
+    def _read_once(self, size: int) -> bytes:
+        data = self.f.read(size)
+        self.pos += len(data)
+        return data
+
     def read(self, size: int = -1) -> bytes:
-        attempts, delay = retry_policy()
-        for attempt in range(attempts):
-            try:
-                data = self.f.read(size)
-                self.pos += len(data)
-                return data
-            except _PERMANENT:
-                raise
-            except Exception as e:  # noqa: BLE001
-                if attempt == attempts - 1:
-                    raise OSError(
-                        f"{self.url}: read failed {attempts} times at byte {self.pos}: {e}"
-                    ) from e
-                log.warning(
-                    "%s: read broke at byte %d (%s); resuming in %.1f s",
-                    self.url,
-                    self.pos,
-                    e,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                with contextlib.suppress(Exception):  # the old handle is broken anyway
-                    self.f.close()
-                self.reopens += 1
-                try:
-                    self.f = self._open()
-                except _PERMANENT:
-                    raise
-                except Exception:  # noqa: BLE001 - the next attempt reopens again
-                    self.f = _Broken()
-        raise AssertionError("unreachable")
+        what = f"{self.url}: read broke at byte {self.pos}"
+        return _retry(what, lambda: self._read_once(size), recover=self._reopen)
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -259,25 +247,29 @@ def read_text(location: str | os.PathLike[str]) -> str:
     return read_bytes(location).decode("utf-8")
 
 
-def exists(location: str | os.PathLike[str]) -> bool:
-    """Whether a file is there (a ``pipe:`` command is taken to exist)."""
+def _probe(location: str | os.PathLike[str], pipe: bool, local: str, remote: str) -> bool:
+    """A yes/no question about a location: a ``pipe:`` answers ``pipe``; a local path asks
+    ``Path.<local>()``, a URL its file system's ``<remote>()`` (retried)."""
     text = os.fspath(location)
     if text.startswith("pipe:"):
-        return True
+        return pipe
     if not is_remote(text):
-        return Path(_local(text)).exists()
+        return bool(getattr(Path(_local(text)), local)())
     fs, path = fs_and_path(text)
-    return bool(_retry(f"checking {text}", lambda: fs.exists(path)))
+    return bool(_retry(f"checking {text}", lambda: getattr(fs, remote)(path)))
+
+
+def exists(location: str | os.PathLike[str]) -> bool:
+    """Whether something is there (a ``pipe:`` command is taken to exist)."""
+    return _probe(location, True, "exists", "exists")
 
 
 def is_dir(location: str | os.PathLike[str]) -> bool:
-    text = os.fspath(location)
-    if text.startswith("pipe:"):
-        return False
-    if not is_remote(text):
-        return Path(_local(text)).is_dir()
-    fs, path = fs_and_path(text)
-    return bool(_retry(f"checking {text}", lambda: fs.isdir(path)))
+    return _probe(location, False, "is_dir", "isdir")
+
+
+def is_file(location: str | os.PathLike[str]) -> bool:
+    return _probe(location, False, "is_file", "isfile")
 
 
 def list_files(location: str | os.PathLike[str], suffix: str) -> list[str]:

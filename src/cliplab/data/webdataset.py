@@ -274,7 +274,7 @@ def shard_stats_path(url: str) -> str | None:
         stem = os.path.splitext(url)[0]
     for candidate in (stem + ".json", stem + "_stats.json"):
         try:
-            if storage.exists(candidate) and not storage.is_dir(candidate):
+            if storage.is_file(candidate):
                 return candidate
         except (OSError, ImportError):
             return None

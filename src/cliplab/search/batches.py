@@ -19,7 +19,7 @@ from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load
 from cliplab.data.stream import BadSample, RawSample, scan
 from cliplab.encode import autocast_for, encode_texts, model_device, model_dtype
 
-__all__ = ["Batch", "Item", "decode", "encode_batch", "records"]
+__all__ = ["Batch", "Item", "decode", "decode_batch", "encode_batch", "records"]
 
 
 @dataclass
@@ -96,6 +96,20 @@ class Batch:
 
     items: list[Item]
     pixels: torch.Tensor | None
+
+
+def decode_batch(
+    raw: list[tuple[RawSample, str | None]],
+    preprocess: Callable[[Any], torch.Tensor],
+    captions: bool,
+) -> Batch:
+    """Records (with their file or shard) decoded, the good images' pixels stacked into one
+    tensor (one transfer from a worker per batch, not one per image)."""
+    items = [decode(r, p, preprocess, captions) for r, p in raw]
+    good = [it.pixels for it in items if it.pixels is not None]
+    for it in items:
+        it.pixels = None
+    return Batch(items, torch.stack(good) if good else None)
 
 
 @torch.no_grad()

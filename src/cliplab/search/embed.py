@@ -34,7 +34,7 @@ from cliplab.encode import (
     model_fingerprint,
 )
 from cliplab.fileio import atomic_write, write_json
-from cliplab.search.batches import Batch, decode, encode_batch, records
+from cliplab.search.batches import Batch, decode_batch, encode_batch, records
 from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
 
 __all__ = ["EmbedResult", "embed"]
@@ -72,19 +72,10 @@ class _DecodedBatches(IterableDataset):
         for record, path in records(self.spec.open(), self.start, mine):
             batch.append((record, path))
             if len(batch) == size:
-                yield self._decoded(batch)
+                yield decode_batch(batch, self.preprocess, self.captions)
                 batch = []
         if batch:
-            yield self._decoded(batch)
-
-    def _decoded(self, batch: list[tuple[RawSample, str | None]]) -> Batch:
-        """The batch decoded, its good images' pixels stacked into one tensor (one transfer
-        from a worker per batch, not one per image)."""
-        items = [decode(r, p, self.preprocess, self.captions) for r, p in batch]
-        good = [it.pixels for it in items if it.pixels is not None]
-        for it in items:
-            it.pixels = None
-        return Batch(items, torch.stack(good) if good else None)
+            yield decode_batch(batch, self.preprocess, self.captions)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cliplab.data.sources import SourceSpec
-from cliplab.search.batches import Batch, decode, encode_batch, records
+from cliplab.search.batches import decode_batch, encode_batch, records
 
 __all__ = ["encoded_batches"]
 
@@ -58,11 +58,7 @@ def _decoder(preprocess: Callable[[Any], torch.Tensor], captions: bool) -> Calla
         out = []
         for blob in rows["raw"]:
             raw = pickle.loads(blob)  # noqa: S301 - the reader stage's own output
-            items = [decode(r, p, preprocess, captions) for r, p in raw]
-            good = [it.pixels for it in items if it.pixels is not None]
-            for it in items:
-                it.pixels = None
-            batch = Batch(items, torch.stack(good) if good else None)
+            batch = decode_batch(raw, preprocess, captions)
             out.append(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
         return {"decoded": out}
 
