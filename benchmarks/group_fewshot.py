@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,75 +28,19 @@ from common import RESULTS, ROOT, machine
 
 import cliplab
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet, load_classification
+from cliplab.evaluation.datasets import load_classification
+from cliplab.evaluation.groups import EMOJI_GROUP_TEMPLATES, class_info_by_name, regroup
 from cliplab.evaluation.protocols.fewshot import plot_fewshot
+from cliplab.evaluation.protocols.zeroshot import choose_templates
 from cliplab.evaluation.registry import get
 from cliplab.fileio import write_json
 
 TEST = ("emoji-google", "emoji-apple", "emoji-facebook")
 VALIDATION = "emoji-emojione"
-#: candidate prompt sets, chosen between on the validation style only
-TEMPLATES = {
-    "bare": ["{}"],
-    "emoji": ["{} emoji"],
-    "caption-like": ["an emoji, {}", "emoji - {}", "{} icon"],
-    "ensemble": ["{}", "{} emoji", "an emoji, {}", "emoji - {}", "{} icon", "an emoji of {}"],
-}
 MODELS = [
     "runs/trials/styles/5-styles-1800-siglip-seed0/model",
     "runs/trials/styles/5-styles-1800-siglip-seed1/model",
 ]
-
-
-def group_names(meta: dict, level: str) -> str:
-    value = meta[level]
-    return value.lower() if level == "category" else value.replace("-", " ")
-
-
-def concept_groups(data: Path) -> dict[str, dict]:
-    """Concept name -> its class info (category, subcategory), from the sets that have it."""
-    out: dict[str, dict] = {}
-    for name in TEST:
-        root = data / "eval" / name
-        names = json.loads((root / "classes.json").read_text())
-        info = json.loads((root / "class_info.json").read_text())
-        out.update(dict(zip(names, info)))
-    return out
-
-
-def regroup(ds: ClassificationSet, by_name: dict[str, dict], level: str, keep: set[str]) -> tuple:
-    images, labels = [], []
-    for image, label in zip(ds.images, ds.labels):
-        meta = by_name.get(ds.classnames[label])
-        if meta is None or meta["category"] == "Component":
-            continue
-        group = group_names(meta, level)
-        if group in keep:
-            images.append(image)
-            labels.append(group)
-    return images, labels
-
-
-def task(data: Path, level: str, min_images: int) -> tuple[list[str], ClassificationSet, list]:
-    by_name = concept_groups(data)
-    counts: Counter[str] = Counter()
-    test_parts = []
-    for name in TEST:
-        ds = load_classification(data / "eval" / name)
-        images, labels = regroup(
-            ds, by_name, level, {group_names(m, level) for m in by_name.values()}
-        )
-        counts.update(labels)
-        test_parts.append((images, labels))
-    classes = sorted(g for g, n in counts.items() if n >= min_images and g != "component")
-    keep = set(classes)
-    images = [i for part in test_parts for i, lab in zip(*part) if lab in keep]
-    labels = [classes.index(lab) for part in test_parts for lab in part[1] if lab in keep]
-    test = ClassificationSet(images, labels, classes, name=f"held-out styles by {level}")
-    val_ds = load_classification(data / "eval" / VALIDATION)
-    v_images, v_labels = regroup(val_ds, by_name, level, keep)
-    validation = [(i, classes.index(lab)) for i, lab in zip(v_images, v_labels)]
-    return classes, test, validation
 
 
 def main() -> int:
@@ -114,28 +57,25 @@ def main() -> int:
         "command": "python benchmarks/group_fewshot.py",
     }
     curves = {}
-    for level, min_images in (("category", 60), ("subcategory", 60)):
-        classes, test, validation = task(data, level, min_images)
-        print(f"{level}: {len(classes)} classes, {len(test)} test images, "
-              f"{len(validation)} validation images", file=sys.stderr)  # fmt: skip
+    styles = [load_classification(data / "eval" / name) for name in TEST]
+    info = class_info_by_name(styles)
+    emoji_one = load_classification(data / "eval" / VALIDATION)
+    for level in ("category", "subcategory"):
+        test = regroup(styles, level, min_images=60, name=f"held-out styles by {level}")
+        val = regroup([emoji_one], level, info=info, classes=test.classnames, name="validation")
+        print(f"{level}: {test.num_classes} classes, {len(test)} test images, "
+              f"{len(val)} validation images", file=sys.stderr)  # fmt: skip
         entry: dict = {
-            "classes": classes,
+            "classes": test.classnames,
             "test_images": len(test),
-            "validation_images": len(validation),
+            "validation_images": len(val),
             "models": {},
         }
         for model_dir in args.models:
             model, preprocess = cliplab.load(ROOT / model_dir)
             store = FeatureStore(model, preprocess, batch_size=256, progress=False)
-            val = ClassificationSet(
-                [i for i, _ in validation], [y for _, y in validation], classes, name="validation"
-            )
-            scores = {}
-            for key, templates in TEMPLATES.items():
-                r = get("zeroshot")(store, dataset=replace(val, templates=templates))
-                scores[key] = r.top1
-            chosen = max(scores, key=scores.get)
-            dataset = replace(test, templates=TEMPLATES[chosen])
+            chosen, scores = choose_templates(store, val, EMOJI_GROUP_TEMPLATES)
+            dataset = replace(test, templates=EMOJI_GROUP_TEMPLATES[chosen])
             few = get("fewshot")(
                 store, {"shots": shots, "seeds": 3, "max_iter": 300}, dataset=dataset
             )

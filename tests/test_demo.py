@@ -224,18 +224,21 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     assert abs(a - (-0.30103)) < 1e-5 and abs(10**b - 0.5) < 1e-9
 
     data, recipe = fake_data(tmp_path)
+    # Emoji One, the validation style the few-shot study's group prompts are chosen on
+    pytest.importorskip("resvg_py")
+    icons = {"grinningface": {"body": CIRCLE}, "cat-face": {"body": CIRCLE}}
+    _iconify(data / "sources", "emojione", icons, {})
     out = tmp_path / "reproduce"
     tiny = {"embed_dim": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 1}
-    small = {"embed_dim": 32, "vision_width": 64, "vision_layers": 2, "vision_heads": 2}
     report = run_reproduce(
         data,
         out,
         tmp_path / "demo",
         recipe=recipe,
         install=False,
-        sizes={"xs": tiny, "s": small},
+        sizes={"xs": tiny, "s": {}},
         fractions=(0.5,),
-        scaling_steps=2,
+        group_levels=(("category", 2),),
         progress=False,
         log=lambda m: None,
     )
@@ -244,8 +247,16 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     points = results["compute_scaling"]["points"]
     assert [p["name"] for p in points] == ["xs", "s"]
-    assert all(p["train_gflops"] == p["gflops_per_pair"] * 2 * 4 for p in points)  # 2 steps
-    assert points[0]["gflops_per_pair"] < points[1]["gflops_per_pair"]
+    # "s" is the demo model (3 steps); "xs" trains steps in proportion to its FLOPs per pair
+    assert points[1]["steps"] == 3 and points[0]["gflops_per_pair"] < points[1]["gflops_per_pair"]
+    ratio = points[0]["gflops_per_pair"] / points[1]["gflops_per_pair"]
+    assert points[0]["steps"] == max(1, round(3 * ratio))
+    assert all(p["train_gflops"] == p["gflops_per_pair"] * p["steps"] * 4 for p in points)
+    assert not (out / "runs" / "s").exists()  # the demo model is not trained twice
+    groups = results["group_fewshot"]
+    assert [g["field"] for g in groups] == ["category"]
+    assert set(groups[0]["validation_top1"]) == {"bare", "emoji", "caption-like", "ensemble"}
+    assert "emoji category groups" in text and "findings agree" in text
     assert [p["fraction"] for p in results["data_scaling"]["points"]] == [0.5, 1.0]
     for picture in ("fewshot.png", "compute-scaling.png", "data-scaling.png"):
         assert (out / picture).stat().st_size > 1000

@@ -311,3 +311,49 @@ def test_fingerprint_of_a_tensor_over_2_24_elements() -> None:
     with torch.no_grad():
         big.weight[-1] = 1.0  # the last element is sampled
     assert model_fingerprint(big) != fp
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def test_regroup_pools_sets_by_a_class_info_field() -> None:
+    from dataclasses import replace
+
+    from cliplab.evaluation.groups import class_info_by_name, regroup
+
+    kinds = ["Tree-Fruit", "Tropical", "Tree-Fruit", "Vine", "Component"]
+    info = [{"category": k} for k in kinds]
+    a = replace(stub_set(per_class=3, name="a"), class_info=info)
+    b = replace(stub_set(per_class=1, name="b"), class_info=info)
+    pooled = regroup([a, b], "category")
+    # "Component" (lemon) is never a group; names are said as captions say them
+    assert pooled.classnames == ["tree fruit", "tropical", "vine"]
+    assert len(pooled) == 4 * 4 and pooled.name == "a+b by category"
+    assert pooled.labels.count(0) == 8 and pooled.labels.count(2) == 4
+    # every apple and cherry image (labels 0 and 2 in the sources) is in "tree fruit"
+    sources = [*a.labels, *b.labels]
+    assert [y for y, s in zip(pooled.labels, [s for s in sources if s != 4]) if s in (0, 2)] == [
+        0
+    ] * 8
+    assert regroup([a, b], "category", min_images=5).classnames == ["tree fruit"]
+    # a set without class_info borrows it by class name; classes fixed by the test set
+    plain = stub_set(per_class=2, name="validation")
+    val = regroup([plain], "category", info=class_info_by_name([a]), classes=["vine", "tropical"])
+    assert val.classnames == ["vine", "tropical"] and sorted(val.labels) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="no category group with 50 or more"):
+        regroup([a], "category", min_images=50)
+    with pytest.raises(ValueError, match="class_info entries"):
+        replace(a, class_info=info[:2])
+
+
+def test_choose_templates_scores_each_candidate_on_validation() -> None:
+    from cliplab.evaluation.protocols.zeroshot import choose_templates
+
+    store = FeatureStore(OneHotCLIP(CLASSES), stub_preprocess, progress=False)
+    candidates = {"plural": ["{}s"], "named": ["a {}"], "named too": ["{}, fresh"]}
+    best, scores = choose_templates(store, stub_set(), candidates)
+    # the stub does not see "apples" as "apple": every class ties, and ties count as wrong
+    assert scores == pytest.approx({"plural": 0.0, "named": 1.0, "named too": 1.0})
+    assert best == "named"  # the first of the equal best
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_templates(store, stub_set(), {})

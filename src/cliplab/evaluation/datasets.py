@@ -73,7 +73,9 @@ class ClassificationSet:
     """Images with one label each, the class names and (optionally) the set's own templates.
 
     ``fingerprint`` is computed from the images, labels and class names when not given.
-    ``meta`` carries free-form facts from the set's source (e.g. its ``meta.json``).
+    ``meta`` carries free-form facts from the set's source (e.g. its ``meta.json``);
+    ``class_info`` one mapping per class where the set has them (``class_info.json``: an
+    emoji's category and subcategory, ...), which :mod:`cliplab.evaluation.groups` regroups by.
     """
 
     images: Sequence[ImageLike] | torch.Tensor
@@ -83,6 +85,7 @@ class ClassificationSet:
     name: str = "dataset"
     fingerprint: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    class_info: Sequence[Mapping[str, Any]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
@@ -97,6 +100,8 @@ class ClassificationSet:
         object.__setattr__(self, "classnames", list(self.classnames))
         if self.templates is not None:
             object.__setattr__(self, "templates", list(self.templates))
+        if self.class_info is not None and len(self.class_info) != n:
+            raise ValueError(f"{self.name}: {len(self.class_info)} class_info entries, {n} classes")
         if not self.fingerprint:
             fp = _digest(images_fingerprint(self.images), self.labels, self.classnames)
             object.__setattr__(self, "fingerprint", fp)
@@ -188,6 +193,7 @@ def load_classification(path: str | os.PathLike[str]) -> ClassificationSet:
         templates=list(files.templates) or None,
         name=files.name,
         meta=dict(files.meta),
+        class_info=files.class_info,
     )
 
 

@@ -187,6 +187,25 @@ def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) ->
     )
 
 
+def choose_templates(
+    store: FeatureStore, validation: ClassificationSet, candidates: Mapping[str, Sequence[str]]
+) -> tuple[str, dict[str, float]]:
+    """The candidate template set with the best zero-shot top-1 on ``validation`` (the first
+    on a tie), and every candidate's score: prompts chosen on validation data, never on the
+    test set they are then used on."""
+    if not candidates:
+        raise ValueError("no candidate template sets to choose from")
+    x = store.dataset(validation)
+    scores = {}
+    for key, templates in candidates.items():
+        logits, _ = zero_shot_features(store, validation, list(templates), features=x)
+        scores[key] = classification_metrics(logits, validation.labels, validation.classnames)[
+            "top1"
+        ]
+    best = max(scores, key=lambda k: scores[k])  # max keeps the first of equal scores
+    return best, scores
+
+
 def compare(items: Sequence[tuple[str, Any]], out_dir: Path) -> list[str]:
     """Several models on one set: a table, and a confusion matrix per model when small."""
     r0: ZeroShotResult = items[0][1]

@@ -1,0 +1,85 @@
+"""Coarser classification tasks from fine-grained sets: classes regrouped by a field of their
+``class_info`` (an emoji's category or subcategory), pooled across several sets.
+
+Why: the paper's zero-shot vs few-shot comparison (Figure 6) needs a task whose class names
+lie in the training text and with enough test images per class to draw 1-16 shots. Emoji
+concepts have about one image per style, but their groups ("animal mammal", "food & drink")
+have hundreds across the held-out styles, and the demo's captions name them.
+
+    test = regroup([google, apple, facebook], "subcategory", min_images=60)
+    validation = regroup([emoji_one], "subcategory", classes=test.classnames, info=info)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from cliplab.evaluation.datasets import ClassificationSet
+
+#: Candidate prompt sets for emoji-group zero-shot, chosen between on a validation style only.
+EMOJI_GROUP_TEMPLATES: dict[str, list[str]] = {
+    "bare": ["{}"],
+    "emoji": ["{} emoji"],
+    "caption-like": ["an emoji, {}", "emoji - {}", "{} icon"],
+    "ensemble": ["{}", "{} emoji", "an emoji, {}", "emoji - {}", "{} icon", "an emoji of {}"],
+}
+#: Groups never used as classes: emojibase's "Component" (skin tones, hair styles).
+EXCLUDED_GROUPS = frozenset({"component"})
+
+
+def group_name(value: str) -> str:
+    """A group as the demo's captions say it: "Animals & Nature" -> "animals & nature",
+    "animal-mammal" -> "animal mammal"."""
+    return str(value).lower().replace("-", " ").strip()
+
+
+def class_info_by_name(sets: Iterable[ClassificationSet]) -> dict[str, Mapping[str, Any]]:
+    """Class name -> its ``class_info`` entry, from every set that has them (later sets win):
+    lends groups to a set without ``class_info`` whose classes share the names."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for ds in sets:
+        if ds.class_info is not None:
+            out.update(zip(ds.classnames, ds.class_info, strict=True))
+    return out
+
+
+def regroup(
+    sets: Sequence[ClassificationSet],
+    field: str,
+    *,
+    info: Mapping[str, Mapping[str, Any]] | None = None,
+    classes: Sequence[str] | None = None,
+    min_images: int = 1,
+    name: str | None = None,
+    templates: Sequence[str] | None = None,
+) -> ClassificationSet:
+    """The images of ``sets`` labelled by their class's ``field`` (:func:`group_name`).
+
+    ``info`` maps class names to their info (default: the sets' own ``class_info``); images
+    of classes without it, or in :data:`EXCLUDED_GROUPS`, are left out. ``classes`` fixes the
+    groups and their order (a validation set scored like a test set); otherwise the groups with
+    at least ``min_images`` images, sorted. Raises ``ValueError`` when no group is left.
+    """
+    info = class_info_by_name(sets) if info is None else info
+    pairs: list[tuple[Any, str]] = []
+    for ds in sets:
+        for image, label in zip(ds.images, ds.labels, strict=True):
+            entry = info.get(ds.classnames[label])
+            value = entry.get(field) if entry else None
+            if value:
+                group = group_name(value)
+                if group not in EXCLUDED_GROUPS:
+                    pairs.append((image, group))
+    if classes is None:
+        counts = Counter(g for _, g in pairs)
+        classes = sorted(g for g, n in counts.items() if n >= min_images)
+    index = {g: i for i, g in enumerate(classes)}
+    kept = [(image, index[g]) for image, g in pairs if g in index]
+    label = name or f"{'+'.join(ds.name for ds in sets)} by {field}"
+    if not kept:
+        raise ValueError(f"{label}: no {field} group with {min_images} or more images")
+    return ClassificationSet(
+        [i for i, _ in kept], [y for _, y in kept], list(classes), templates=templates, name=label
+    )
