@@ -7,7 +7,9 @@ class names are in the training text, and the held-out styles hold many images p
 - tasks: the 9 emojibase categories ("Component" left out), and the subcategories with at
   least 60 images across the test styles (31 classes), class names as the captions say them;
 - validation: the held-out training style (Emoji One; its concepts mapped to groups by
-  name) chooses the prompt templates; test: Google + Apple + Facebook emoji together, where
+  name) chooses the zero-shot set-up: the prompt templates, and whether a group is scored by
+  its name alone or by the best of its name and its members' names (hierarchical label sets,
+  as in CHiLS); the class-names-only zero-shot is recorded beside it; test: Google + Apple + Facebook emoji together, where
   the few-shot protocol draws k examples per class (3 draws) and tests on the rest;
 - models: the final recipe's trial models (`benchmarks/recipe_trials.py`, two seeds).
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from common import RESULTS, ROOT, machine
@@ -29,9 +30,9 @@ from common import RESULTS, ROOT, machine
 import cliplab
 from cliplab.encode import FeatureStore
 from cliplab.evaluation.datasets import load_classification
-from cliplab.evaluation.groups import EMOJI_GROUP_TEMPLATES, class_info_by_name, regroup
+from cliplab.evaluation.groups import class_info_by_name, regroup, zero_shot_candidates
 from cliplab.evaluation.protocols.fewshot import plot_fewshot
-from cliplab.evaluation.protocols.zeroshot import choose_templates
+from cliplab.evaluation.protocols.zeroshot import choose_zero_shot
 from cliplab.evaluation.registry import get
 from cliplab.fileio import write_json
 
@@ -74,15 +75,21 @@ def main() -> int:
         for model_dir in args.models:
             model, preprocess = cliplab.load(ROOT / model_dir)
             store = FeatureStore(model, preprocess, batch_size=256, progress=False)
-            chosen, scores = choose_templates(store, val, EMOJI_GROUP_TEMPLATES)
-            dataset = replace(test, templates=EMOJI_GROUP_TEMPLATES[chosen])
-            few = get("fewshot")(
-                store, {"shots": shots, "seeds": 3, "max_iter": 300}, dataset=dataset
+            val_setups, test_setups = zero_shot_candidates(val), zero_shot_candidates(test)
+            chosen, scores = choose_zero_shot(store, val_setups)
+            plain, _ = choose_zero_shot(
+                store, {k: v for k, v in val_setups.items() if v.class_members is None}
+            )
+            options = {"shots": shots, "seeds": 3, "max_iter": 300}
+            few = get("fewshot")(store, options, dataset=test_setups[chosen])
+            names_only = get("fewshot")(
+                store, {**options, "shots": (1,), "seeds": 1}, dataset=test_setups[plain]
             )
             curves[f"{level} / {Path(model_dir).parent.name}"] = few
             entry["models"][model_dir] = {
-                "validation_top1_by_templates": scores,
+                "validation_top1_by_setup": scores,
                 "templates": chosen,
+                "names_only": {"templates": plain, "zero_shot_top1": names_only.zero_shot},
                 "zero_shot_top1": few.zero_shot,
                 "probe": {k: {"mean": few.mean(k), "std": few.std(k)} for k in shots},
                 "matched_shots": few.matched_shots,

@@ -255,7 +255,9 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     assert not (out / "runs" / "s").exists()  # the demo model is not trained twice
     groups = results["group_fewshot"]
     assert [g["field"] for g in groups] == ["category"]
-    assert set(groups[0]["validation_top1"]) == {"bare", "emoji", "caption-like", "ensemble"}
+    plain = {"bare", "emoji", "caption-like", "ensemble"}
+    assert set(groups[0]["validation_top1"]) == plain | {f"{p} + members" for p in plain}
+    assert groups[0]["names_only"]["templates"] in plain
     assert "emoji category groups" in text and "findings agree" in text
     assert [p["fraction"] for p in results["data_scaling"]["points"]] == [0.5, 1.0]
     for picture in ("fewshot.png", "compute-scaling.png", "data-scaling.png"):
@@ -267,3 +269,9 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     assert main(["reproduce", "--out", str(out), "--report-only"]) == 0
     assert report.read_text() == text
     assert main(["reproduce", "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    # a second run reuses the trained variants and says so beside its time
+    again = run_reproduce(data, out, tmp_path / "demo", recipe=recipe, install=False,
+                          sizes={"xs": tiny, "s": {}}, fractions=(0.5,),
+                          group_levels=(("category", 2),), progress=False, log=lambda m: None)  # fmt: skip
+    assert json.loads((out / "results.json").read_text())["reused_models"] == ["xs", "data-50pct"]
+    assert "reusing the trained models xs, data-50pct" in again.read_text()

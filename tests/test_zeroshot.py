@@ -346,14 +346,48 @@ def test_regroup_pools_sets_by_a_class_info_field() -> None:
         replace(a, class_info=info[:2])
 
 
-def test_choose_templates_scores_each_candidate_on_validation() -> None:
-    from cliplab.evaluation.protocols.zeroshot import choose_templates
+def test_choose_zero_shot_scores_each_candidate_on_validation() -> None:
+    from dataclasses import replace
+
+    from cliplab.evaluation.protocols.zeroshot import choose_zero_shot
 
     store = FeatureStore(OneHotCLIP(CLASSES), stub_preprocess, progress=False)
-    candidates = {"plural": ["{}s"], "named": ["a {}"], "named too": ["{}, fresh"]}
-    best, scores = choose_templates(store, stub_set(), candidates)
+    val = stub_set()
+    candidates = {
+        "plural": replace(val, templates=["{}s"]),
+        "named": replace(val, templates=["a {}"]),
+        "named too": replace(val, templates=["{}, fresh"]),
+    }
+    best, scores = choose_zero_shot(store, candidates)
     # the stub does not see "apples" as "apple": every class ties, and ties count as wrong
     assert scores == pytest.approx({"plural": 0.0, "named": 1.0, "named too": 1.0})
     assert best == "named"  # the first of the equal best
     with pytest.raises(ValueError, match="no candidate"):
-        choose_templates(store, stub_set(), {})
+        choose_zero_shot(store, {})
+
+
+def test_class_members_score_a_class_by_its_best_name() -> None:
+    from dataclasses import replace
+
+    from cliplab.evaluation.groups import regroup, zero_shot_candidates
+    from cliplab.evaluation.protocols.zeroshot import zero_shot_features
+
+    # group names the stub cannot read ("tree fruit"): only the members name the fruit
+    kinds = ["Tree-Fruit", "Tropical", "Tree-Fruit", "Vine", "Berry"]
+    fruit = replace(stub_set(per_class=2), class_info=[{"category": k} for k in kinds])
+    groups = regroup([fruit], "category")
+    assert groups.classnames == ["berry", "tree fruit", "tropical", "vine"]
+    assert groups.class_members == (("lemon",), ("apple", "cherry"), ("banana",), ("grape",))
+    store = FeatureStore(OneHotCLIP(CLASSES), stub_preprocess, progress=False)
+    logits, _ = zero_shot_features(store, replace(groups, templates=["{}"]))
+    # each image's logit for its group is 100 (its fruit's one-hot), every other group's 0
+    expected = torch.zeros(len(groups), 4)
+    expected[torch.arange(len(groups)), torch.tensor(groups.labels)] = store.logit_scale
+    torch.testing.assert_close(logits, expected)
+    setups = zero_shot_candidates(groups, {"bare": ["{}"], "photo": ["a photo of a {}."]})
+    assert list(setups) == ["bare", "photo", "bare + members", "photo + members"]
+    assert setups["bare"].class_members is None
+    top1 = {k: get("zeroshot")(store, dataset=v).top1 for k, v in setups.items()}
+    assert top1["bare"] == 0.0 and top1["bare + members"] == 1.0
+    with pytest.raises(ValueError, match="class_members lists"):
+        replace(groups, class_members=[["apple"]])

@@ -100,8 +100,10 @@ def _train_variant(
     overrides: Sequence[str] = (),
     model_overrides: dict[str, Any] | None = None,
     fraction: float = 1.0,
+    reused: list[str] | None = None,
 ) -> Path:
-    """Train (or reuse) one variant of the recipe: other model sizes or part of the data."""
+    """Train (or reuse) one variant of the recipe: other model sizes or part of the data.
+    A reused variant's name is appended to ``reused`` (the report says so beside its time)."""
     from cliplab.data.sources import ShardsSpec
 
     config = plan.training_config(recipe, data_dir, out / name, overrides)
@@ -119,7 +121,11 @@ def _train_variant(
         log=dataclasses.replace(config.log, progress=True, plots=False),
     )
     model_dir = out / name / "model"
-    if not (model_dir / "config.json").is_file():
+    if (model_dir / "config.json").is_file():
+        log(f"   {name}: reusing the trained model in {model_dir}")
+        if reused is not None:
+            reused.append(name)
+    else:
         train(config, log)
     return model_dir
 
@@ -135,12 +141,12 @@ def group_fewshot(
     store: Any, eval_dir: Path, levels: Sequence[tuple[str, int]], log: Log
 ) -> list[dict[str, Any]]:
     """Zero-shot vs k-shot probes on emoji groups (``levels``: class_info field, fewest test
-    images per group) across the held-out styles that are installed; the prompt set is chosen
-    on the validation style. One JSON-ready entry per task; tasks that cannot be built are
-    logged and left out."""
+    images per group) across the held-out styles that are installed; the zero-shot set-up
+    (prompt set, group names alone or with their members) is chosen on the validation style.
+    One JSON-ready entry per task; tasks that cannot be built are logged and left out."""
     from cliplab.evaluation.datasets import load_classification
-    from cliplab.evaluation.groups import EMOJI_GROUP_TEMPLATES, class_info_by_name, regroup
-    from cliplab.evaluation.protocols.zeroshot import choose_templates
+    from cliplab.evaluation.groups import class_info_by_name, regroup, zero_shot_candidates
+    from cliplab.evaluation.protocols.zeroshot import choose_zero_shot
 
     styles = [load_classification(eval_dir / n) for n in SHIFTED if (eval_dir / n).is_dir()]
     if not styles or not (eval_dir / VALIDATION_STYLE).is_dir():
@@ -157,13 +163,18 @@ def group_fewshot(
         except ValueError as e:
             log(f"   emoji {field} groups skipped: {e}")
             continue
-        chosen, scores = choose_templates(store, val, EMOJI_GROUP_TEMPLATES)
-        log(f"   {field}: {test.num_classes} groups, {len(test)} test images; "
-            f"prompts '{chosen}' (validation top-1 {scores[chosen]:.1%})")  # fmt: skip
-        few = get("fewshot")(
-            store,
-            {"shots": (1, 2, 4, 8, 16), "seeds": 3, "max_iter": 300},
-            dataset=dataclasses.replace(test, templates=EMOJI_GROUP_TEMPLATES[chosen]),
+        val_setups, test_setups = zero_shot_candidates(val), zero_shot_candidates(test)
+        chosen, scores = choose_zero_shot(store, val_setups)
+        # the paper's protocol (class names and prompts only), chosen the same way, for contrast
+        plain = {k: v for k, v in val_setups.items() if v.class_members is None}
+        plain_chosen, _ = choose_zero_shot(store, plain)
+        log(f"   {field}: {test.num_classes} groups, {len(test)} test images; zero-shot "
+            f"'{chosen}' (validation top-1 {scores[chosen]:.1%})")  # fmt: skip
+        options = {"shots": (1, 2, 4, 8, 16), "seeds": 3, "max_iter": 300}
+        few = get("fewshot")(store, options, dataset=test_setups[chosen])
+        # the same test split (the split's seed is the protocol's), one cheap probe
+        names_only = get("fewshot")(
+            store, {**options, "shots": (1,), "seeds": 1}, dataset=test_setups[plain_chosen]
         )
         out.append(
             {
@@ -172,6 +183,7 @@ def group_fewshot(
                 "templates": chosen,
                 "validation_top1": scores,
                 "validation_images": len(val),
+                "names_only": {"templates": plain_chosen, "zero_shot": names_only.zero_shot},
                 "result": few.to_dict(),
             }
         )
@@ -258,6 +270,7 @@ def run_reproduce(
     from cliplab.evaluation.protocols.robustness import plot_robustness
 
     start = time.perf_counter()
+    reused: list[str] = []
     data_dir, out, demo_dir = Path(data_dir), Path(out), Path(demo_dir)
     out.mkdir(parents=True, exist_ok=True)
     sizes = SIZES if sizes is None else sizes
@@ -342,8 +355,9 @@ def run_reproduce(
             model_dir, steps = demo_model, demo_steps
         else:
             log(f"== compute scaling: model {name}, {steps} steps")
+            steps_set = [*overrides, f"train.steps={steps}"]
             model_dir = _train_variant(
-                name, recipe, data_dir, runs_dir, log, [*overrides, f"train.steps={steps}"], ov
+                name, recipe, data_dir, runs_dir, log, steps_set, ov, reused=reused
             )
         top1, top5, m = _zero_shot_top1(model_dir, target)
         points.append(
@@ -378,7 +392,7 @@ def run_reproduce(
         name = f"data-{int(100 * fraction)}pct"
         log(f"== data scaling: {100 * fraction:.0f}% of the pairs")
         model_dir = _train_variant(
-            name, recipe, data_dir, runs_dir, log, fraction_overrides, None, fraction
+            name, recipe, data_dir, runs_dir, log, fraction_overrides, None, fraction, reused
         )
         top1, top5, _ = _zero_shot_top1(model_dir, target)
         data_points.append({"name": name, "fraction": fraction, "top1": top1, "top5": top5})
@@ -390,6 +404,7 @@ def run_reproduce(
     results["data_scaling"] = {"points": data_points}
     results["seconds"]["data_scaling"] = time.perf_counter() - t0
     results["seconds"]["total"] = time.perf_counter() - start
+    results["reused_models"] = reused
     write_json(out / "results.json", results, indent=1)
 
     return report_from_results(out)

@@ -70,11 +70,15 @@ def _report(results: dict[str, Any]) -> list[str]:
     few_claim = ("zero-shot matches a k-shot linear probe", "ImageNet: about 4-shot; 20 "
                  "datasets: 4-shot on average (Figure 6)")  # fmt: skip
     for g, r in group_results:
+        plain = g.get("names_only")
         rows.append((*few_claim,
                      f"emoji {g['field']} groups ({round(1 / r.chance) if r.chance else '?'}"
-                     f" classes, held-out styles, '{g['templates']}' prompts chosen on "
-                     f"validation): zero-shot {pct(r.zero_shot or 0)}, 1-shot probe "
-                     f"{pct(r.mean(r.shots[0]))}", fewshot_verdict(r)))  # fmt: skip
+                     f" classes, held-out styles; zero-shot set-up '{g['templates']}' chosen on "
+                     f"validation): zero-shot {pct(r.zero_shot or 0)}"
+                     + (f" (class names only, '{plain['templates']}': "
+                        f"{pct(plain['zero_shot'] or 0)})" if plain else "")
+                     + f", 1-shot probe {pct(r.mean(r.shots[0]))}, 16-shot "
+                     f"{pct(r.mean(r.shots[-1]))}", fewshot_verdict(r)))  # fmt: skip
     rows.append((*few_claim, f"Fashion-MNIST: zero-shot {pct(few.zero_shot or 0)}, 1-shot probe "
                  f"{pct(few.mean(few.shots[0]))}", fewshot_verdict(few)))  # fmt: skip
     for r in prompts:
@@ -127,7 +131,14 @@ def _report(results: dict[str, Any]) -> list[str]:
         "",
         f"{results.get('date') or time.strftime('%Y-%m-%d %H:%M')} on "
         f"{results.get('machine') or machine()}; "
-        f"{results['seconds']['total'] / 60:.1f} minutes. Models are tiny CLIPs trained for "
+        f"{results['seconds']['total'] / 60:.1f} minutes"
+        + (
+            f" (reusing the trained models {', '.join(results['reused_models'])} of an earlier "
+            "run of the same command)"
+            if results.get("reused_models")
+            else ""
+        )
+        + ". Models are tiny CLIPs trained for "
         f"minutes on {', '.join(results.get('training_data') or ['the demo recipe'])}, so "
         "agreement with the paper is about direction, not size.",
         "",
@@ -151,7 +162,9 @@ def _report(results: dict[str, Any]) -> list[str]:
     for g, r in group_results:
         scores = ", ".join(f"{k} {pct(v)}" for k, v in g["validation_top1"].items())
         lines += [
-            f"Prompts for emoji {g['field']} groups, chosen on the validation style "
+            f"Zero-shot set-up for emoji {g['field']} groups (prompt set; '+ members': a group "
+            "scored by the best of its name and its member emoji's names), chosen on the "
+            "validation style "
             f"({g.get('validation_set', 'the validation style')}, {g['validation_images']} images; top-1 by candidate: "
             f"{scores}): '{g['templates']}'.",
             "",

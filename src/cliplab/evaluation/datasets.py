@@ -76,6 +76,9 @@ class ClassificationSet:
     ``meta`` carries free-form facts from the set's source (e.g. its ``meta.json``);
     ``class_info`` one mapping per class where the set has them (``class_info.json``: an
     emoji's category and subcategory, ...), which :mod:`cliplab.evaluation.groups` regroups by.
+    ``class_members``, where given, lists more names for each class (its members or sub-labels:
+    "cat face", "dog", ... for "animals & nature"): zero-shot then scores a class by the best of
+    its own name and these (hierarchical label sets, as in CHiLS, Novack et al. 2023).
     """
 
     images: Sequence[ImageLike] | torch.Tensor
@@ -86,6 +89,7 @@ class ClassificationSet:
     fingerprint: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
     class_info: Sequence[Mapping[str, Any]] | None = field(default=None, compare=False)
+    class_members: Sequence[Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
@@ -102,6 +106,13 @@ class ClassificationSet:
             object.__setattr__(self, "templates", list(self.templates))
         if self.class_info is not None and len(self.class_info) != n:
             raise ValueError(f"{self.name}: {len(self.class_info)} class_info entries, {n} classes")
+        if self.class_members is not None:
+            if len(self.class_members) != n:
+                raise ValueError(
+                    f"{self.name}: {len(self.class_members)} class_members lists, {n} classes"
+                )
+            members = tuple(tuple(str(m) for m in ms) for ms in self.class_members)
+            object.__setattr__(self, "class_members", members)
         if not self.fingerprint:
             fp = _digest(images_fingerprint(self.images), self.labels, self.classnames)
             object.__setattr__(self, "fingerprint", fp)

@@ -8,12 +8,19 @@ have hundreds across the held-out styles, and the demo's captions name them.
 
     test = regroup([google, apple, facebook], "subcategory", min_images=60)
     validation = regroup([emoji_one], "subcategory", classes=test.classnames, info=info)
+    chosen, _ = choose_zero_shot(store, zero_shot_candidates(validation))
+    test = zero_shot_candidates(test)[chosen]
+
+Each group also lists its members (the concept names of the taxonomy in it) as
+``class_members``: zero-shot may score a group by its best member ("cat face" for "animals &
+nature"), a set-up chosen, like the prompts, on validation data.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from cliplab.evaluation.datasets import ClassificationSet
@@ -60,7 +67,9 @@ def regroup(
     ``info`` maps class names to their info (default: the sets' own ``class_info``); images
     of classes without it, or in :data:`EXCLUDED_GROUPS`, are left out. ``classes`` fixes the
     groups and their order (a validation set scored like a test set); otherwise the groups with
-    at least ``min_images`` images, sorted. Raises ``ValueError`` when no group is left.
+    at least ``min_images`` images, sorted. ``class_members`` lists every name ``info`` puts in
+    each group (the same lists for any set regrouped with the same ``info``). Raises
+    ``ValueError`` when no group is left.
     """
     info = class_info_by_name(sets) if info is None else info
     pairs: list[tuple[Any, str]] = []
@@ -80,6 +89,30 @@ def regroup(
     label = name or f"{'+'.join(ds.name for ds in sets)} by {field}"
     if not kept:
         raise ValueError(f"{label}: no {field} group with {min_images} or more images")
+    members: dict[str, list[str]] = {}
+    for concept, entry in sorted(info.items()):
+        if entry.get(field):
+            members.setdefault(group_name(entry[field]), []).append(concept)
     return ClassificationSet(
-        [i for i, _ in kept], [y for _, y in kept], list(classes), templates=templates, name=label
+        [i for i, _ in kept],
+        [y for _, y in kept],
+        list(classes),
+        templates=templates,
+        name=label,
+        class_members=[members.get(g, []) for g in classes],
     )
+
+
+def zero_shot_candidates(
+    dataset: ClassificationSet, template_sets: Mapping[str, Sequence[str]] = EMOJI_GROUP_TEMPLATES
+) -> dict[str, ClassificationSet]:
+    """``dataset`` set up for zero-shot in each candidate way: every template set, with the
+    group names alone ("bare") and, where the set has ``class_members``, scored by the best of
+    the name and its members ("bare + members")."""
+    out = {}
+    for key, templates in template_sets.items():
+        out[key] = replace(dataset, templates=list(templates), class_members=None)
+    if dataset.class_members is not None:
+        for key, templates in template_sets.items():
+            out[f"{key} + members"] = replace(dataset, templates=list(templates))
+    return out

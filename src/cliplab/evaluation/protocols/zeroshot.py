@@ -160,11 +160,19 @@ def zero_shot_features(
     features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Zero-shot logits (N, C) of ``dataset`` (or of ``features`` of its images) with the
-    model's temperature, and the templates used."""
+    model's temperature, and the templates used. Where the set has ``class_members``, a class's
+    logit is the largest of its own name's and its members' (each a template ensemble)."""
     chosen = resolve_templates(templates, dataset.templates)
-    weights = store.classifier(dataset.classnames, chosen)
     x = store.dataset(dataset) if features is None else features
-    return zero_shot_logits(x, weights, store.logit_scale), chosen
+    if dataset.class_members is None:
+        weights = store.classifier(dataset.classnames, chosen)
+        return zero_shot_logits(x, weights, store.logit_scale), chosen
+    names = [[c, *m] for c, m in zip(dataset.classnames, dataset.class_members, strict=True)]
+    weights = store.classifier([n for group in names for n in group], chosen)  # (M, D)
+    flat = zero_shot_logits(x, weights, store.logit_scale)  # (N, M)
+    owner = torch.tensor([c for c, group in enumerate(names) for _ in group])
+    logits = flat.new_full((flat.shape[0], len(names)), float("-inf"))
+    return logits.scatter_reduce(1, owner.expand_as(flat), flat, "amax"), chosen
 
 
 def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) -> ZeroShotResult:
@@ -187,21 +195,19 @@ def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) ->
     )
 
 
-def choose_templates(
-    store: FeatureStore, validation: ClassificationSet, candidates: Mapping[str, Sequence[str]]
+def choose_zero_shot(
+    store: FeatureStore, candidates: Mapping[str, ClassificationSet]
 ) -> tuple[str, dict[str, float]]:
-    """The candidate template set with the best zero-shot top-1 on ``validation`` (the first
-    on a tie), and every candidate's score: prompts chosen on validation data, never on the
-    test set they are then used on."""
+    """The candidate with the best zero-shot top-1 (the first on a tie), and every candidate's
+    score. Candidates are one validation set set up in different ways (its templates, its
+    ``class_members``): the zero-shot set-up is chosen on validation data, never on the test
+    set it is then used on."""
     if not candidates:
-        raise ValueError("no candidate template sets to choose from")
-    x = store.dataset(validation)
+        raise ValueError("no candidate zero-shot set-ups to choose from")
     scores = {}
-    for key, templates in candidates.items():
-        logits, _ = zero_shot_features(store, validation, list(templates), features=x)
-        scores[key] = classification_metrics(logits, validation.labels, validation.classnames)[
-            "top1"
-        ]
+    for key, dataset in candidates.items():
+        logits, _ = zero_shot_features(store, dataset)
+        scores[key] = classification_metrics(logits, dataset.labels, dataset.classnames)["top1"]
     best = max(scores, key=lambda k: scores[k])  # max keeps the first of equal scores
     return best, scores
 
