@@ -396,3 +396,37 @@ def test_eval_reports_bad_images_and_measures_the_rest(sets, tmp_path, capsys) -
         FeatureStore(model, preprocess, progress=False), dataset=full.subset(keep)
     )
     assert r["top1"] == expected.top1
+
+
+def test_eval_zeroshot_reads_class_members(sets, tmp_path, capsys) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from cliplab.encode import FeatureStore
+    from cliplab.evaluation import load_classification
+    from cliplab.evaluation.registry import get
+
+    copy = tmp_path / "circles-members"
+    shutil.copytree(sets["circles"], copy)
+    plain = load_classification(copy)
+    assert plain.class_members is None
+    members = [[f"{c} disc", f"{c} ring"] for c in plain.classnames]
+    (copy / "class_members.json").write_text(json.dumps(members))
+    argv = ["eval", "zeroshot", *common(tmp_path), "--dataset", str(copy), "--quiet"]
+    assert main(argv) == 0
+    got = read(tmp_path, "zeroshot-circles.json")
+    # the same figures as the library with the members given by hand, not those without
+    model, preprocess = cliplab.load("random:tiny-vit")
+    store = FeatureStore(model, preprocess, progress=False)
+    with_members = get("zeroshot")(store, dataset=replace(plain, class_members=members))
+    assert got["members"] == 6 and with_members.members == 6
+    assert got["top1"] == pytest.approx(with_members.top1)
+    assert got["per_class"] == pytest.approx(with_members.per_class)
+    assert get("zeroshot")(store, dataset=plain).members == 0
+    assert (
+        "each class also scored by its members (6 names"
+        in (tmp_path / "out" / "zeroshot-circles.md").read_text()
+    )
+    (copy / "class_members.json").write_text(json.dumps(members[:2]))
+    assert main(argv) == 2
+    assert "class_members.json must hold one list of names per class" in capsys.readouterr().err

@@ -39,6 +39,7 @@ def test_classification_roundtrip(tmp_path):
         templates=["a photo of a {}.", "{}"],
         license="CC0",
         class_info=[{"id": "r"}, {"id": "b"}],
+        class_members=[["crimson square"], ["navy square", "azure square"]],
     )
     assert meta["num_images"] == 3 and meta["num_classes"] == 2
     assert meta["chance"] == pytest.approx(0.5) and meta["majority"] == pytest.approx(2 / 3)
@@ -46,6 +47,7 @@ def test_classification_roundtrip(tmp_path):
     assert len(s) == 3 and s.labels == [0, 1, 1] and s.classnames == ["red square", "blue square"]
     assert s.templates == ["a photo of a {}.", "{}"] and s.name == "toy"
     assert s.rows[0]["key"] == "r" and s.class_info == [{"id": "r"}, {"id": "b"}]
+    assert s.class_members == [["crimson square"], ["navy square", "azure square"]]
     assert all(p.is_file() and p.parent.name == "images" for p in s.images)
     image = s.image(0)
     # transparency was composited onto white at write time: a plain RGB file on disk
@@ -117,6 +119,7 @@ def test_rewriting_replaces_the_old_set(tmp_path):
         ({"classnames": ["a"], "templates": ["no placeholder"]}, "exactly one"),
         ({"classnames": [], "templates": ["{}"]}, "needs class names"),
         ({"classnames": ["a"], "templates": ["{}"], "class_info": []}, "one entry per class"),
+        ({"classnames": ["a"], "templates": ["{}"], "class_members": []}, "one list of names"),
     ],
 )
 def test_writer_rejects_bad_sets(tmp_path, kwargs, message):
@@ -156,3 +159,14 @@ def test_reader_rejects_malformed_sets(tmp_path):
         load_classification_set(path)
     with pytest.raises(FileNotFoundError):
         load_classification_set(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("members", [[["a"]], {"a": 1}, [["x"], [2]], [["x"], "y"]])
+def test_malformed_class_members_is_a_clear_error(tmp_path, members):
+    path = tmp_path / "toy"
+    items = [(_rgba((255, 0, 0)), 0), (_rgba((0, 0, 255)), 1)]
+    write_classification_set(path, items, name="toy", classnames=["r", "b"], templates=["{}"])
+    assert load_classification_set(path).class_members is None
+    (path / "class_members.json").write_text(json.dumps(members))
+    with pytest.raises(ValueError, match="one list of names per class"):
+        load_classification_set(path)

@@ -15,6 +15,9 @@ under a temporary name and renames it at the end, so a reader never sees half a 
       images/          the images, RGB (transparent sources already composited on white)
       classes.json     classification: the class names, a JSON list; label i is classes[i]
       class_info.json  classification, optional: one object per class (ids, categories...)
+      class_members.json classification, optional: one list of names per class (its members
+                       or sub-labels); zero-shot then scores a class by the best of its name
+                       and these (cliplab.evaluation.datasets.ClassificationSet)
       templates.json   classification: {"templates": ["a photo of a {}.", ...]}, one "{}" each
 
 Readers return plain objects whose fields match :mod:`cliplab.evaluation.datasets`
@@ -70,6 +73,7 @@ class ClassificationFiles:
     meta: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)  # index.jsonl, extra keys included
     class_info: list[dict[str, Any]] | None = None
+    class_members: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -203,6 +207,19 @@ def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles
         raise ValueError(f"{root}: labels outside 0..{len(classnames) - 1}: {bad[:5]}")
     info_path = storage.join(root, "class_info.json")
     class_info = json.loads(storage.read_text(info_path)) if storage.exists(info_path) else None
+    members_path = storage.join(root, "class_members.json")
+    members = None
+    if storage.exists(members_path):
+        members = json.loads(storage.read_text(members_path))
+        if (
+            not isinstance(members, list)
+            or len(members) != len(classnames)
+            or not all(isinstance(m, list) and all(isinstance(n, str) for n in m) for m in members)
+        ):
+            raise ValueError(
+                f"{root}/class_members.json must hold one list of names per class "
+                f"({len(classnames)} lists)"
+            )
     return ClassificationFiles(
         images=[_check_file(root, r["file"]) for r in rows],
         labels=labels,
@@ -212,6 +229,7 @@ def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles
         meta=meta,
         rows=rows,
         class_info=class_info,
+        class_members=members,
     )
 
 
@@ -280,6 +298,7 @@ class EvalSetWriter:
         classnames: Sequence[str] | None = None,
         templates: Sequence[str] | None = None,
         class_info: Sequence[Mapping[str, Any]] | None = None,
+        class_members: Sequence[Sequence[str]] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         if task not in ("classification", "retrieval"):
@@ -294,11 +313,16 @@ class EvalSetWriter:
                 raise ValueError("a classification set needs templates, each with exactly one '{}'")
             if class_info is not None and len(class_info) != len(classnames):
                 raise ValueError("class_info needs one entry per class")
+            if class_members is not None and len(class_members) != len(classnames):
+                raise ValueError("class_members needs one list of names per class")
         self.path = Path(path)
         self.task = task
         self.classnames = list(classnames or [])
         self.templates = list(templates or [])
         self.class_info = [dict(c) for c in class_info] if class_info is not None else None
+        self.class_members = (
+            [[str(n) for n in m] for m in class_members] if class_members is not None else None
+        )
         self.meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -382,6 +406,8 @@ class EvalSetWriter:
             _write_json(self._tmp / "templates.json", {"templates": self.templates})
             if self.class_info is not None:
                 _write_json(self._tmp / "class_info.json", self.class_info)
+            if self.class_members is not None:
+                _write_json(self._tmp / "class_members.json", self.class_members)
         else:
             meta["num_captions"] = self._captions
         _write_json(self._tmp / "meta.json", meta)

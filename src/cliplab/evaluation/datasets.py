@@ -205,6 +205,7 @@ def load_classification(path: str | os.PathLike[str]) -> ClassificationSet:
         name=files.name,
         meta=dict(files.meta),
         class_info=files.class_info,
+        class_members=files.class_members,
     )
 
 

@@ -57,6 +57,7 @@ class ZeroShotResult(Result):
     mean_per_class_recall: float
     per_class: dict[str, float | None] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
+    members: int = 0  # member names the classes were also scored by (class_members)
 
     def rows(self) -> list[Row]:
         rows = [Row(self.dataset, "zero-shot", "top-1", self.top1, 1 / self.num_classes)]
@@ -84,7 +85,12 @@ class ZeroShotResult(Result):
             "",
             f"{self.n} images, {self.num_classes} classes (chance {pct(self.chance)}%, "
             f"always the largest class {pct(self.majority)}%), "
-            f"{self.templates} template(s), e.g. `{self.template_examples[0]}`.",
+            f"{self.templates} template(s), e.g. `{self.template_examples[0]}`"
+            + (
+                f"; each class also scored by its members ({self.members} names in all)."
+                if self.members
+                else "."
+            ),
             "",
             markdown_table(
                 ["top-1 (%)", "top-5 (%)", "mean per-class recall (%)"],
@@ -192,6 +198,7 @@ def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) ->
         mean_per_class_recall=m["mean_per_class_recall"],
         per_class=m["per_class"],
         confusion=m.get("confusion"),
+        members=sum(len(ms) for ms in dataset.class_members or ()),
     )
 
 
