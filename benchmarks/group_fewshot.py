@@ -5,12 +5,14 @@ class names are in the training text, and the held-out styles hold many images p
 (enough for 1-16 shots), unlike the one-image-per-concept emoji sets.
 
 - tasks: the 9 emojibase categories ("Component" left out), and the subcategories with at
-  least 60 images across the test styles (31 classes), class names as the captions say them;
+  least 60 images across the test styles (30 classes), class names as the captions say them;
 - validation: the held-out training style (Emoji One; its concepts mapped to groups by
   name) chooses the zero-shot set-up: the prompt templates, and whether a group is scored by
   its name alone or by the best of its name and its members' names (hierarchical label sets,
-  as in CHiLS); the class-names-only zero-shot is recorded beside it; test: Google + Apple + Facebook emoji together, where
-  the few-shot protocol draws k examples per class (3 draws) and tests on the rest;
+  as in CHiLS); the class-names-only zero-shot is recorded beside it;
+- test: Google + Apple + Facebook emoji together, where the few-shot protocol draws k
+  examples per class (3 draws) and tests on the rest;
+- the study is the one `make reproduce` runs (``cliplab.demo.reproduce.group_fewshot``);
 - models: the final recipe's trial models (`benchmarks/recipe_trials.py`, two seeds).
 
     python benchmarks/group_fewshot.py [--models runs/trials/styles/5-styles-1800-siglip-seed0/model ...]
@@ -28,16 +30,13 @@ from pathlib import Path
 from common import RESULTS, ROOT, machine
 
 import cliplab
+from cliplab.demo.reproduce import group_fewshot
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import load_classification
-from cliplab.evaluation.groups import class_info_by_name, regroup, zero_shot_candidates
 from cliplab.evaluation.protocols.fewshot import plot_fewshot
-from cliplab.evaluation.protocols.zeroshot import choose_zero_shot
-from cliplab.evaluation.registry import get
+from cliplab.evaluation.registry import result_from_dict
 from cliplab.fileio import write_json
 
-TEST = ("emoji-google", "emoji-apple", "emoji-facebook")
-VALIDATION = "emoji-emojione"
+LEVELS = (("category", 60), ("subcategory", 60))
 MODELS = [
     "runs/trials/styles/5-styles-1800-siglip-seed0/model",
     "runs/trials/styles/5-styles-1800-siglip-seed1/model",
@@ -50,7 +49,6 @@ def main() -> int:
     parser.add_argument("--data", default=str(ROOT / "data"))
     parser.add_argument("--shots", default="1,2,4,8,16")
     args = parser.parse_args()
-    data = Path(args.data)
     shots = tuple(int(k) for k in args.shots.split(","))
     results: dict = {
         "machine": machine(),
@@ -58,47 +56,40 @@ def main() -> int:
         "command": "python benchmarks/group_fewshot.py",
     }
     curves = {}
-    styles = [load_classification(data / "eval" / name) for name in TEST]
-    info = class_info_by_name(styles)
-    emoji_one = load_classification(data / "eval" / VALIDATION)
-    for level in ("category", "subcategory"):
-        test = regroup(styles, level, min_images=60, name=f"held-out styles by {level}")
-        val = regroup([emoji_one], level, info=info, classes=test.classnames, name="validation")
-        print(f"{level}: {test.num_classes} classes, {len(test)} test images, "
-              f"{len(val)} validation images", file=sys.stderr)  # fmt: skip
-        entry: dict = {
-            "classes": test.classnames,
-            "test_images": len(test),
-            "validation_images": len(val),
-            "models": {},
-        }
-        for model_dir in args.models:
-            model, preprocess = cliplab.load(ROOT / model_dir)
-            store = FeatureStore(model, preprocess, batch_size=256, progress=False)
-            val_setups, test_setups = zero_shot_candidates(val), zero_shot_candidates(test)
-            chosen, scores = choose_zero_shot(store, val_setups)
-            plain, _ = choose_zero_shot(
-                store, {k: v for k, v in val_setups.items() if v.class_members is None}
-            )
-            options = {"shots": shots, "seeds": 3, "max_iter": 300}
-            few = get("fewshot")(store, options, dataset=test_setups[chosen])
-            names_only = get("fewshot")(
-                store, {**options, "shots": (1,), "seeds": 1}, dataset=test_setups[plain]
-            )
+    for model_dir in args.models:
+        model, preprocess = cliplab.load(ROOT / model_dir)
+        store = FeatureStore(model, preprocess, batch_size=256, progress=False)
+        # the study `make reproduce` runs (cliplab.demo.reproduce.group_fewshot), per model
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        for g in group_fewshot(store, Path(args.data) / "eval", LEVELS, log, shots):
+            few = result_from_dict(g["result"])
+            level = g["field"]
             curves[f"{level} / {Path(model_dir).parent.name}"] = few
+            entry = results["tasks"].setdefault(
+                level,
+                {
+                    "classes": g["classes"],
+                    "test_images": g["test_images"],
+                    "validation_images": g["validation_images"],
+                    "models": {},
+                },
+            )
             entry["models"][model_dir] = {
-                "validation_top1_by_setup": scores,
-                "templates": chosen,
-                "names_only": {"templates": plain, "zero_shot_top1": names_only.zero_shot},
+                "validation_top1_by_setup": g["validation_top1"],
+                "templates": g["templates"],
+                "names_only": {
+                    "templates": g["names_only"]["templates"],
+                    "zero_shot_top1": g["names_only"]["zero_shot"],
+                },
                 "zero_shot_top1": few.zero_shot,
                 "probe": {k: {"mean": few.mean(k), "std": few.std(k)} for k in shots},
                 "matched_shots": few.matched_shots,
                 "verdict": few.verdict(),
             }
             print(json.dumps({level: entry["models"][model_dir]}), file=sys.stderr)
-        results["tasks"][level] = entry
     write_json(RESULTS / "group-fewshot.json", results)
-    plot_fewshot(curves, ROOT / "docs" / "results" / "group-fewshot.png",
+    by_level = sorted(curves, key=lambda k: k.split(" / ")[0])  # categories first, as before
+    plot_fewshot({k: curves[k] for k in by_level}, ROOT / "docs" / "results" / "group-fewshot.png",
                  "zero-shot vs k-shot probes: emoji groups, held-out styles")  # fmt: skip
     return 0
 

@@ -138,7 +138,11 @@ def _variant_model(config: Any, model_overrides: dict[str, Any]) -> torch.nn.Mod
 
 
 def group_fewshot(
-    store: Any, eval_dir: Path, levels: Sequence[tuple[str, int]], log: Log
+    store: Any,
+    eval_dir: Path,
+    levels: Sequence[tuple[str, int]],
+    log: Log,
+    shots: Sequence[int] = (1, 2, 4, 8, 16),
 ) -> list[dict[str, Any]]:
     """Zero-shot vs k-shot probes on emoji groups (``levels``: class_info field, fewest test
     images per group) across the held-out styles that are installed; the zero-shot set-up
@@ -154,9 +158,9 @@ def group_fewshot(
         return []
     info = class_info_by_name(styles)
     validation_style = load_classification(eval_dir / VALIDATION_STYLE)
+    names = "+".join(s.name for s in styles)
     out = []
     for field, min_images in levels:
-        names = "+".join(s.name for s in styles)
         try:
             test = regroup(styles, field, min_images=min_images, name=f"{names} by {field}")
             val = regroup([validation_style], field, info=info, classes=test.classnames)
@@ -166,11 +170,11 @@ def group_fewshot(
         val_setups, test_setups = zero_shot_candidates(val), zero_shot_candidates(test)
         chosen, scores = choose_zero_shot(store, val_setups)
         # the paper's protocol (class names and prompts only), chosen the same way, for contrast
-        plain = {k: v for k, v in val_setups.items() if v.class_members is None}
-        plain_chosen, _ = choose_zero_shot(store, plain)
+        plain = [k for k, v in val_setups.items() if v.class_members is None]
+        plain_chosen = max(plain, key=lambda k: scores[k])  # the first of equal scores
         log(f"   {field}: {test.num_classes} groups, {len(test)} test images; zero-shot "
             f"'{chosen}' (validation top-1 {scores[chosen]:.1%})")  # fmt: skip
-        options = {"shots": (1, 2, 4, 8, 16), "seeds": 3, "max_iter": 300}
+        options = {"shots": tuple(shots), "seeds": 3, "max_iter": 300}
         few = get("fewshot")(store, options, dataset=test_setups[chosen])
         # the same test split (the split's seed is the protocol's), one cheap probe
         names_only = get("fewshot")(
@@ -183,6 +187,8 @@ def group_fewshot(
                 "templates": chosen,
                 "validation_top1": scores,
                 "validation_images": len(val),
+                "classes": test.classnames,
+                "test_images": len(test),
                 "names_only": {"templates": plain_chosen, "zero_shot": names_only.zero_shot},
                 "result": few.to_dict(),
             }
@@ -346,20 +352,22 @@ def run_reproduce(
     runs_dir = out / "runs"
     demo_steps = run_steps(demo_dir / "train") or config.train.steps
     demo_gflops = training_gflops(model)
+    demo_zs = get("zeroshot")(store, dataset=target)  # the demo model's features, once
     batch = config.data.batch_size
     points = []
     for name, ov in sizes.items():
-        per_pair = training_gflops(_variant_model(config, ov))
-        steps = max(1, round(demo_steps * per_pair / demo_gflops))
         if not ov:  # the demo's own shape: the demo model, trained for demo_steps
-            model_dir, steps = demo_model, demo_steps
+            per_pair, steps = demo_gflops, demo_steps
+            top1, top5, m = demo_zs.top1, demo_zs.top5, model
         else:
+            per_pair = training_gflops(_variant_model(config, ov))
+            steps = max(1, round(demo_steps * per_pair / demo_gflops))
             log(f"== compute scaling: model {name}, {steps} steps")
             steps_set = [*overrides, f"train.steps={steps}"]
             model_dir = _train_variant(
                 name, recipe, data_dir, runs_dir, log, steps_set, ov, reused=reused
             )
-        top1, top5, m = _zero_shot_top1(model_dir, target)
+            top1, top5, m = _zero_shot_top1(model_dir, target)
         points.append(
             {
                 "name": name,
@@ -396,7 +404,6 @@ def run_reproduce(
         )
         top1, top5, _ = _zero_shot_top1(model_dir, target)
         data_points.append({"name": name, "fraction": fraction, "top1": top1, "top5": top5})
-    demo_zs = get("zeroshot")(store, dataset=target)  # the demo model's features, once
     data_points.append({"name": "data-100pct", "fraction": 1.0, "top1": demo_zs.top1,
                         "top5": demo_zs.top5})  # fmt: skip
     plot_scaling(data_points, "fraction", out / "data-scaling.png", "fraction of training pairs",
