@@ -319,6 +319,45 @@ def test_emoji_styles_match_icons_by_name_and_render_them(sources, tmp_path):
     assert all(o.cached for o in again)
 
 
+def test_validation_style_gets_translated_sets(sources, tmp_path):
+    pytest.importorskip("resvg_py")
+    _iconify(sources, "emojione", {"cat-face": {"body": CIRCLE}, "red-heart": {"body": CIRCLE}}, {})
+    out = tmp_path / "data"
+    outputs = {(o.kind, o.name): o for o in emoji_styles.build(sources, out, log=QUIET)}
+    english = load_classification_set(out / "eval" / "emoji-emojione")
+    korean = load_classification_set(out / "eval" / "emoji-emojione-ko")
+    assert english.classnames == ["cat face", "red heart"]
+    assert korean.classnames == ["고양이 얼굴", "빨간색 하트"] and korean.templates == ["{}"]
+    assert list(korean.labels) == list(english.labels)
+    assert outputs["classification", "emoji-emojione-ko"].details["untranslated_labels"] == 0
+    japanese = load_classification_set(out / "eval" / "emoji-emojione-ja")  # not in the fixture
+    assert japanese.classnames == english.classnames  # English where a name is missing
+    assert outputs["classification", "emoji-emojione-ja"].details["untranslated_labels"] == 2
+    assert ("classification", "emoji-fxemoji-ko") not in outputs  # only the validation style
+    assert all(o.cached for o in emoji_styles.build(sources, out, log=QUIET))
+    only = ["eval/emoji-emojione-de"]
+    built = emoji_styles.build(sources, tmp_path / "other", log=QUIET, only=only)
+    assert [o.name for o in built] == ["emoji-emojione-de"]
+
+
+def test_five_language_captions_draw_only_those_languages():
+    meta = {
+        "kind": "emoji",
+        "label": "cat face",
+        "tags": ["cat", "pet"],
+        "i18n": {
+            "ko": {"label": "고양이 얼굴", "tags": ["고양이"]},
+            "fr": {"label": "tête de chat", "tags": ["chat"]},
+        },
+    }
+    rng = random.Random(0)
+    every = [captions.caption_multilingual(meta, rng) for _ in range(300)]
+    five = [captions.caption_multilingual(meta, rng, captions.EVAL_LANGUAGES) for _ in range(300)]
+    assert any("chat" in t for t in every) and not any("chat" in t for t in five)
+    korean = sum("고양이" in t for t in five)
+    assert 140 < korean < 220  # 60% of captions: the one listed language the sample has
+
+
 def test_emoji_captions_change_each_epoch_and_name_the_concept(sources, tmp_path):
     out = tmp_path / "data"
     emoji.build(sources, out, log=QUIET)

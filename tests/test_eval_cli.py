@@ -270,6 +270,25 @@ def test_classify(tmp_path, capsys) -> None:
     assert "100.00%" in capsys.readouterr().out  # one label takes all the probability
 
 
+def test_classify_labels_with_members(tmp_path, capsys) -> None:
+    from cliplab.cli.classify import parse_labels
+
+    assert parse_labels(" cat, dog ,") == (["cat", "dog"], None)
+    assert parse_labels("animal=cat| dog,vehicle=car,rock") == (
+        ["animal", "vehicle", "rock"],
+        [["cat", "dog"], ["car"], []],
+    )
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
+    base = ["classify", str(image), "--model", "random:tiny-vit", "--json", "--labels"]
+    assert main([*base, "animal=cat|dog|horse,vehicle=car|bus"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert sorted(label for label, _ in top) == ["animal", "vehicle"]
+    assert abs(sum(p for _, p in top) - 1) < 1e-5
+    assert main([*base, "=cat|dog,vehicle"]) == 2  # members without a name
+    assert "without a label name" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2(sets, tmp_path, capsys) -> None:
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)

@@ -24,6 +24,8 @@ from cliplab.zeroshot import (
     classify_images,
     list_templates,
     load_templates,
+    member_names,
+    pool_members,
     zero_shot_logits,
 )
 
@@ -221,6 +223,28 @@ def test_classify_images_gives_probabilities() -> None:
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
     assert probs.argmax(1).tolist() == [2, 0]
     assert probs[0, 2] > 0.99  # scale 100 on a cosine gap of 1
+
+
+def test_classify_images_scores_a_label_by_its_best_member() -> None:
+    model = OneHotCLIP(CLASSES)
+    images = [stub_image(2), stub_image(0)]  # cherry, apple
+    groups = ["stone fruit", "pome"]  # names the stub cannot see: only members can decide
+    flat = classify_images(model, stub_preprocess, images, groups)
+    torch.testing.assert_close(flat, torch.full((2, 2), 0.5))
+    members = [["cherry", "grape"], ["apple"]]
+    probs = classify_images(model, stub_preprocess, images, groups, members=members)
+    assert probs.argmax(1).tolist() == [0, 1] and probs.min() < 0.01
+    with pytest.raises(ValueError, match="member lists"):
+        classify_images(model, stub_preprocess, images, groups, members=[["cherry"]])
+
+
+def test_pool_members_takes_each_class_maximum() -> None:
+    names, owner = member_names(["a", "b"], [["a1", "a2"], []])
+    assert names == ["a", "a1", "a2", "b"] and owner.tolist() == [0, 0, 0, 1]
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, 0.0, 9.0]])
+    torch.testing.assert_close(
+        pool_members(logits, owner, 2), torch.tensor([[3.0, 2.0], [5.0, 9.0]])
+    )
 
 
 # --------------------------------------------------------------------------- features

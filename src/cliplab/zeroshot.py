@@ -10,6 +10,10 @@ image features: ``logits = exp(t) * normalize(image_features) @ weights.T``::
                                          load_templates("imagenet80"))
     probs = zero_shot_logits(model.encode_image(images), weights).softmax(-1)
 
+A class may also list *members* (sub-labels: "animal" is also "cat", "dog", ...): it is then
+scored by the largest logit among its own name and its members', each a template ensemble
+(hierarchical label sets, CHiLS, Novack et al. 2023): :func:`pool_members`.
+
 The encoding itself (batches, caches, the ensemble) is :mod:`cliplab.encode`; templates are
 :mod:`cliplab.templates`.
 """
@@ -34,6 +38,8 @@ __all__ = [
     "list_templates",
     "load_templates",
     "logit_scale_of",
+    "member_names",
+    "pool_members",
     "zero_shot_logits",
 ]
 
@@ -82,6 +88,28 @@ def zero_shot_logits(
     return logit_scale * image @ classifier.to(image.device, torch.float32).t()
 
 
+def member_names(
+    classnames: Sequence[str], members: Sequence[Sequence[str]] | None
+) -> tuple[list[str], torch.Tensor]:
+    """Every name to embed (each class's own, then its members) and the class each belongs to
+    (M,): the inputs of :func:`pool_members`. Without ``members``, the class names alone."""
+    groups = [[c] for c in classnames]
+    if members is not None:
+        if len(members) != len(classnames):
+            raise ValueError(f"{len(members)} member lists for {len(classnames)} classes")
+        groups = [[c, *m] for c, m in zip(classnames, members, strict=True)]
+    names = [n for group in groups for n in group]
+    return names, torch.tensor([c for c, group in enumerate(groups) for _ in group])
+
+
+def pool_members(logits: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class logits (N, C) from the logits of every name (N, M): each class's largest, over
+    its own name and its members' (``owner``, from :func:`member_names`)."""
+    pooled = logits.new_full((logits.shape[0], num_classes), float("-inf"))
+    index = owner.to(logits.device).expand_as(logits)
+    return pooled.scatter_reduce(1, index, logits, "amax")
+
+
 @torch.no_grad()
 def classify_images(
     model: torch.nn.Module,
@@ -94,13 +122,17 @@ def classify_images(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    members: Sequence[Sequence[str]] | None = None,
 ) -> torch.Tensor:
     """Class probabilities (N, len(labels)) of images (PIL images or paths): the everyday use.
 
-    Softmax over ``exp(t) * cosine similarity``, with the model's own temperature.
+    Softmax over ``exp(t) * cosine similarity``, with the model's own temperature. With
+    ``members`` (one list of sub-labels per label) a label scores as its best member or itself.
     """
+    names, owner = member_names(labels, members)
     weights = build_zero_shot_classifier(
-        model, tokenizer, labels, templates, device=device, cache_dir=cache_dir
+        model, tokenizer, names, templates, device=device, cache_dir=cache_dir
     )
     features = encode_images(model, images, preprocess, batch_size=batch_size, device=device)
-    return zero_shot_logits(features, weights, logit_scale_of(model)).softmax(dim=-1)
+    logits = zero_shot_logits(features, weights, logit_scale_of(model))
+    return pool_members(logits, owner, len(labels)).softmax(dim=-1)

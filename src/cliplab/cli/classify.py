@@ -1,7 +1,10 @@
 """``cliplab classify IMAGE... --labels "cat,dog,car"``: zero-shot classification, the everyday use.
 
 Prints, for each image, the most probable labels with their probabilities (softmax over the
-model's scaled cosine similarities between the image and each label's prompts). An image
+model's scaled cosine similarities between the image and each label's prompts). A label may
+list members after ``=``, separated by ``|`` (``--labels "animal=cat|dog|horse,vehicle=car|bus"``):
+it then scores as the best of its own name and its members' (hierarchical labels: a coarse
+class is recognised through the words for what it contains). An image
 that cannot be read (missing, truncated, not an image, a decompression bomb) is reported
 with its reason on stderr (and in ``--json``) while the others are classified; the exit
 status is then 1 (2 when none could be read).
@@ -31,7 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument(
-        "--labels", required=True, help='comma-separated class names, e.g. "cat,dog,car"'
+        "--labels",
+        required=True,
+        help='comma-separated class names, e.g. "cat,dog,car"; a label may list members: '
+        '"animal=cat|dog,vehicle=car|bus"',
     )
     add_model(
         parser,
@@ -53,15 +59,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_labels(text: str) -> list[str]:
-    """Comma-separated labels, stripped, empty ones dropped; at least one, no duplicates."""
-    labels = [label.strip() for label in text.split(",") if label.strip()]
+def parse_labels(text: str) -> tuple[list[str], list[list[str]] | None]:
+    """Comma-separated labels, stripped, empty ones dropped; at least one, no duplicates. A
+    label written ``name=member|member`` lists its members (``None`` when no label does)."""
+    labels: list[str] = []
+    members: list[list[str]] = []
+    for item in text.split(","):
+        name, _, rest = item.partition("=")
+        name = name.strip()
+        if not name:
+            if rest.strip():
+                raise ValueError(f"--labels: members without a label name in {item.strip()!r}")
+            continue
+        labels.append(name)
+        members.append([m.strip() for m in rest.split("|") if m.strip()])
     if not labels:
         raise ValueError("--labels needs at least one label")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ValueError(f"--labels has duplicates: {', '.join(duplicates)}")
-    return labels
+    return labels, (members if any(members) else None)
 
 
 def read_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[Path, str]]]:
@@ -80,14 +97,19 @@ def read_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[P
 
 
 def run(args: argparse.Namespace) -> int:
-    labels = parse_labels(args.labels)
+    labels, members = parse_labels(args.labels)
     good, bad = read_images(list(args.images))
     rows: list[dict[str, Any]] = []
     if good:
         model, preprocess = load_model(args)
         images = [image for _, image in good]
         probs = classify_images(
-            model, preprocess, images, labels, templates=load_templates(args.templates)
+            model,
+            preprocess,
+            images,
+            labels,
+            templates=load_templates(args.templates),
+            members=members,
         )
         top = max(1, min(args.top, len(labels)))
         for (path, _), p in zip(good, probs):

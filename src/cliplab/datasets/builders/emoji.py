@@ -33,7 +33,7 @@ from typing import Any
 
 from cliplab.data.evalsets import EvalSetWriter
 from cliplab.datasets.builders import common
-from cliplab.datasets.captions import sample_captions
+from cliplab.datasets.captions import EVAL_LANGUAGES, sample_captions
 from cliplab.datasets.install import source_path
 
 BUILDER_VERSION = 4  # 2: templates chosen on validation styles; 3: caption_fn moved; 4: i18n
@@ -43,8 +43,6 @@ LOCALES = (
     "bn", "da", "de", "es", "et", "fi", "fr", "hi", "hu", "it", "ja", "ko", "lt", "ms", "nb",
     "nl", "pl", "pt", "ru", "sv", "th", "uk", "vi", "zh", "zh-hant",
 )  # fmt: skip
-#: Languages of the zero-shot sets with translated class names (``eval/emoji-google-<lang>``).
-EVAL_LANGUAGES = ("ko", "ja", "de", "es")
 STYLES = ("twitter", "google", "facebook", "apple")
 TRAIN_STYLE = "twitter"
 EVAL_STYLES = ("google", "twitter", "facebook", "apple")

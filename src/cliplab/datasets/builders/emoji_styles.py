@@ -16,7 +16,11 @@ same facts as Twitter's (``cliplab.datasets.captions``).
 
 Outputs: ``shards/emoji-<set>`` (training) and ``eval/emoji-<set>`` (the same images as a
 classification set over the matched concepts: a held-out *validation* style when that set
-stays out of training), for each set below.
+stays out of training), for each set below. For the validation style (Emoji One,
+``VALIDATION_STYLE``) also ``eval/emoji-emojione-<lang>`` for each language of
+``EVAL_LANGUAGES``: the same images with emojibase's class names in that language and the
+name alone as prompt, so that a multilingual recipe is chosen on them and the translated
+Google sets stay test sets.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from PIL import Image
 from cliplab.data.evalsets import EvalSetWriter
 from cliplab.datasets.builders import common
 from cliplab.datasets.builders.emoji import (
+    EVAL_LANGUAGES,
     IMAGE_SIZE,
     METADATA_LICENSE,
     SHARD_SIZE,
@@ -69,6 +74,13 @@ SETS = (
     IconSet("streamline-emojis", "1.2.4", "CC-BY-4.0 (Streamline Emojis)"),
 )
 BY_NAME = {s.name: s for s in SETS}
+#: The style recipes are chosen on (kept out of training); it also gets translated sets.
+VALIDATION_STYLE = "emojione"
+
+
+def language_sets(icon_set: IconSet) -> tuple[str, ...]:
+    """The languages of ``icon_set``'s translated evaluation sets (none but for validation)."""
+    return EVAL_LANGUAGES if icon_set.name == VALIDATION_STYLE else ()
 
 
 def key(text: str) -> str:
@@ -209,13 +221,24 @@ def build_style(
     shard_path, eval_path = out / "shards" / name, out / "eval" / name
     want_shards = common.wanted(only, "shards", name)
     want_eval = common.wanted(only, "eval", name)
+    languages = [
+        lang for lang in language_sets(icon_set) if common.wanted(only, "eval", f"{name}-{lang}")
+    ]
     outputs = []
     hits = {
         "shards": common.cached(shard_path, fp, force) if want_shards else None,
         "eval": common.cached(eval_path, fp, force) if want_eval else None,
     }
-    if (not want_shards or hits["shards"]) and (not want_eval or hits["eval"]):
-        return [h for h in hits.values() if h]
+    translated = {
+        lang: common.cached(out / "eval" / f"{name}-{lang}", f"{fp}-{lang}", force)
+        for lang in languages
+    }
+    if (
+        (not want_shards or hits["shards"])
+        and (not want_eval or hits["eval"])
+        and all(translated.values())
+    ):
+        return [h for h in (*hits.values(), *translated.values()) if h]
     start = time.perf_counter()
     engine, render = renderer()
     icons = load_icons(root)
@@ -263,45 +286,68 @@ def build_style(
         )
     elif hits["shards"]:
         outputs.append(hits["shards"])
-    if want_eval and not hits["eval"]:
-        bases = {c.hexcode: c for c, skin, _ in images if skin is None}  # one image each
-        classes = sorted(bases.values(), key=lambda c: c.sort_order)
-        index = {c.hexcode: i for i, c in enumerate(classes)}
-        writer = EvalSetWriter(
-            eval_path,
-            "classification",
-            name=name,
-            description=(
-                f"Emoji in the {icon_set.name} style (Iconify), {len(classes)} matched concepts: "
-                "a validation style when this set stays out of training."
-            ),
-            source=f"{icon_set.package} {icon_set.version}, labels from emojibase-data 17.0.0 (en)",
-            license=f"{icon_set.license}; labels: {METADATA_LICENSE}",
-            classnames=[c.label for c in classes],
-            templates=TEMPLATES,
-            meta={"style": icon_set.name},
-        )
-        with writer:
-            for concept, skin, image in images:
-                if skin is None:
-                    writer.add(common.on_white(image), label=index[concept.hexcode])
-        outputs.append(
-            common.record(
-                eval_path,
-                fp,
-                common.Output(
-                    name,
-                    "classification",
-                    str(eval_path),
-                    len(writer),
-                    seconds=seconds,
-                    details={**details, "classes": len(classes)},
-                ),
-            )
-        )
-    elif hits["eval"]:
-        outputs.append(hits["eval"])
+    evals = [(None, eval_path, fp, hits["eval"])] if want_eval else []
+    evals += [
+        (lang, out / "eval" / f"{name}-{lang}", f"{fp}-{lang}", translated[lang])
+        for lang in languages
+    ]
+    for language, path, print_, hit in evals:
+        if hit:
+            outputs.append(hit)
+            continue
+        output = _write_eval(icon_set, images, path, language)
+        output.seconds = seconds
+        output.details = {**details, **output.details}
+        outputs.append(common.record(path, print_, output))
     return outputs
+
+
+def _write_eval(
+    icon_set: IconSet,
+    images: list[tuple[Concept, str | None, Image.Image]],
+    path: Path,
+    language: str | None,
+) -> common.Output:
+    """One classification set of ``images`` (base concepts only, one image each), with
+    English class names and the emoji templates, or with ``language``'s names (English where
+    emojibase has none, counted) and the name alone as prompt."""
+    bases = {c.hexcode: c for c, skin, _ in images if skin is None}  # one image each
+    classes = sorted(bases.values(), key=lambda c: c.sort_order)
+    index = {c.hexcode: i for i, c in enumerate(classes)}
+    classnames = [c.label for c in classes]
+    templates: tuple[str, ...] = TEMPLATES
+    untranslated = 0
+    if language:
+        classnames = [c.i18n.get(language, {}).get("label") or c.label for c in classes]
+        untranslated = sum(language not in c.i18n for c in classes)
+        templates = ("{}",)
+    name = path.name
+    writer = EvalSetWriter(
+        path,
+        "classification",
+        name=name,
+        description=(
+            f"Emoji in the {icon_set.name} style (Iconify), {len(classes)} matched concepts: "
+            "a validation style when this set stays out of training"
+            + (f"; class names in {language}, the name alone as prompt." if language else ".")
+        ),
+        source=(
+            f"{icon_set.package} {icon_set.version}, labels from emojibase-data 17.0.0 "
+            f"({language or 'en'})"
+        ),
+        license=f"{icon_set.license}; labels: {METADATA_LICENSE}",
+        classnames=classnames,
+        templates=templates,
+        meta={"style": icon_set.name, "language": language or "en"},
+    )
+    with writer:
+        for concept, skin, image in images:
+            if skin is None:
+                writer.add(common.on_white(image), label=index[concept.hexcode])
+    details: dict = {"classes": len(classes)}
+    if language:
+        details["untranslated_labels"] = untranslated
+    return common.Output(name, "classification", str(path), len(writer), details=details)
 
 
 def build(
@@ -317,7 +363,9 @@ def build(
     outputs = []
     for icon_set in SETS:
         name = f"emoji-{icon_set.name}"
-        if not (common.wanted(only, "shards", name) or common.wanted(only, "eval", name)):
+        names = [("shards", name), ("eval", name)]
+        names += [("eval", f"{name}-{lang}") for lang in language_sets(icon_set)]
+        if not any(common.wanted(only, kind, n) for kind, n in names):
             continue
         try:
             source_path(icon_set.package, sources)
@@ -333,8 +381,15 @@ BUILDER = common.Builder(
     build,
     packages=("emojibase-data", "emoji-datasource-twitter"),
     shards=tuple(f"emoji-{s.name}" for s in SETS),
-    evalsets=tuple(f"emoji-{s.name}" for s in SETS),
+    evalsets=(
+        *(f"emoji-{s.name}" for s in SETS),
+        *(f"emoji-{VALIDATION_STYLE}-{lang}" for lang in EVAL_LANGUAGES),
+    ),
     extra_packages={
-        f"{kind}/emoji-{s.name}": (s.package,) for s in SETS for kind in ("shards", "eval")
+        **{f"{kind}/emoji-{s.name}": (s.package,) for s in SETS for kind in ("shards", "eval")},
+        **{
+            f"eval/emoji-{VALIDATION_STYLE}-{lang}": (BY_NAME[VALIDATION_STYLE].package,)
+            for lang in EVAL_LANGUAGES
+        },
     },
 )

@@ -25,7 +25,7 @@ from cliplab.evaluation.output import (
 )
 from cliplab.evaluation.protocol import Input, Protocol, Result, Row, option
 from cliplab.templates import resolve_templates
-from cliplab.zeroshot import zero_shot_logits
+from cliplab.zeroshot import member_names, pool_members, zero_shot_logits
 
 #: Confusion matrices are drawn for at most this many classes.
 MAX_CONFUSION_CLASSES = 30
@@ -170,15 +170,11 @@ def zero_shot_features(
     logit is the largest of its own name's and its members' (each a template ensemble)."""
     chosen = resolve_templates(templates, dataset.templates)
     x = store.dataset(dataset) if features is None else features
+    names, owner = member_names(dataset.classnames, dataset.class_members)
+    logits = zero_shot_logits(x, store.classifier(names, chosen), store.logit_scale)  # (N, M)
     if dataset.class_members is None:
-        weights = store.classifier(dataset.classnames, chosen)
-        return zero_shot_logits(x, weights, store.logit_scale), chosen
-    names = [[c, *m] for c, m in zip(dataset.classnames, dataset.class_members, strict=True)]
-    weights = store.classifier([n for group in names for n in group], chosen)  # (M, D)
-    flat = zero_shot_logits(x, weights, store.logit_scale)  # (N, M)
-    owner = torch.tensor([c for c, group in enumerate(names) for _ in group])
-    logits = flat.new_full((flat.shape[0], len(names)), float("-inf"))
-    return logits.scatter_reduce(1, owner.expand_as(flat), flat, "amax"), chosen
+        return logits, chosen
+    return pool_members(logits, owner, dataset.num_classes), chosen
 
 
 def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) -> ZeroShotResult:
