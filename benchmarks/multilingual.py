@@ -26,7 +26,11 @@ from typing import Any
 from common import ROOT, machine, table, train_and_score, write
 
 import cliplab  # noqa: E402
-from cliplab.datasets.captions import EVAL_LANGUAGES, caption_for  # noqa: E402
+from cliplab.datasets.captions import (  # noqa: E402
+    EVAL_LANGUAGES,
+    MultilingualCaptioner,
+    caption_for,
+)
 from cliplab.demo.train import run_steps  # noqa: E402
 
 STYLES = {"validation": "emoji-emojione", "test": "emoji-google"}
@@ -44,11 +48,10 @@ SETS = [
 
 
 def caption_sources(fn: str) -> list[str]:
-    """``--set`` values that give every source of the recipe the caption function ``fn``."""
-    tables = ", ".join(
-        f'{{kind = "shards", set = "{s}", caption_fn = "cliplab.datasets.captions:{fn}"}}'
-        for s in SETS
-    )
+    """``--set`` values that give every source of the recipe the caption function ``fn``
+    (``module:function``; a bare name is one of ``cliplab.datasets.captions``)."""
+    fn = fn if ":" in fn else f"cliplab.datasets.captions:{fn}"
+    tables = ", ".join(f'{{kind = "shards", set = "{s}", caption_fn = "{fn}"}}' for s in SETS)
     return [f"data.sources=[{tables}]"]
 
 
@@ -62,11 +65,16 @@ def text_context(length: int) -> list[str]:
     ]
 
 
+#: Trial captions: English and each of ``EVAL_LANGUAGES`` a fifth of the time.
+draw_caption_uniform = MultilingualCaptioner(EVAL_LANGUAGES, english_share=0.2)
+
+
 #: trial name -> --set values on the multilingual recipe
 TRIALS: dict[str, list[str]] = {
     "26 locales": [],  # the recipe as it was: 40% English, 2.4% each of 25 other locales
     "5 languages": caption_sources("draw_caption_five_languages"),  # 15% each of ko, ja, de, es
     "5 languages, context 48": caption_sources("draw_caption_five_languages") + text_context(48),
+    "5 languages, uniform": caption_sources("multilingual:draw_caption_uniform"),
 }
 
 

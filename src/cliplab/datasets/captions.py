@@ -262,16 +262,19 @@ _LOCALE_TEMPLATES = (
 
 
 def caption_multilingual(
-    meta: dict[str, Any], rng: random.Random, languages: tuple[str, ...] | None = None
+    meta: dict[str, Any],
+    rng: random.Random,
+    languages: tuple[str, ...] | None = None,
+    english_share: float = ENGLISH_SHARE,
 ) -> str:
-    """A caption in English (``ENGLISH_SHARE`` of the time) or in one of the languages of the
+    """A caption in English (``english_share`` of the time) or in one of the languages of the
     sample's ``i18n`` metadata (emojibase's CLDR labels and tags, e.g. "고양이 얼굴: 동물,
     애완동물"; only those in ``languages`` when given), drawn afresh each call."""
     i18n = meta.get("i18n") or {}
     pool = sorted(i18n) if isinstance(i18n, dict) else []
     if languages is not None:
         pool = [lang for lang in pool if lang in languages]
-    if not pool or rng.random() < ENGLISH_SHARE:
+    if not pool or rng.random() < english_share:
         return caption_for(meta, rng)
     entry = i18n[rng.choice(pool)]
     label = str(entry.get("label") or meta["label"])
@@ -279,17 +282,26 @@ def caption_multilingual(
     return rng.choice(_LOCALE_TEMPLATES).format(label=label, tags=", ".join(tags) or label)
 
 
-def draw_caption_multilingual(sample: RawSample, rng: random.Random) -> str:
-    """``caption_fn`` for multilingual training across all of emojibase's locales:
-    :func:`caption_multilingual` on the ``json`` member."""
-    return _draw(sample, rng, caption_multilingual)
+class MultilingualCaptioner:
+    """A ``caption_fn``: :func:`caption_multilingual` with these settings on the ``json``
+    member (picklable, for loader workers; a module-level instance is what a recipe's
+    ``caption_fn`` names)."""
+
+    def __init__(
+        self, languages: tuple[str, ...] | None = None, english_share: float = ENGLISH_SHARE
+    ) -> None:
+        self.languages = languages
+        self.english_share = english_share
+
+    def caption(self, meta: dict[str, Any], rng: random.Random) -> str:
+        return caption_multilingual(meta, rng, self.languages, self.english_share)
+
+    def __call__(self, sample: RawSample, rng: random.Random) -> str:
+        return _draw(sample, rng, self.caption)
 
 
-def _five_languages(meta: dict[str, Any], rng: random.Random) -> str:
-    return caption_multilingual(meta, rng, EVAL_LANGUAGES)
-
-
-def draw_caption_five_languages(sample: RawSample, rng: random.Random) -> str:
-    """``caption_fn`` for multilingual training in English and ``EVAL_LANGUAGES`` only
-    (Korean, Japanese, German, Spanish: 15% of captions each instead of 2.4%)."""
-    return _draw(sample, rng, _five_languages)
+#: ``caption_fn`` across all of emojibase's locales (40% English, 2.4% each of 25 others).
+draw_caption_multilingual = MultilingualCaptioner()
+#: ``caption_fn`` in English and ``EVAL_LANGUAGES`` only (Korean, Japanese, German, Spanish:
+#: 15% of captions each instead of 2.4%).
+draw_caption_five_languages = MultilingualCaptioner(EVAL_LANGUAGES)
