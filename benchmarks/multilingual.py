@@ -73,8 +73,8 @@ draw_caption_uniform = MultilingualCaptioner(EVAL_LANGUAGES, english_share=0.2)
 TRIALS: dict[str, list[str]] = {
     "26 locales": [],  # the recipe as it was: 40% English, 2.4% each of 25 other locales
     "5 languages": caption_sources("draw_caption_five_languages"),  # 15% each of ko, ja, de, es
-    "5 languages, context 48": caption_sources("draw_caption_five_languages") + text_context(48),
-    "5 languages, uniform": caption_sources("multilingual:draw_caption_uniform"),
+    "5 languages context 48": caption_sources("draw_caption_five_languages") + text_context(48),
+    "5 languages uniform": caption_sources("multilingual:draw_caption_uniform"),
 }
 
 

@@ -302,3 +302,60 @@ def test_color_options_need_the_memory_loader() -> None:
         tiny_config(data={"color_jitter": 0.3})
     with pytest.raises(ValueError, match="probability"):
         tiny_config(data={"in_memory": True, "blur": 2.0})
+
+
+def test_second_caption_is_an_independent_draw(shards: Path) -> None:
+    loader = make_loader(shards, augment=False, second_caption=True)
+    batch = next(iter(loader))
+    assert batch.second_tokens is not None and batch.second_tokens.shape == batch.tokens.shape
+    sample = {s.key: s for s in loader.samples[0]}
+    for row, second, key in zip(batch.tokens, batch.second_tokens, batch.keys, strict=True):
+        rng = random.Random(stable_seed(3, 0, sample[key].source, key))
+        first_text, second_text = draw_caption(sample[key], rng), draw_caption(sample[key], rng)
+        assert torch.equal(row, tokenize([first_text], context_length=32)[0])
+        assert torch.equal(second, tokenize([second_text], context_length=32)[0])
+    assert next(iter(make_loader(shards))).second_tokens is None  # off by default
+
+
+def test_trainer_second_caption_losses(tmp_path: Path) -> None:
+    """ "image": the mean of the image's loss against each caption; "text": the image against
+    the first caption and the second against the first. With both captions the same, each
+    reduces to a known combination of the plain loss."""
+    from cliplab.train import Trainer
+    from train_helpers import fixed_batch, tiny_config
+
+    data = {
+        "in_memory": True,
+        "batch_size": 8,
+        "sources": [{"kind": "synthetic", "num_samples": 16, "image_size": 32}],
+    }
+    images, tokens = fixed_batch(8, seed=4)
+    _, other = fixed_batch(8, seed=5)
+    losses = {}
+    for mode in ("", "image", "text"):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            tiny_config(data=data, train={"second_caption": mode}),
+            output=tmp_path / (mode or "off"),
+        )
+        with torch.no_grad():
+            img, txt = trainer.towers(images, tokens)
+            _, txt2 = trainer.towers(images, other)
+            plain = float(trainer.feature_loss(img, txt))
+            expected = {
+                "": plain,
+                "image": (plain + float(trainer.feature_loss(img, txt2))) / 2,
+                "text": (plain + float(trainer.feature_loss(txt2, txt))) / 2,
+            }[mode]
+        second = other if mode else None
+        losses[mode] = trainer.train_step(images, tokens, second).loss
+        assert abs(losses[mode] - expected) < 1e-4, mode
+        batch = next(iter(trainer.loader))
+        assert (batch.second_tokens is not None) == bool(mode)
+    assert len({round(v, 4) for v in losses.values()}) == 3
+    with pytest.raises(ValueError, match="in_memory"):
+        tiny_config(train={"second_caption": "text"})
+    with pytest.raises(ValueError, match="accum_steps"):
+        tiny_config(data=data, train={"second_caption": "text", "accum_steps": 2})
+    with pytest.raises(ValueError, match="second_caption"):
+        tiny_config(data=data, train={"second_caption": "both"})

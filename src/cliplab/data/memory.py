@@ -176,6 +176,7 @@ class MemoryLoader:
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
         progress: Callable[[str], None] | None = None,
+        second_caption: bool = False,
     ) -> None:
         if len(sources) != len(decoders):
             raise ValueError(f"{len(sources)} sources but {len(decoders)} decoders")
@@ -191,6 +192,7 @@ class MemoryLoader:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.white = ((1.0 - self.mean) / self.std).view(3)
         self.decoders = list(decoders)
+        self.second_caption = second_caption
         self.names: list[str] = []
         self.images: list[torch.Tensor] = []  # per source: (n, S, S, 3) uint8
         self.samples: list[list[RawSample]] = []  # per source: metadata, image bytes dropped
@@ -295,13 +297,18 @@ class MemoryLoader:
         x = (x - self.mean) / self.std
         if self.augment:
             x = random_resized_crop(x, g, self.scale, self.ratio, fill=self.white)
-        captions, keys = [], []
+        captions, seconds, keys = [], [], []
         for s, i in picks:
             sample = self.samples[s][i]
             rng = random.Random(stable_seed(self.seed, epoch, sample.source, sample.key))
             captions.append(self._caption(s, sample, rng))
+            if self.second_caption:  # its own draw: another template, tags or language
+                seconds.append(self._caption(s, sample, rng))
             keys.append(sample.key)
-        return Batch(images=x.contiguous(), tokens=self.tokenize(captions), keys=keys)
+        second = self.tokenize(seconds) if self.second_caption else None
+        return Batch(
+            images=x.contiguous(), tokens=self.tokenize(captions), keys=keys, second_tokens=second
+        )
 
     def _caption(self, s: int, sample: RawSample, rng: random.Random) -> str:
         decode = self.decoders[s]

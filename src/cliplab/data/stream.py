@@ -106,6 +106,7 @@ class Batch:
     stream: int = 0
     position: int = 0  # raw samples this stream had read when the batch was complete
     skipped: dict[str, int] = field(default_factory=dict)  # bad samples since the last batch
+    second_tokens: torch.Tensor | None = None  # (B, L): another caption of each image, or None
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -51,12 +51,12 @@ def time_steps(config: Any, warmup: int = 8, timed: int = 16) -> float:
     batches = iter(trainer.loader)
     for _ in range(warmup):
         batch = next(batches)
-        trainer.train_step(batch.images, batch.tokens)
+        trainer.train_step(batch.images, batch.tokens, batch.second_tokens)
     seconds = []
     for _ in range(timed):
         start = time.perf_counter()
         batch = next(batches)
-        trainer.train_step(batch.images, batch.tokens)
+        trainer.train_step(batch.images, batch.tokens, batch.second_tokens)
         seconds.append(time.perf_counter() - start)
     return config.data.batch_size / statistics.median(seconds)
 

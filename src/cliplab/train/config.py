@@ -165,6 +165,10 @@ class TrainSection:
     patch_dropout: float = 0.0  # FLIP: fraction of image patches dropped in training (ViT)
     low_res_size: int = 0  # CLIPA: train at this image size (ViT; 0: off) ...
     low_res_until: float = 0.8  # ... for this fraction of the steps, then at full size
+    # a second caption per image, drawn independently by the caption function (in another
+    # language, for a multilingual one): "image" contrasts the image with it too; "text"
+    # contrasts the two captions with each other (their languages align); "" off
+    second_caption: str = ""
     seed: int = 0
     deterministic: bool = False
     threads: int = 0  # torch CPU threads; 0: torch's default
@@ -180,6 +184,7 @@ class TrainSection:
         _choice("train", "loss", self.loss, LOSSES)
         _choice("train", "device", self.device, DEVICES)
         _choice("train", "parallelism", self.parallelism, ("ddp", "fsdp"))
+        _choice("train", "second_caption", self.second_caption, SECOND_CAPTIONS)
         if self.parallelism == "fsdp" and (self.compile or self.accum_steps > 1):
             raise ValueError(
                 'train.parallelism = "fsdp" does not yet combine with train.compile or '
@@ -232,6 +237,9 @@ class EvalSection:
             check_eval_set(table)
 
 
+#: ``train.second_caption``: off, contrasted with the image, contrasted with the first caption.
+SECOND_CAPTIONS = ("", "image", "text")
+
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
@@ -268,6 +276,12 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: str = ""
+
+    def __post_init__(self) -> None:
+        if self.train.second_caption and not self.data.in_memory:
+            raise ValueError("train.second_caption needs data.in_memory = true")
+        if self.train.second_caption and self.train.accum_steps > 1:
+            raise ValueError("train.second_caption does not combine with train.accum_steps > 1")
 
     def model_settings(self) -> dict[str, Any]:
         """The model settings of the run: ``model.overrides``, plus SigLIP's initial

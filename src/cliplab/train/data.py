@@ -124,6 +124,7 @@ def build_loader(
             blur=config.data.blur,
             invert=config.data.invert,
             progress=lambda m: log.info("%s", m),
+            second_caption=bool(config.train.second_caption),
         )
     decode = None
     if not all(callable(getattr(s, "decode", None)) for s in sources):

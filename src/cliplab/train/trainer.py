@@ -189,8 +189,23 @@ class Trainer:
             )
         return distributed_clip_loss(image_features, text_features, scale)
 
-    def _backward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def _backward(
+        self, images: torch.Tensor, tokens: torch.Tensor, second: torch.Tensor | None = None
+    ) -> torch.Tensor:
         accum = self.config.train.accum_steps
+        if second is not None:  # two captions per image (train.second_caption; accum is 1)
+            b = tokens.shape[0]
+            both = trim_tokens(torch.cat([tokens, second]), compiled=self.config.train.compile)
+            with self._autocast():
+                image_features, text_features = self.towers(images, both)
+            first, other = text_features[:b], text_features[b:]
+            if self.config.train.second_caption == "image":  # the image is each one's match
+                pair = self.feature_loss(image_features, other)
+            else:  # "text": the two captions are each other's match (their languages align)
+                pair = self.feature_loss(other, first)
+            loss = (self.feature_loss(image_features, first) + pair) / 2
+            self.scaler.scale(loss).backward()
+            return loss.detach()
         if accum == 1:
             with self._autocast():
                 image_features, text_features = self.towers(images, tokens)
@@ -219,19 +234,25 @@ class Trainer:
             return torch.nn.utils.clip_grad_norm_(params, clip)
         return torch.nn.utils.get_total_norm([p.grad for p in params])
 
-    def train_step(self, images: torch.Tensor, tokens: torch.Tensor) -> StepResult:
-        """One optimizer step on this rank's batch (every rank calls it together)."""
+    def train_step(
+        self, images: torch.Tensor, tokens: torch.Tensor, second: torch.Tensor | None = None
+    ) -> StepResult:
+        """One optimizer step on this rank's batch (every rank calls it together); ``second``:
+        a second caption per image (``train.second_caption``)."""
         device = self.env.device
         images = images.to(device, non_blocking=True)
         tokens = tokens.to(device, non_blocking=True)
+        if second is not None:
+            second = second.to(device, non_blocking=True)
         if self.step < self.low_res_steps:  # CLIPA's low-resolution phase
             size = self.config.train.low_res_size
             images = F.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        tokens = trim_tokens(tokens, compiled=self.config.train.compile)
+        if second is None:  # with a second caption, both are trimmed together
+            tokens = trim_tokens(tokens, compiled=self.config.train.compile)
         lr = self.optimizer.param_groups[0]["lr"]
-        local_loss = self._backward(images, tokens)
+        local_loss = self._backward(images, tokens, second)
         world = self.env.world_size
         for name in ("logit_scale", "logit_bias"):  # not under DDP: averaged here
             param = getattr(self.model, name, None)
@@ -473,7 +494,7 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             waited += time.perf_counter() - t0
-            result = self.train_step(batch.images, batch.tokens)
+            result = self.train_step(batch.images, batch.tokens, batch.second_tokens)
             window_steps += 1
             if result.skipped == "nonfinite":
                 progress.write(f"step {self.step}: non-finite loss or gradient, update skipped")
