@@ -276,6 +276,18 @@ def build_shards(
     )
 
 
+def class_names(
+    classes: list[Concept], language: str | None = None
+) -> tuple[list[str], tuple[str, ...], int]:
+    """(class names, templates, names left in English) of an evaluation set of ``classes``:
+    English labels and the emoji templates, or ``language``'s labels (English where emojibase
+    has none, counted) and the name alone as prompt."""
+    if not language:
+        return [c.label for c in classes], TEMPLATES, 0
+    names = [c.i18n.get(language, {}).get("label") or c.label for c in classes]
+    return names, ("{}",), sum(language not in c.i18n for c in classes)
+
+
 def build_eval(
     name: str,
     style: str,
@@ -295,13 +307,7 @@ def build_eval(
     names are emojibase's labels in that locale (English where a label is missing, counted)
     and the only template is ``"{}"``: the name alone, in that language."""
     images, listing = _inputs(style, sources)
-    classnames = [c.label for c in classes]
-    templates: tuple[str, ...] = TEMPLATES
-    untranslated = 0
-    if language:
-        classnames = [c.i18n.get(language, {}).get("label") or c.label for c in classes]
-        untranslated = sum(language not in c.i18n for c in classes)
-        templates = ("{}",)
+    classnames, templates, untranslated = class_names(classes, language)
     fp = common.fingerprint(
         builder="emoji-eval",
         version=BUILDER_VERSION,

@@ -44,6 +44,7 @@ from cliplab.datasets.builders.emoji import (
     SHARD_SIZE,
     TEMPLATES,
     Concept,
+    class_names,
     load_concepts,
 )
 from cliplab.datasets.captions import sample_captions
@@ -314,13 +315,7 @@ def _write_eval(
     bases = {c.hexcode: c for c, skin, _ in images if skin is None}  # one image each
     classes = sorted(bases.values(), key=lambda c: c.sort_order)
     index = {c.hexcode: i for i, c in enumerate(classes)}
-    classnames = [c.label for c in classes]
-    templates: tuple[str, ...] = TEMPLATES
-    untranslated = 0
-    if language:
-        classnames = [c.i18n.get(language, {}).get("label") or c.label for c in classes]
-        untranslated = sum(language not in c.i18n for c in classes)
-        templates = ("{}",)
+    classnames, templates, untranslated = class_names(classes, language)
     name = path.name
     writer = EvalSetWriter(
         path,
