@@ -152,6 +152,35 @@ def zeroshot(model_dir: Path, data: Path) -> dict[str, float]:
     return out
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Top-1 per language, one group of bars per trial (seeds averaged), validation style on
+    the left, test style on the right: the half-of-English line drawn per trial."""
+    from cliplab.evaluation.output import pyplot, save_figure
+
+    plt = pyplot()
+    trials = list(dict.fromkeys(r["trial"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    width = 0.8 / len(LANGUAGES)
+    for ax, split in zip(axes, ("validation", "test"), strict=True):
+        for j, lang in enumerate(LANGUAGES):
+            means = [
+                statistics.mean(r[f"{split} {lang}"] for r in rows if r["trial"] == t)
+                for t in trials
+            ]
+            ax.bar([i + (j - 2) * width for i in range(len(trials))], means, width, label=lang)
+        for i, t in enumerate(trials):
+            half = statistics.mean(r[f"{split} en"] for r in rows if r["trial"] == t) / 2
+            ax.hlines(half, i - 0.45, i + 0.45, colors="k", linestyles="dotted")
+        ax.set_xticks(range(len(trials)))
+        ax.set_xticklabels([t.replace(" second", "\nsecond") for t in trials], fontsize=7)
+        style = STYLES[split].removeprefix("emoji-")
+        ax.set_title(f"{split}: {style} style (dotted: half of English)")
+    axes[0].set_ylabel("zero-shot top-1 (%), class names in each language")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ROOT / "data")
@@ -219,6 +248,8 @@ def main() -> None:
     print(table(rows, ["trial", "seed", *(f"test {g}" for g in LANGUAGES), "test worst share"]))
     payload = {"machine": machine(), "steps": steps, "token_costs": costs, "runs": rows}
     print(f"wrote {write('multilingual.json', payload)}")
+    trials = [r for r in rows if "validation en" in r]
+    print(f"wrote {plot(trials, ROOT / 'docs' / 'results' / 'multilingual.png')}")
 
 
 if __name__ == "__main__":
