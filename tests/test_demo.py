@@ -205,14 +205,18 @@ def test_demo_end_to_end_on_fake_sources(tmp_path: Path, capsys) -> None:
     metrics = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").open()]
     assert any("zeroshot_emoji-google_top1" in r for r in metrics if r["kind"] == "eval")
 
-    # the multilingual recipe, by name: captions across locales, zero-shot per language
+    # the multilingual recipe, by name: captions in five languages, a second caption per
+    # image (train.second_caption), zero-shot per language
     multilingual = [*plain, "--out", str(tmp_path / "multi")]
     multilingual[1] = str(recipe_path("multilingual"))
     assert main(multilingual) == 0
     metrics = [json.loads(x) for x in (tmp_path / "multi" / "metrics.jsonl").open()]
     evals = [r for r in metrics if r["kind"] == "eval"]
-    for lang in ("ko", "ja", "de", "es"):
+    for lang in ("ko", "ja", "de", "es"):  # test style and validation style, each language
         assert any(f"zeroshot_emoji-google-{lang}_top1" in r for r in evals), lang
+        assert any(f"zeroshot_emoji-emojione-{lang}_top1" in r for r in evals), lang
+    for style in ("google", "emojione"):  # English, the bare name, under its own prefix
+        assert any(f"zeroshot_emoji-{style}-en_top1" in r for r in evals), style
     with pytest.raises(FileNotFoundError, match="not a bundled one"):
         recipe_path("klingon")
 
