@@ -9,7 +9,8 @@
 - fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling; ``auto`` picks bf16 where
   the device has bf16 instructions;
 - the CLIP loss (plain or chunked) or SigLIP's sigmoid loss with its learnt bias; patch
-  dropout (FLIP) and a low-resolution phase (CLIPA) for ViTs;
+  dropout (FLIP) and a low-resolution phase (CLIPA) for ViTs; a second caption per image
+  (``train.second_caption``) contrasted with the image or with the first caption;
 - a non-finite loss or gradient skips the step (counted); ``train.max_nonfinite`` in a row
   stop the run with ``NonFiniteError``;
 - checkpoints every ``checkpoint.interval`` steps, at the end, and on SIGTERM; a run
@@ -17,6 +18,10 @@
   bit on deterministic settings;
 - logs to JSONL/TensorBoard, evaluates on rank 0, plots the curves and saves the final
   model with ``cliplab.save`` (``OUTPUT/model``).
+
+Why one module: the step, the loop and the run's state (checkpoint, resume, SIGTERM, the
+skip counters) all read and write the same ``Trainer`` fields; the parts that stand alone
+(GradCache, parallelism, optimiser, logs, evaluation) are already modules of their own.
 """
 
 from __future__ import annotations
