@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
             half = statistics.mean(r[f"{split} en"] for r in rows if r["trial"] == t) / 2
             ax.hlines(half, i - 0.45, i + 0.45, colors="k", linestyles="dotted")
         ax.set_xticks(range(len(trials)))
-        ax.set_xticklabels([t.replace(" second", "\nsecond") for t in trials], fontsize=7)
+        ax.set_xticklabels([textwrap.fill(t, 13) for t in trials], fontsize=7)
         style = STYLES[split].removeprefix("emoji-")
         ax.set_title(f"{split}: {style} style (dotted: half of English)")
     axes[0].set_ylabel("zero-shot top-1 (%), class names in each language")
