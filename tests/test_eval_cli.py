@@ -271,7 +271,7 @@ def test_classify(tmp_path, capsys) -> None:
 
 
 def test_classify_labels_with_members(tmp_path, capsys) -> None:
-    from cliplab.cli.classify import parse_labels
+    from cliplab.zeroshot import parse_labels
 
     assert parse_labels(" cat, dog ,") == (["cat", "dog"], None)
     assert parse_labels("animal=cat| dog,vehicle=car,rock") == (

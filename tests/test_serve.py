@@ -126,6 +126,13 @@ def test_api_answers(server: str) -> None:
     ).json()
     assert probs["templates"] == 7 and {r["label"] for r in probs["results"]} == set(COLOURS)
     assert sum(r["probability"] for r in probs["results"]) == pytest.approx(1, abs=1e-4)
+    grouped = httpx.post(  # labels with members: one probability per label, not per member
+        f"{server}/classify",
+        files={"image": ("q.png", png_bytes(COLOURS["red"]))},
+        data={"labels": "warm=red|orange|yellow, cool=green|blue"},
+    ).json()["results"]
+    assert sorted(r["label"] for r in grouped) == ["cool", "warm"]
+    assert sum(r["probability"] for r in grouped) == pytest.approx(1, abs=1e-4)
     image = httpx.get(f"{server}{found[0]['url']}")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(image.content)).size == (found[0]["width"], found[0]["height"])
@@ -151,6 +158,8 @@ def test_api_answers(server: str) -> None:
         ("post", "/search", {"data": {"k": "3"}}, 422),
         ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": " , "}}, 400),
         ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": "a,a"}}, 400),
+        ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": "=a|b"}}, 400),
+        ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": "a=" + "|".join(map(str, range(101)))}}, 400),
         ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": ",".join(map(str, range(101)))}}, 400),
         ("post", "/classify", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"labels": "a", "templates": "../../etc/passwd"}}, 400),
         ("post", "/classify", {"files": {"image": ("x.png", b"GIF89a broken")}, "data": {"labels": "a"}}, 415),

@@ -39,6 +39,7 @@ __all__ = [
     "load_templates",
     "logit_scale_of",
     "member_names",
+    "parse_labels",
     "pool_members",
     "zero_shot_logits",
 ]
@@ -86,6 +87,29 @@ def zero_shot_logits(
     """
     image = F.normalize(image_features.float(), dim=-1)
     return logit_scale * image @ classifier.to(image.device, torch.float32).t()
+
+
+def parse_labels(text: str) -> tuple[list[str], list[list[str]] | None]:
+    """Labels typed by a person: comma- (or newline-) separated, stripped, empty ones dropped;
+    at least one, no duplicates. A label written ``name=member|member`` lists its members
+    (``None`` when no label does). ValueError says what is wrong."""
+    labels: list[str] = []
+    members: list[list[str]] = []
+    for item in text.replace("\n", ",").split(","):
+        name, _, rest = item.partition("=")
+        name = name.strip()
+        if not name:
+            if rest.strip():
+                raise ValueError(f"labels: members without a label name in {item.strip()!r}")
+            continue
+        labels.append(name)
+        members.append([m.strip() for m in rest.split("|") if m.strip()])
+    if not labels:
+        raise ValueError("labels: give at least one, comma-separated")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"labels: duplicates: {', '.join(duplicates)}")
+    return labels, (members if any(members) else None)
 
 
 def member_names(

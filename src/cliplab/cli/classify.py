@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.cli.common import add_device, add_model, add_runtime, add_set, load_model
-from cliplab.zeroshot import classify_images, load_templates
+from cliplab.zeroshot import classify_images, load_templates, parse_labels
 
 #: The model used when ``--model`` is not given (an OpenAI name looked up in local caches).
 DEFAULT_MODEL = "ViT-B-32"
@@ -57,28 +57,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_runtime(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
-
-
-def parse_labels(text: str) -> tuple[list[str], list[list[str]] | None]:
-    """Comma-separated labels, stripped, empty ones dropped; at least one, no duplicates. A
-    label written ``name=member|member`` lists its members (``None`` when no label does)."""
-    labels: list[str] = []
-    members: list[list[str]] = []
-    for item in text.split(","):
-        name, _, rest = item.partition("=")
-        name = name.strip()
-        if not name:
-            if rest.strip():
-                raise ValueError(f"--labels: members without a label name in {item.strip()!r}")
-            continue
-        labels.append(name)
-        members.append([m.strip() for m in rest.split("|") if m.strip()])
-    if not labels:
-        raise ValueError("--labels needs at least one label")
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise ValueError(f"--labels has duplicates: {', '.join(duplicates)}")
-    return labels, (members if any(members) else None)
 
 
 def read_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[Path, str]]]:

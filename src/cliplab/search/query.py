@@ -160,14 +160,20 @@ class Searcher:
         ]
 
     def classify(
-        self, image: Any, labels: Sequence[str], templates: Sequence[str]
+        self,
+        image: Any,
+        labels: Sequence[str],
+        templates: Sequence[str],
+        members: Sequence[Sequence[str]] | None = None,
     ) -> list[tuple[str, float]]:
         """Zero-shot probabilities of ``labels`` for an image, best first (prompt ensembles
-        are cached per label list)."""
-        from cliplab.zeroshot import zero_shot_logits
+        are cached per label list); ``members``: sub-labels a label may score by."""
+        from cliplab.zeroshot import member_names, pool_members, zero_shot_logits
 
-        weights = self._classifiers.classifier(list(labels), list(templates))
+        names, owner = member_names(labels, members)
+        weights = self._classifiers.classifier(names, list(templates))
         query = torch.from_numpy(self.embed_image(image))[None]
-        probs = zero_shot_logits(query, weights, self._classifiers.logit_scale).softmax(-1)[0]
+        logits = zero_shot_logits(query, weights, self._classifiers.logit_scale)
+        probs = pool_members(logits, owner, len(labels)).softmax(-1)[0]
         order = probs.argsort(descending=True).tolist()
         return [(labels[i], float(probs[i])) for i in order]

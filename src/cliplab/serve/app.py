@@ -4,7 +4,8 @@
     GET  /search?q=TEXT&k=K       text -> images
     POST /search                  image (multipart ``image``) -> images; ``captions=true``:
                                   the nearest captions instead
-    POST /classify                image + ``labels`` ("cat, dog, car") -> probabilities, with
+    POST /classify                image + ``labels`` ("cat, dog, car"; "animal=cat|dog" gives
+                                  a label members it may score by) -> probabilities, with
                                   prompt ensembling (``templates``, a bundled set)
     GET  /image/{id}              the image of one result (only ids of the collection)
     GET  /                        the page: search box, result grid, drop an image, classify
@@ -32,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from cliplab.data.decode import probe_image
 from cliplab.data.stream import BadSample
 from cliplab.search.query import MAX_QUERY_CHARS, Searcher
+from cliplab.zeroshot import parse_labels
 
 log = logging.getLogger("cliplab.serve")
 
@@ -241,20 +243,20 @@ def create_app(
         labels: Annotated[str, Form()],
         templates: Annotated[str, Form()] = "",
     ) -> Any:
-        names = [label.strip() for label in labels.replace("\n", ",").split(",") if label.strip()]
-        if not names:
-            raise HTTPException(400, "labels: give at least one, comma-separated")
-        if len(names) > MAX_LABELS or any(len(n) > MAX_LABEL_CHARS for n in names):
+        try:
+            names, members = parse_labels(labels)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        every = [*names, *(m for ms in members or () for m in ms)]  # members are texts too
+        if len(every) > MAX_LABELS or any(len(n) > MAX_LABEL_CHARS for n in every):
             raise HTTPException(400, f"at most {MAX_LABELS} labels of {MAX_LABEL_CHARS} characters")
-        if len(set(names)) != len(names):
-            raise HTTPException(400, "labels: duplicates")
         name = templates or classify_templates
         if name not in bundled:  # never a path: a request must not make the server read files
             raise HTTPException(400, f"templates: one of {', '.join(bundled)}")
         chosen = load_templates(name)
         picture = await read_upload(image)
         with lock:
-            probs = searcher.classify(picture, names, chosen)
+            probs = searcher.classify(picture, names, chosen, members)
         return {
             "templates": len(chosen),
             "results": [{"label": n, "probability": round(p, 6)} for n, p in probs],
