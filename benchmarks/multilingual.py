@@ -58,12 +58,7 @@ def caption_sources(fn: str) -> list[str]:
 
 def text_context(length: int) -> list[str]:
     """``--set`` for the recipe's model with a text context of ``length`` tokens."""
-    return [
-        "model.overrides={embed_dim = 96, vision_image_size = 32, vision_patch_size = 8, "
-        "vision_width = 96, vision_layers = 3, vision_heads = 3, text_width = 96, "
-        f"text_layers = 2, text_heads = 3, text_context_length = {length}, "
-        'activation = "gelu"}'
-    ]
+    return [f"model.overrides.text_context_length={length}"]
 
 
 #: Trial captions: English and each of ``EVAL_LANGUAGES`` a fifth of the time.

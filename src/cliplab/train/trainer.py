@@ -194,27 +194,29 @@ class Trainer:
             )
         return distributed_clip_loss(image_features, text_features, scale)
 
-    def _backward(
-        self, images: torch.Tensor, tokens: torch.Tensor, second: torch.Tensor | None = None
+    def caption_loss(
+        self, image_features: torch.Tensor, text_features: torch.Tensor
     ) -> torch.Tensor:
+        """:meth:`feature_loss`, or with twice as many captions as images (the second of each
+        image after the first ones: ``train.second_caption``) the mean of the image against
+        its first caption and the second against the image ("image") or the first ("text":
+        the two captions are each other's match, so their languages align)."""
+        b = image_features.shape[0]
+        if text_features.shape[0] == b:
+            return self.feature_loss(image_features, text_features)
+        first, other = text_features[:b], text_features[b:]
+        if self.config.train.second_caption == "image":
+            pair = self.feature_loss(image_features, other)
+        else:  # "text"
+            pair = self.feature_loss(other, first)
+        return (self.feature_loss(image_features, first) + pair) / 2
+
+    def _backward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         accum = self.config.train.accum_steps
-        if second is not None:  # two captions per image (train.second_caption; accum is 1)
-            b = tokens.shape[0]
-            both = trim_tokens(torch.cat([tokens, second]), compiled=self.config.train.compile)
-            with self._autocast():
-                image_features, text_features = self.towers(images, both)
-            first, other = text_features[:b], text_features[b:]
-            if self.config.train.second_caption == "image":  # the image is each one's match
-                pair = self.feature_loss(image_features, other)
-            else:  # "text": the two captions are each other's match (their languages align)
-                pair = self.feature_loss(other, first)
-            loss = (self.feature_loss(image_features, first) + pair) / 2
-            self.scaler.scale(loss).backward()
-            return loss.detach()
         if accum == 1:
             with self._autocast():
                 image_features, text_features = self.towers(images, tokens)
-            loss = self.feature_loss(image_features, text_features)
+            loss = self.caption_loss(image_features, text_features)
             self.scaler.scale(loss).backward()
             return loss.detach()
         no_sync = getattr(self.towers, "no_sync", contextlib.nullcontext)
@@ -247,17 +249,16 @@ class Trainer:
         device = self.env.device
         images = images.to(device, non_blocking=True)
         tokens = tokens.to(device, non_blocking=True)
-        if second is not None:
-            second = second.to(device, non_blocking=True)
+        if second is not None:  # both captions through the text tower in one pass
+            tokens = torch.cat([tokens, second.to(device, non_blocking=True)])
         if self.step < self.low_res_steps:  # CLIPA's low-resolution phase
             size = self.config.train.low_res_size
             images = F.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        if second is None:  # with a second caption, both are trimmed together
-            tokens = trim_tokens(tokens, compiled=self.config.train.compile)
+        tokens = trim_tokens(tokens, compiled=self.config.train.compile)
         lr = self.optimizer.param_groups[0]["lr"]
-        local_loss = self._backward(images, tokens, second)
+        local_loss = self._backward(images, tokens)
         world = self.env.world_size
         for name in ("logit_scale", "logit_bias"):  # not under DDP: averaged here
             param = getattr(self.model, name, None)

@@ -219,27 +219,21 @@ def build_style(
         templates=TEMPLATES,
         inputs=listing,
     )
-    shard_path, eval_path = out / "shards" / name, out / "eval" / name
+    shard_path = out / "shards" / name
     want_shards = common.wanted(only, "shards", name)
-    want_eval = common.wanted(only, "eval", name)
-    languages = [
-        lang for lang in language_sets(icon_set) if common.wanted(only, "eval", f"{name}-{lang}")
+    # (language or None for English, path, fingerprint) of each evaluation set asked for
+    wanted = [(None, name)] if common.wanted(only, "eval", name) else []
+    wanted += [
+        (lang, f"{name}-{lang}")
+        for lang in language_sets(icon_set)
+        if common.wanted(only, "eval", f"{name}-{lang}")
     ]
+    evals = [(lang, out / "eval" / n, fp if lang is None else f"{fp}-{lang}") for lang, n in wanted]
     outputs = []
-    hits = {
-        "shards": common.cached(shard_path, fp, force) if want_shards else None,
-        "eval": common.cached(eval_path, fp, force) if want_eval else None,
-    }
-    translated = {
-        lang: common.cached(out / "eval" / f"{name}-{lang}", f"{fp}-{lang}", force)
-        for lang in languages
-    }
-    if (
-        (not want_shards or hits["shards"])
-        and (not want_eval or hits["eval"])
-        and all(translated.values())
-    ):
-        return [h for h in (*hits.values(), *translated.values()) if h]
+    shard_hit = common.cached(shard_path, fp, force) if want_shards else None
+    eval_hits = [common.cached(path, print_, force) for _, path, print_ in evals]
+    if (not want_shards or shard_hit) and all(eval_hits):
+        return [h for h in (shard_hit, *eval_hits) if h]
     start = time.perf_counter()
     engine, render = renderer()
     icons = load_icons(root)
@@ -256,7 +250,7 @@ def build_style(
     seconds = time.perf_counter() - start
     details = {"set": icon_set.name, "license": icon_set.license, "renderer": engine}
     details |= {"icons": len(icons), "matched": len(matched), "render_failures": failures}
-    if want_shards and not hits["shards"]:
+    if want_shards and not shard_hit:
         with common.staging(shard_path) as tmp:
             writer = ShardWriter(tmp, prefix="shard", max_samples=SHARD_SIZE)
             with writer:
@@ -285,14 +279,9 @@ def build_style(
                 },
             )
         )
-    elif hits["shards"]:
-        outputs.append(hits["shards"])
-    evals = [(None, eval_path, fp, hits["eval"])] if want_eval else []
-    evals += [
-        (lang, out / "eval" / f"{name}-{lang}", f"{fp}-{lang}", translated[lang])
-        for lang in languages
-    ]
-    for language, path, print_, hit in evals:
+    elif shard_hit:
+        outputs.append(shard_hit)
+    for (language, path, print_), hit in zip(evals, eval_hits, strict=True):
         if hit:
             outputs.append(hit)
             continue
