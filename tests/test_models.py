@@ -172,6 +172,71 @@ def test_trim_padding_is_exact() -> None:
     assert relative_error(trimmed, full) <= 1e-6
 
 
+def test_length_groups_are_optimal_and_cover_every_row() -> None:
+    import itertools
+    import random
+
+    from cliplab.models.text import length_groups
+
+    rng = random.Random(0)
+    for trial in range(60):
+        lengths = [rng.choice([3, 4, 5, 7, 9, 12, 20, 31]) for _ in range(rng.randint(1, 40))]
+        cost, most = rng.choice([0, 8, 64]), rng.randint(1, 4)
+        groups = length_groups(lengths, max_groups=most, group_cost=cost)
+        rows = sorted(r for members, _ in groups for r in members)
+        assert rows == list(range(len(lengths))), "every row exactly once"
+        assert 1 <= len(groups) <= most
+        for members, n in groups:
+            assert n == max(lengths[r] for r in members)  # cut to the group's longest
+        found = sum(len(m) * n + cost for m, n in groups)
+        # brute force: every way to cut the sorted distinct lengths into <= most runs
+        distinct = sorted(set(lengths))
+        best = math.inf
+        for g in range(1, most + 1):
+            for cuts in itertools.combinations(range(1, len(distinct)), g - 1):
+                edges = [0, *cuts, len(distinct)]
+                total = 0
+                for a, b in itertools.pairwise(edges):
+                    members = [x for x in lengths if distinct[a] <= x <= distinct[b - 1]]
+                    total += len(members) * distinct[b - 1] + cost
+                best = min(best, total)
+        assert found == best, (trial, lengths, groups)
+    assert length_groups([]) == []
+    assert length_groups([5] * 10) == [(list(range(10)), 5)]
+
+
+def test_length_grouped_text_tower_is_exact_with_gradients() -> None:
+    """The text tower run in length groups (the default) against one batch cut to its
+    longest caption: same features and same gradients, on weights moved off their init."""
+    from cliplab.models.text import length_groups
+
+    model = CLIP(PRESETS["tiny-vit"])
+    refs.perturb_(model, seed=3)
+    context = model.context_length
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(48, context, dtype=torch.long)
+    for i in range(48):  # mostly short captions and a few long ones, as in real batches
+        n = int(torch.randint(2, 8, (1,), generator=g)) if i % 6 else context - 2
+        tokens[i, 0] = 49406
+        tokens[i, 1 : n + 1] = torch.randint(1, 49000, (n,), generator=g)
+        tokens[i, n + 1] = 49407
+    lengths = (tokens.argmax(-1) + 1).tolist()
+    assert len(length_groups(lengths)) > 1  # the grouped path is the one tested
+
+    def run(grouped: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        model.text.trim_padding = grouped
+        features = model.encode_text(tokens)
+        (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
+        return features.detach(), [p.grad.clone() for p in model.text.parameters()]
+
+    grouped, grouped_grads = run(True)
+    full, full_grads = run(False)
+    assert relative_error(grouped, full) <= 1e-5
+    for a, b in zip(grouped_grads, full_grads, strict=True):
+        assert relative_error(a, b) <= 1e-4
+
+
 @pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_parity_with_open_clip(kind: str, activation: str) -> None:
@@ -316,8 +381,8 @@ BUGS = {
     "pooling at the last token, not EOT": (
         "text.py",
         ("TextTransformer",),
-        "x = x[torch.arange(B, device=x.device), eot]",
-        "x = x[:, -1]",
+        "return x[torch.arange(B, device=x.device), eot]",
+        "return x[:, -1]",
     ),
     "ln_pre skipped": ("vit.py", ("VisionTransformer",), "x = self.ln_pre(x)", "x = x"),
 }
