@@ -283,6 +283,18 @@ def test_color_augment_ranges_and_probabilities() -> None:
     assert 0.4 < is_grey.float().mean() < 0.6
     blurred = color_augment(x, g, blur=1.0)
     assert blurred.std() < x.std()  # smoothing lowers the variance of noise
+    # the 3x3 binomial kernel [1 2 1]^T [1 2 1] / 16 with replicated edges, for the chosen
+    # images only (the others untouched)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+    reference = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3
+    )
+    assert torch.allclose(blurred, reference, atol=1e-6)
+    some = color_augment(x, g, blur=0.5)
+    is_blurred = (some - reference).abs().flatten(1).amax(1) < 1e-6
+    assert 0.4 < is_blurred.float().mean() < 0.6
+    assert torch.equal(some[~is_blurred], x[~is_blurred])
     assert torch.allclose(color_augment(x, g, invert=1.0), 1 - x)
     some = color_augment(x, g, invert=0.5)
     is_neg = (some - (1 - x)).abs().flatten(1).amax(1) < 1e-6
