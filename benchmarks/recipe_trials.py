@@ -64,6 +64,18 @@ TRIALS: dict[str, dict[str, list[str]]] = {
         + ["train.steps=2300", 'train.loss="siglip"', "train.patch_dropout=0.5"],
         "+5 styles siglip batch-128 3600": sources(TWITTER + STYLES)
         + ["train.steps=3600", 'train.loss="siglip"', "data.batch_size=128"],
+        # the text tower in length groups made text passes cheap (session of 2026-12-01,
+        # time_steps, 3 paired rounds: recipe 719 pairs/s; a second caption per image
+        # contrasted with the image x0.87; patch dropout 0.25 x1.15): equal time to 1,800
+        "+5 styles siglip second-image 1570": sources(TWITTER + STYLES)
+        + ["train.steps=1570", 'train.loss="siglip"', 'train.second_caption="image"'],
+        "+5 styles siglip patch-dropout-0.25 2070": sources(TWITTER + STYLES)
+        + ["train.steps=2070", 'train.loss="siglip"', "train.patch_dropout=0.25"],
+        # batch 128 lost 7 points at equal time: the other way, the same pairs in half the steps
+        "+5 styles siglip batch-512 900": sources(TWITTER + STYLES)
+        + ["train.steps=900", 'train.loss="siglip"', "data.batch_size=512"],
+        "+5 styles siglip batch-1024 450": sources(TWITTER + STYLES)
+        + ["train.steps=450", 'train.loss="siglip"', "data.batch_size=1024"],
         "+5 styles 4000": sources(TWITTER + STYLES) + ["train.steps=4000"],
         "+5 styles 4000 patch-dropout": sources(TWITTER + STYLES)
         + ["train.steps=4000", "train.patch_dropout=0.5"],

@@ -95,8 +95,9 @@ class TextTransformer(nn.Module):
         # padding is cut before the transformer: the batch is split into a few groups by
         # caption length, each cut to its own longest (``length_groups``; exact, and 3-5x
         # less work for typical captions). Set False for static shapes (CUDA graphs, some
-        # compilers).
+        # compilers). ``max_length_groups = 1`` cuts the whole batch to its longest caption.
         self.trim_padding = True
+        self.max_length_groups = 4
         self.init_weights()
 
     @torch.no_grad()
@@ -120,7 +121,7 @@ class TextTransformer(nn.Module):
             )
         if self.trim_padding and text.shape[0] > 0:
             lengths = (text.argmax(dim=-1) + 1).tolist()
-            groups = length_groups(lengths)
+            groups = length_groups(lengths, max_groups=self.max_length_groups)
             if len(groups) > 1:
                 index = [torch.tensor(rows, device=text.device) for rows, _ in groups]
                 parts = [self._eot_features(text[i, :n]) for i, (_, n) in zip(index, groups)]
