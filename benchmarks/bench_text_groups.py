@@ -41,7 +41,8 @@ def paired(recipe: Path | None, data: Path, steps: int, rounds: int) -> dict[str
         batches = iter(trainer.loader)
         fixed = [next(batches) for _ in range(steps)]
         lengths = [float((b.tokens.argmax(-1) + 1).float().mean()) for b in fixed]
-        times: dict[int, list[float]] = {4: [], 1: []}
+        default = trainer.model.text.max_length_groups
+        times: dict[int, list[float]] = {default: [], 1: []}
         for _ in range(rounds):
             for groups in times:
                 trainer.model.text.max_length_groups = groups
@@ -51,7 +52,7 @@ def paired(recipe: Path | None, data: Path, steps: int, rounds: int) -> dict[str
                 for b in fixed:
                     trainer.train_step(b.images, b.tokens, b.second_tokens)
                 times[groups].append((time.perf_counter() - start) / steps)
-    grouped, single = statistics.median(times[4]), statistics.median(times[1])
+    grouped, single = statistics.median(times[default]), statistics.median(times[1])
     return {
         "batch": config.data.batch_size,
         "mean_caption_tokens": statistics.mean(lengths),

@@ -47,40 +47,48 @@ def sources(sets: list[str]) -> list[str]:
     return [f"data.sources=[{tables}]"]
 
 
+def trial(
+    sets: list[str], steps: int, loss: str = "plain", batch: int = 256, *extra: str
+) -> list[str]:
+    """``--set`` values of a trial, every setting a trial varies pinned (the recipe moves on:
+    re-run, a trial must train what its row was measured on)."""
+    pinned = [f"train.steps={steps}", f'train.loss="{loss}"', f"data.batch_size={batch}"]
+    return [*sources(sets), *pinned, *extra]
+
+
+SEVEN = TWITTER + STYLES
+
 #: name -> {trial name: --set values}
 TRIALS: dict[str, dict[str, list[str]]] = {
     "styles": {
-        "twitter 1500": sources(TWITTER),  # today's recipe
-        "twitter 1500 siglip": sources(TWITTER) + ['train.loss="siglip"'],
-        "+5 styles 1500": sources(TWITTER + STYLES),
-        "+5 styles 3000": sources(TWITTER + STYLES) + ["train.steps=3000"],
+        "twitter 1500": trial(TWITTER, 1500),  # the recipe of 2026-11-22
+        "twitter 1500 siglip": trial(TWITTER, 1500, "siglip"),
+        "+5 styles 1500": trial(SEVEN, 1500),
+        "+5 styles 3000": trial(SEVEN, 3000),
         # ~9 minutes of training on the slowest machine seen (AMD EPYC, AVX2 only: ~870 pairs/s)
-        "+5 styles 1800": sources(TWITTER + STYLES) + ["train.steps=1800"],
-        "+5 styles 1800 siglip": sources(TWITTER + STYLES)
-        + ["train.steps=1800", 'train.loss="siglip"'],
+        "+5 styles 1800": trial(SEVEN, 1800),
+        "+5 styles 1800 siglip": trial(SEVEN, 1800, "siglip"),
         # more steps in the same minutes (AMD EPYC, time_steps of the recipe: 735 pairs/s;
         # patch dropout 0.5: 930, x1.27; batch 128: 744, twice the steps of batch 256)
-        "+5 styles siglip patch-dropout 2300": sources(TWITTER + STYLES)
-        + ["train.steps=2300", 'train.loss="siglip"', "train.patch_dropout=0.5"],
-        "+5 styles siglip batch-128 3600": sources(TWITTER + STYLES)
-        + ["train.steps=3600", 'train.loss="siglip"', "data.batch_size=128"],
+        "+5 styles siglip patch-dropout 2300": trial(
+            SEVEN, 2300, "siglip", 256, "train.patch_dropout=0.5"
+        ),
+        "+5 styles siglip batch-128 3600": trial(SEVEN, 3600, "siglip", 128),
         # the text tower in length groups made text passes cheap (session of 2026-12-01,
         # time_steps, 3 paired rounds: recipe 719 pairs/s; a second caption per image
         # contrasted with the image x0.87; patch dropout 0.25 x1.15): equal time to 1,800
-        "+5 styles siglip second-image 1570": sources(TWITTER + STYLES)
-        + ["train.steps=1570", 'train.loss="siglip"', 'train.second_caption="image"'],
-        "+5 styles siglip patch-dropout-0.25 2070": sources(TWITTER + STYLES)
-        + ["train.steps=2070", 'train.loss="siglip"', "train.patch_dropout=0.25"],
-        # batch 128 lost 7 points at equal time: the other way, the same pairs in half the steps
-        "+5 styles siglip batch-512 900": sources(TWITTER + STYLES)
-        + ["train.steps=900", 'train.loss="siglip"', "data.batch_size=512"],
-        "+5 styles siglip batch-1024 450": sources(TWITTER + STYLES)
-        + ["train.steps=450", 'train.loss="siglip"', "data.batch_size=1024"],
-        "+5 styles 4000": sources(TWITTER + STYLES) + ["train.steps=4000"],
-        "+5 styles 4000 patch-dropout": sources(TWITTER + STYLES)
-        + ["train.steps=4000", "train.patch_dropout=0.5"],
-        "+5 styles 4000 siglip": sources(TWITTER + STYLES)
-        + ["train.steps=4000", 'train.loss="siglip"'],
+        "+5 styles siglip second-image 1570": trial(
+            SEVEN, 1570, "siglip", 256, 'train.second_caption="image"'
+        ),
+        "+5 styles siglip patch-dropout-0.25 2070": trial(
+            SEVEN, 2070, "siglip", 256, "train.patch_dropout=0.25"
+        ),
+        # batch 128 lost 7 points at equal time: the other way, the same pairs in fewer steps
+        "+5 styles siglip batch-512 900": trial(SEVEN, 900, "siglip", 512),
+        "+5 styles siglip batch-1024 450": trial(SEVEN, 450, "siglip", 1024),
+        "+5 styles 4000": trial(SEVEN, 4000),
+        "+5 styles 4000 patch-dropout": trial(SEVEN, 4000, "plain", 256, "train.patch_dropout=0.5"),
+        "+5 styles 4000 siglip": trial(SEVEN, 4000, "siglip"),
     },
 }
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 import torch
 from torch import nn
 
@@ -38,14 +41,9 @@ def length_groups(
     """
     if not lengths:
         return []
-    distinct = sorted(set(lengths))  # K distinct lengths; a group is a run of them
-    counts = [0] * len(distinct)
-    where = {length: i for i, length in enumerate(distinct)}
-    for length in lengths:
-        counts[where[length]] += 1
-    prefix = [0]
-    for c in counts:
-        prefix.append(prefix[-1] + c)
+    counts = Counter(lengths)
+    distinct = sorted(counts)  # K distinct lengths; a group is a run of them
+    prefix = [0, *itertools.accumulate(counts[n] for n in distinct)]  # rows up to each
     k = len(distinct)
     inf = float("inf")
     # best[g][j]: the cheapest cover of the j shortest lengths by g groups; cut[g][j]: where
@@ -119,16 +117,16 @@ class TextTransformer(nn.Module):
                 f"text has {text.shape[1]} positions but the model's context length is "
                 f"{self.context_length}"
             )
+        groups = []
         if self.trim_padding and text.shape[0] > 0:
             lengths = (text.argmax(dim=-1) + 1).tolist()
             groups = length_groups(lengths, max_groups=self.max_length_groups)
-            if len(groups) > 1:
-                index = [torch.tensor(rows, device=text.device) for rows, _ in groups]
-                parts = [self._eot_features(text[i, :n]) for i, (_, n) in zip(index, groups)]
-                x = torch.cat(parts)[torch.argsort(torch.cat(index))]  # (B, width), batch order
-                return self.ln_final(x) @ self.text_projection  # (B, embed_dim)
-            text = text[:, : groups[0][1]]
-        x = self._eot_features(text)  # (B, width)
+        if len(groups) > 1:
+            index = [torch.tensor(rows, device=text.device) for rows, _ in groups]
+            parts = [self._eot_features(text[i, :n]) for i, (_, n) in zip(index, groups)]
+            x = torch.cat(parts)[torch.argsort(torch.cat(index))]  # (B, width), batch order
+        else:  # one group: the whole batch cut to its longest (or, untrimmed, as given)
+            x = self._eot_features(text[:, : groups[0][1]] if groups else text)  # (B, width)
         return self.ln_final(x) @ self.text_projection  # (B, embed_dim)
 
     def _eot_features(self, text: torch.Tensor) -> torch.Tensor:
