@@ -378,6 +378,13 @@ def test_emoji_captions_change_each_epoch_and_name_the_concept(sources, tmp_path
     assert all(words & set(t.replace(",", " ").replace(":", " ").split()) for t in texts)
     # without the caption_fn the generic decoder draws from the stored captions
     assert ImageDecoder(32)(sample, random.Random(0))[1] in meta["captions"]
+    # the label alone is among the demo's captions; the prompt study's never say just that
+    assert {"cat face", "Cat face"} <= {
+        captions.draw_caption(sample, random.Random(k)) for k in range(200)
+    }
+    no_bare = {captions.draw_caption_no_bare_label(sample, random.Random(k)) for k in range(200)}
+    assert len(no_bare) >= 8 and not no_bare & {"cat face", "Cat face"}
+    assert all("cat face" in t or "cat" in t.split(",")[0] or "emoji" in t for t in no_bare)
 
 
 def test_training_streams_the_built_shards(sources, tmp_path):

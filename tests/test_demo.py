@@ -264,6 +264,28 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     assert groups[0]["names_only"]["templates"] in plain
     assert "emoji category groups" in text and "findings agree" in text
     assert [p["fraction"] for p in results["data_scaling"]["points"]] == [0.5, 1.0]
+    # prompts: the demo model and one trained on captions that never are the bare label, each
+    # set's templates chosen on its validation set (Fashion-MNIST: on one half, measured on
+    # the other)
+    prompts = [(p["model"], p["dataset"], p["validation"]) for p in results["prompts"]]
+    assert prompts == [
+        (m, d, v)
+        for m in ("demo", "captions-no-bare")
+        for d, v in (
+            ("emoji-google", "emoji-emojione"),
+            ("tuxpaint-photos-emoji", "emoji-emojione"),
+            ("fashion-mnist-test (other half)", "fashion-mnist-test (validation half)"),
+        )
+    ]
+    assert all(p["chosen"] in p["validation_top1"] and "chosen" in p["results"]
+               for p in results["prompts"])  # fmt: skip
+    no_bare = json.loads((out / "runs" / "captions-no-bare" / "config.json").read_text())
+    assert {s["caption_fn"] for s in no_bare["data"]["sources"]} == {
+        "cliplab.datasets.captions:draw_caption_no_bare_label"
+    }
+    assert no_bare["train"]["steps"] == 3  # the demo model's steps
+    assert "**captions-no-bare model.**" in text and "median over 2 tasks" in text
+    assert (out / "prompts-captions-no-bare-fashion-mnist-test--other-half.png").is_file()
     for picture in ("fewshot.png", "compute-scaling.png", "data-scaling.png"):
         assert (out / picture).stat().st_size > 1000
     assert results["training_data"] == ["emoji-twitter", "icons"]
@@ -277,5 +299,6 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     again = run_reproduce(data, out, tmp_path / "demo", recipe=recipe, install=False,
                           sizes={"xs": tiny, "s": {}}, fractions=(0.5,),
                           group_levels=(("category", 2),), progress=False, log=lambda m: None)  # fmt: skip
-    assert json.loads((out / "results.json").read_text())["reused_models"] == ["xs", "data-50pct"]
-    assert "reusing the trained models xs, data-50pct" in again.read_text()
+    reused = ["captions-no-bare", "xs", "data-50pct"]
+    assert json.loads((out / "results.json").read_text())["reused_models"] == reused
+    assert "reusing the trained models captions-no-bare, xs, data-50pct" in again.read_text()

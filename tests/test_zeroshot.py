@@ -278,6 +278,55 @@ def test_prompt_ablation_on_stub() -> None:
     assert result.results["ensemble"]["templates"] == 7
 
 
+class KeywordCLIP(OneHotCLIP):
+    """A stub whose prompts matter: a text names its class correctly only with its class
+    list's keyword ("photo" for the test classes, "drawing" for the validation classes),
+    otherwise it points at the next class."""
+
+    def __init__(self, test_classes, validation_classes):
+        super().__init__(test_classes)
+        self.keyword = {n: "photo" for n in test_classes} | {
+            n: "drawing" for n in validation_classes
+        }
+        self.index = {
+            n: i for names in (test_classes, validation_classes) for i, n in enumerate(names)
+        }
+
+    def encode_text(self, tokens):
+        out = torch.zeros(tokens.shape[0], self.dim)
+        n = len(self.classnames)
+        for i, row in enumerate(tokens):
+            text = cliplab.decode(row)
+            name = next(c for c in self.index if re.search(rf"\b{c}\b", text))
+            c = self.index[name]
+            out[i, c if self.keyword[name] in text else (c + 1) % n] = 1.0
+        return out * self.gain
+
+
+def test_prompt_engineering_is_chosen_on_validation_not_on_the_test() -> None:
+    # on the validation classes only "drawing" prompts are right, on the test classes only
+    # "photo" ones: the template chosen on validation must be the drawing one, and its test
+    # figure (0%) what is reported as "chosen", however well "photo" does on the test
+    val_classes = ["kiwi", "mango", "melon", "peach", "plum"]
+    model = KeywordCLIP(CLASSES, val_classes)
+    store = FeatureStore(model, stub_preprocess, progress=False)
+    validation = ClassificationSet(
+        [stub_image(y) for y in range(5)], list(range(5)), val_classes, name="val"
+    )
+    result = get("prompts")(
+        store, {"ensemble": "imagenet7"}, dataset=stub_set(), validation=validation
+    )
+    assert result.chosen == "one: a drawing of a {}." and result.validation == "val"
+    assert result.validation_top1[result.chosen] == 1.0
+    assert result.validation_top1["bare"] == 0.0 and result.validation_top1["photo"] == 0.0
+    assert result.results["chosen"]["top1"] == 0.0 and result.results["photo"]["top1"] == 1.0
+    assert result.gain_points["chosen"] == 0.0 and result.gain_points["photo"] == 100.0
+    assert "chosen" in result.markdown() and "'one: a drawing of a {}.'" in result.markdown()
+    # from its dict, the same (reports are rewritten from results.json)
+    again = type(result).from_dict(result.to_dict())
+    assert again.chosen == result.chosen and again.validation_top1 == result.validation_top1
+
+
 # --------------------------------------------------------------------------- training time
 
 

@@ -22,7 +22,14 @@ from typing import Any
 
 from cliplab.data.stream import BadSample, RawSample
 
-__all__ = ["CAPTIONERS", "draw_caption", "caption_for", "sample_captions", "article"]
+__all__ = [
+    "CAPTIONERS",
+    "draw_caption",
+    "draw_caption_no_bare_label",
+    "caption_for",
+    "sample_captions",
+    "article",
+]
 
 
 def article(phrase: str) -> str:
@@ -37,7 +44,33 @@ def _pick_tags(tags: list[str], rng: random.Random, label: str, most: int = 4) -
     return rng.sample(pool, k)
 
 
-def _emoji(meta: dict[str, Any], rng: random.Random) -> str:
+#: The emoji caption templates; the first two say the label alone.
+EMOJI_TEMPLATES = (
+    "{label}",
+    "{Label}",
+    "{a} {label}",
+    "an emoji of {a} {label}",
+    "{label} emoji",
+    "{label}: {tags}",
+    "{label} ({tags})",
+    "emoji: {label}",
+    "{tags}, {label}",
+    "{label} icon",
+    "{a} {label} emoji, {tags}",
+    "{label} - {category}",
+    "{label}, {sub}",
+    "image of {a} {label}",
+    ":{short}: {label}",
+    "{tags} emoji",
+)
+#: Without the label alone: every caption says more than the class name, as web alt texts do
+#: (``draw_caption_no_bare_label``; the prompt-engineering study's model).
+EMOJI_TEMPLATES_NO_BARE = EMOJI_TEMPLATES[2:]
+
+
+def _emoji(
+    meta: dict[str, Any], rng: random.Random, templates: tuple[str, ...] = EMOJI_TEMPLATES
+) -> str:
     base = meta["label"]
     # skin-tone variants: "waving hand: light skin tone"; the base concept is said too
     label = meta.get("tone_label") or base
@@ -48,24 +81,6 @@ def _emoji(meta: dict[str, Any], rng: random.Random) -> str:
     short = rng.choice(meta.get("short_names") or [base.replace(" ", "_")])
     category = str(meta.get("category", "")).lower()
     sub = str(meta.get("subcategory", "")).replace("-", " ")
-    templates = (
-        "{label}",
-        "{a} {label}",
-        "an emoji of {a} {label}",
-        "{label} emoji",
-        "{label}: {tags}",
-        "{label} ({tags})",
-        "emoji: {label}",
-        "{tags}, {label}",
-        "{Label}",
-        "{label} icon",
-        "{a} {label} emoji, {tags}",
-        "{label} - {category}",
-        "{label}, {sub}",
-        "image of {a} {label}",
-        ":{short}: {label}",
-        "{tags} emoji",
-    )
     template = rng.choice(templates)
     return template.format(
         label=label,
@@ -259,6 +274,22 @@ def _draw(sample: RawSample, rng: random.Random, captioner: Any) -> str:
 def draw_caption(sample: RawSample, rng: random.Random) -> str:
     """``caption_fn`` for ``ImageDecoder``: a fresh caption from the ``json`` member's facts."""
     return _draw(sample, rng, caption_for)
+
+
+def _caption_no_bare_label(meta: dict[str, Any], rng: random.Random) -> str:
+    if meta.get("kind") == "emoji":
+        return _emoji(meta, rng, EMOJI_TEMPLATES_NO_BARE)
+    return caption_for(meta, rng)
+
+
+def draw_caption_no_bare_label(sample: RawSample, rng: random.Random) -> str:
+    """:func:`draw_caption`, but an emoji's caption never is its label alone ("cat face"
+    becomes "cat face emoji", "an emoji of a cat face", "cat face: pet, kitten", ...). The
+    paper's web alt texts seldom are a bare class name, which is why a prompt template helps
+    it; the demo's captions say the bare label one time in eight, so a prompt has no gap to
+    close there. ``cliplab reproduce`` trains a model with this caption function to measure
+    prompt engineering where the gap exists."""
+    return _draw(sample, rng, _caption_no_bare_label)
 
 
 #: Share of multilingual captions in English (the rest: one of the sample's other locales).

@@ -8,8 +8,12 @@ Uses the demo's data and recipe (:mod:`cliplab.demo.pipeline`) and its trained m
    held-out styles (subcategories and categories: their names are in the training captions,
    and each has hundreds of test images; prompts chosen on the validation style, Emoji One)
    and on Fashion-MNIST;
-2. **prompt engineering** (section 3.1.4): bare label vs one template vs the ensemble, on
-   Google emoji, Tux Paint photos and Fashion-MNIST;
+2. **prompt engineering** (section 3.1.4): bare label vs one template vs the ensemble, and
+   the prompts a user would engineer (chosen on validation data: the Emoji One style for
+   emoji names, half of Fashion-MNIST for the other half), on Google emoji, Tux Paint photos
+   and Fashion-MNIST; for the demo model, whose captions say the bare label one time in
+   eight (no gap for a prompt to close), and for a model trained the same way on captions
+   that never are the bare label (as web alt texts seldom are: the paper's setting);
 3. **robustness** (Figures 13-14): zero-shot vs a linear probe fitted on the training style
    (Twitter emoji with skin tones), on held-out styles (Google, and Apple/Facebook where
    installed); effective robustness against the probes' trend line. (Photos cannot be
@@ -42,7 +46,7 @@ from cliplab.demo.plan import Log
 from cliplab.demo.report import machine
 from cliplab.demo.reproduce_report import report_from_results
 from cliplab.demo.train import DEFAULT_MINUTES, fit_steps, run_steps, train
-from cliplab.evaluation.output import pyplot, save_figure
+from cliplab.evaluation.output import pyplot, save_figure, slug
 from cliplab.evaluation.registry import get, result_from_dict
 from cliplab.fileio import write_json
 
@@ -66,6 +70,15 @@ ROBUSTNESS_SOURCE = "emoji-twitter-skins"
 # after matching classes to the source nothing would be left to measure.
 SHIFTED = ("emoji-google", "emoji-apple", "emoji-facebook")
 PROMPT_SETS = ("emoji-google", "tuxpaint-photos-emoji", "fashion-mnist-test")
+#: where each prompt set's templates are chosen: a validation set, or "half" (a stratified
+#: half of the set's images; the other half is measured)
+PROMPT_VALIDATION = {
+    "emoji-google": "emoji-emojione",
+    "tuxpaint-photos-emoji": "emoji-emojione",  # the same kind of class names (emoji labels)
+    "fashion-mnist-test": "half",
+}
+#: the prompt study's second model: the demo recipe with captions that never are the label
+NO_BARE_CAPTIONS = "cliplab.datasets.captions:draw_caption_no_bare_label"
 TARGET = "emoji-google"
 #: the few-shot study's emoji-group tasks: (class_info field, fewest test images per group)
 GROUP_LEVELS = (("subcategory", 60), ("category", 60))
@@ -101,9 +114,11 @@ def _train_variant(
     model_overrides: dict[str, Any] | None = None,
     fraction: float = 1.0,
     reused: list[str] | None = None,
+    caption_fn: str | None = None,
 ) -> Path:
-    """Train (or reuse) one variant of the recipe: other model sizes or part of the data.
-    A reused variant's name is appended to ``reused`` (the report says so beside its time)."""
+    """Train (or reuse) one variant of the recipe: other model sizes, part of the data or
+    another caption function (for every source). A reused variant's name is appended to
+    ``reused`` (the report says so beside its time)."""
     from cliplab.data.sources import ShardsSpec
 
     config = plan.training_config(recipe, data_dir, out / name, overrides)
@@ -115,6 +130,9 @@ def _train_variant(
             dataclasses.replace(s, fraction=fraction) if isinstance(s, ShardsSpec) else s
             for s in config.data.sources
         )
+        config = config.replace(data=dataclasses.replace(config.data, sources=sources))
+    if caption_fn:
+        sources = tuple(dataclasses.replace(s, caption_fn=caption_fn) for s in config.data.sources)
         config = config.replace(data=dataclasses.replace(config.data, sources=sources))
     config = config.replace(
         eval=dataclasses.replace(config.eval, interval=0, sets=()),
@@ -193,6 +211,31 @@ def group_fewshot(
                 "result": few.to_dict(),
             }
         )
+    return out
+
+
+def prompt_study(store: Any, eval_dir: Path, log: Log) -> list[Any]:
+    """The prompts protocol on each installed :data:`PROMPT_SETS` set, its templates chosen on
+    its :data:`PROMPT_VALIDATION` set (a set left out when that is not installed)."""
+    from cliplab.evaluation.datasets import load_classification
+    from cliplab.evaluation.probe import stratified_split
+
+    out = []
+    for name in PROMPT_SETS:
+        where = PROMPT_VALIDATION[name]
+        if not (eval_dir / name).is_dir() or (where != "half" and not (eval_dir / where).is_dir()):
+            log(f"   prompts on {name} skipped: not installed (or its validation set)")
+            continue
+        test = load_classification(eval_dir / name)
+        if where == "half":
+            kept, held = stratified_split(test.labels, 0.5, seed=0)
+            validation = test.subset(held, name=f"{name} (validation half)")
+            test = test.subset(kept, name=f"{name} (other half)")
+        else:
+            validation = load_classification(eval_dir / where)
+        r = get("prompts")(store, dataset=test, validation=validation)
+        log(f"   {r.summary()}; chosen on {validation.name}: {r.chosen}")
+        out.append(r)
     return out
 
 
@@ -323,16 +366,23 @@ def run_reproduce(
                  "zero-shot vs k-shot linear probes")  # fmt: skip
     results["fewshot"] = few.to_dict()
     results["group_fewshot"] = groups
-    # 2. prompts
+    # 2. prompts: the demo model, and one trained on captions that never are the bare label
     log("== prompt engineering")
-    prompts = [
-        get("prompts")(store, dataset=load_classification(eval_dir / n))
-        for n in PROMPT_SETS
-        if have(n)
-    ]
-    for r in prompts:
-        plot_prompts(r, out / f"prompts-{r.key}.png")
-    results["prompts"] = [r.to_dict() for r in prompts]
+    demo_steps = run_steps(demo_dir / "train") or config.train.steps
+    no_bare = _train_variant("captions-no-bare", recipe, data_dir, out / "runs", log,
+                             [*overrides, f"train.steps={demo_steps}"], reused=reused,
+                             caption_fn=NO_BARE_CAPTIONS)  # fmt: skip
+    no_bare_model, no_bare_pre = cliplab.load(no_bare)
+    stores = {
+        "demo": store,
+        "captions-no-bare": FeatureStore(no_bare_model, no_bare_pre, batch_size=256,
+                                         progress=progress),
+    }  # fmt: skip
+    results["prompts"] = []
+    for label, s in stores.items():
+        for r in prompt_study(s, eval_dir, log):
+            plot_prompts(r, out / f"prompts-{label}-{slug(r.key)}.png", f"{label}: {r.key}")
+            results["prompts"].append({**r.to_dict(), "model": label})
     # 3. robustness
     log("== robustness to distribution shift")
     source = load_classification(eval_dir / ROBUSTNESS_SOURCE)
@@ -350,7 +400,6 @@ def run_reproduce(
     t0 = time.perf_counter()
     target = load_classification(eval_dir / TARGET)
     runs_dir = out / "runs"
-    demo_steps = run_steps(demo_dir / "train") or config.train.steps
     demo_gflops = training_gflops(model)
     demo_zs = get("zeroshot")(store, dataset=target)  # the demo model's features, once
     batch = config.data.batch_size

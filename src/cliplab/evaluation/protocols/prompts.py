@@ -4,13 +4,19 @@ Zero-shot accuracy of one model on one set with several template sets: the bare 
 "a photo of a {}.", the set's own templates (task context) and an ensemble (OpenAI's 80
 ImageNet templates by default). The paper measured +1.3 points for "a photo of a {}." over
 the bare label on ImageNet, and about +5 for prompt engineering with ensembling.
+
+Prompt *engineering* is a choice, so it is made on held-out data: given a ``validation`` set
+(same class vocabulary or at least the same kind of names, never the test images), every
+candidate (the sets above and each of the set's own templates alone) is scored there, the
+best is taken, and its accuracy on the test set is reported as ``chosen``: the gain a user
+who engineers prompts would see, not the best of several test figures.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +35,7 @@ from cliplab.evaluation.output import (
     slug,
 )
 from cliplab.evaluation.protocol import Input, Protocol, Result, Row, option
+from cliplab.evaluation.protocols.zeroshot import choose_zero_shot
 from cliplab.templates import load_templates
 from cliplab.zeroshot import zero_shot_logits
 
@@ -46,6 +53,18 @@ def default_template_sets(
     if dataset_templates:
         sets["dataset"] = list(dataset_templates)
     sets["ensemble"] = load_templates(ensemble) if isinstance(ensemble, str) else list(ensemble)
+    return sets
+
+
+def candidate_template_sets(
+    dataset_templates: Sequence[str] | None = None, ensemble: str | Sequence[str] = "imagenet80"
+) -> dict[str, list[str]]:
+    """What prompt engineering chooses between: :func:`default_template_sets` and each of
+    the set's own templates alone (``'one: {} emoji'``), in that order (ties go to the first,
+    so the bare label wins a tie)."""
+    sets = default_template_sets(dataset_templates, ensemble)
+    for t in dataset_templates or ():
+        sets.setdefault(f"one: {t}", [t])
     return sets
 
 
@@ -86,6 +105,11 @@ class PromptsResult(Result):
         str, dict[str, Any]
     ]  # template set -> {top1, top5, mean_per_class_recall, templates}
     gain_points: dict[str, float]
+    # prompt engineering on held-out data: the candidate chosen on ``validation`` (its test
+    # figures are ``results["chosen"]``) and every candidate's validation top-1
+    chosen: str = ""
+    validation: str = ""
+    validation_top1: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> list[Row]:
         return [
@@ -123,6 +147,14 @@ class PromptsResult(Result):
             "",
             markdown_table(["templates", "count", "top-1 (%)", "top-5 (%)", "gain (points)"], rows),
         ]
+        if self.chosen:
+            scores = ", ".join(f"{n} {pct(v)}" for n, v in self.validation_top1.items())
+            lines += [
+                "",
+                f"`chosen`: the candidate with the best top-1 on {self.validation} "
+                f"(validation, never the test images): '{self.chosen}' (validation top-1 %: "
+                f"{scores}).",
+            ]
         return "\n".join(lines + images_markdown(dict(plots or {})))
 
     def plots(self, out_dir: Path, stem: str) -> dict[str, str]:
@@ -152,9 +184,23 @@ def plot_prompts(result: PromptsResult, path: str | os.PathLike[str], title: str
     return save_figure(fig, path)
 
 
-def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) -> PromptsResult:
-    """The ablation: bare label, one template, the set's own, an ensemble."""
+def run(
+    store: FeatureStore,
+    options: Options,
+    *,
+    dataset: ClassificationSet,
+    validation: ClassificationSet | None = None,
+) -> PromptsResult:
+    """The ablation: bare label, one template, the set's own, an ensemble; with
+    ``validation``, also the candidate chosen there (:func:`choose_zero_shot`) as ``chosen``."""
     sets = default_template_sets(dataset.templates, options.ensemble)
+    chosen, scores = "", {}
+    if validation is not None:
+        candidates = candidate_template_sets(dataset.templates, options.ensemble)
+        chosen, scores = choose_zero_shot(
+            store, {k: replace(validation, templates=t) for k, t in candidates.items()}
+        )
+        sets["chosen"] = candidates[chosen]
     classifiers = {name: store.classifier(dataset.classnames, t) for name, t in sets.items()}
     r = prompt_ablation(
         store.dataset(dataset),
@@ -162,7 +208,15 @@ def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) ->
         classifiers,
         template_counts={name: len(t) for name, t in sets.items()},
     )
-    return PromptsResult(dataset.name, r["reference"], r["results"], r["gain_points"])
+    return PromptsResult(
+        dataset.name,
+        r["reference"],
+        r["results"],
+        r["gain_points"],
+        chosen=chosen,
+        validation=validation.name if validation is not None else "",
+        validation_top1=scores,
+    )
 
 
 def compare(items: Sequence[tuple[str, Any]], out_dir: Path) -> list[str]:
@@ -188,7 +242,15 @@ PROTOCOL = Protocol(
     name="prompts",
     title="Prompt engineering",
     help="prompt-engineering ablation",
-    inputs=(Input("dataset", "classification", "classification set directory"),),
+    inputs=(
+        Input("dataset", "classification", "classification set directory"),
+        Input(
+            "validation",
+            "classification",
+            "held-out set the templates are chosen on (prompt engineering without the test)",
+            required=False,
+        ),
+    ),
     options=Options,
     result=PromptsResult,
     run=run,
