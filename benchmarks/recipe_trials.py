@@ -86,6 +86,12 @@ TRIALS: dict[str, dict[str, list[str]]] = {
         # batch 128 lost 7 points at equal time: the other way, the same pairs in fewer steps
         "+5 styles siglip batch-512 900": trial(SEVEN, 900, "siglip", 512),
         "+5 styles siglip batch-1024 450": trial(SEVEN, 450, "siglip", 1024),
+        # the learning rate was tuned at batch 256 (3e-3); at 512 the square-root rule says
+        # about 4.2e-3
+        "+5 styles siglip batch-512 900 lr-4.5e-3": trial(
+            SEVEN, 900, "siglip", 512, "optim.lr=4.5e-3"
+        ),
+        "+5 styles siglip batch-512 900 lr-2e-3": trial(SEVEN, 900, "siglip", 512, "optim.lr=2e-3"),
         "+5 styles 4000": trial(SEVEN, 4000),
         "+5 styles 4000 patch-dropout": trial(SEVEN, 4000, "plain", 256, "train.patch_dropout=0.5"),
         "+5 styles 4000 siglip": trial(SEVEN, 4000, "siglip"),

@@ -196,7 +196,13 @@ def test_prompts(sets, tmp_path) -> None:
     assert main(argv) == 0
     r = read(tmp_path, "prompts-circles.json")
     assert list(r["results"]) == ["bare", "photo", "dataset", "ensemble"]
-    assert r["gain_points"]["bare"] == 0.0
+    assert r["gain_points"]["bare"] == 0.0 and r["chosen"] == ""
+    # prompt engineering on a held-out set: every candidate scored there, the best reported
+    assert main([*argv, "--validation", str(sets["squares"])]) == 0
+    r = read(tmp_path, "prompts-circles.json")
+    assert r["validation"] == "squares" and r["chosen"] in r["validation_top1"]
+    assert list(r["results"]) == ["bare", "photo", "dataset", "ensemble", "chosen"]
+    assert {"bare", "photo", "dataset", "ensemble"} < set(r["validation_top1"])
 
 
 def test_robustness(sets, tmp_path) -> None:
