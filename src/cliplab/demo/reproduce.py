@@ -54,7 +54,7 @@ from cliplab.fileio import write_json
 #: the recipe's own shape: the demo model is reused for it). Each trains for
 #: demo steps x (its GFLOPs per pair / the demo model's): 0.17x, 0.35x, 0.63x and 1x here.
 #: (Trained instead for the same 700 steps each, four sizes from 3.4M to 7.8M parameters gave
-#: no trend: the larger ones were under-trained, docs/results/reproduce-7styles.)
+#: no trend: the larger ones were under-trained; the run of 2026-11-30.)
 SIZES: dict[str, dict[str, Any]] = {
     "xxs": {"embed_dim": 48, "vision_width": 48, "vision_layers": 2, "vision_heads": 2,
             "text_width": 48, "text_layers": 1, "text_heads": 2},
