@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def add_reproduce_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reproduce",
-        help="the paper's findings at our scale (about 35 minutes on 2 CPU cores)",
+        help="the paper's findings at our scale (about 50 minutes on 2 CPU cores)",
         description=(
             "Zero-shot vs few-shot, prompt engineering, robustness, compute and data scaling "
             "with the demo's data and recipe; writes OUT/report.md. Trains the demo model first "
