@@ -44,7 +44,7 @@ import torch
 from cliplab.demo import plan
 from cliplab.demo.plan import Log
 from cliplab.demo.report import machine
-from cliplab.demo.reproduce_report import report_from_results
+from cliplab.demo.reproduce_report import NO_BARE_MODEL, report_from_results
 from cliplab.demo.train import DEFAULT_MINUTES, fit_steps, run_steps, train
 from cliplab.evaluation.output import pyplot, save_figure, slug
 from cliplab.evaluation.registry import get, result_from_dict
@@ -125,15 +125,14 @@ def _train_variant(
     if model_overrides:
         merged = {**config.model.overrides, **model_overrides}
         config = config.replace(model=dataclasses.replace(config.model, overrides=merged))
-    if fraction < 1.0:
-        sources = tuple(
-            dataclasses.replace(s, fraction=fraction) if isinstance(s, ShardsSpec) else s
-            for s in config.data.sources
-        )
-        config = config.replace(data=dataclasses.replace(config.data, sources=sources))
-    if caption_fn:
-        sources = tuple(dataclasses.replace(s, caption_fn=caption_fn) for s in config.data.sources)
-        config = config.replace(data=dataclasses.replace(config.data, sources=sources))
+
+    def source(s: Any) -> Any:
+        if fraction < 1.0 and isinstance(s, ShardsSpec):
+            s = dataclasses.replace(s, fraction=fraction)
+        return dataclasses.replace(s, caption_fn=caption_fn) if caption_fn else s
+
+    sources = tuple(source(s) for s in config.data.sources)
+    config = config.replace(data=dataclasses.replace(config.data, sources=sources))
     config = config.replace(
         eval=dataclasses.replace(config.eval, interval=0, sets=()),
         log=dataclasses.replace(config.log, progress=True, plots=False),
@@ -214,9 +213,10 @@ def group_fewshot(
     return out
 
 
-def prompt_study(store: Any, eval_dir: Path, log: Log) -> list[Any]:
-    """The prompts protocol on each installed :data:`PROMPT_SETS` set, its templates chosen on
-    its :data:`PROMPT_VALIDATION` set (a set left out when that is not installed)."""
+def prompt_sets(eval_dir: Path, log: Log) -> list[tuple[Any, Any]]:
+    """(test, validation) for each installed :data:`PROMPT_SETS` set, its validation set from
+    :data:`PROMPT_VALIDATION` (a set is left out when that is not installed); loaded once for
+    every model of the study."""
     from cliplab.evaluation.datasets import load_classification
     from cliplab.evaluation.probe import stratified_split
 
@@ -233,9 +233,7 @@ def prompt_study(store: Any, eval_dir: Path, log: Log) -> list[Any]:
             test = test.subset(kept, name=f"{name} (other half)")
         else:
             validation = load_classification(eval_dir / where)
-        r = get("prompts")(store, dataset=test, validation=validation)
-        log(f"   {r.summary()}; chosen on {validation.name}: {r.chosen}")
-        out.append(r)
+        out.append((test, validation))
     return out
 
 
@@ -369,18 +367,21 @@ def run_reproduce(
     # 2. prompts: the demo model, and one trained on captions that never are the bare label
     log("== prompt engineering")
     demo_steps = run_steps(demo_dir / "train") or config.train.steps
-    no_bare = _train_variant("captions-no-bare", recipe, data_dir, out / "runs", log,
+    no_bare = _train_variant(NO_BARE_MODEL, recipe, data_dir, out / "runs", log,
                              [*overrides, f"train.steps={demo_steps}"], reused=reused,
                              caption_fn=NO_BARE_CAPTIONS)  # fmt: skip
     no_bare_model, no_bare_pre = cliplab.load(no_bare)
     stores = {
         "demo": store,
-        "captions-no-bare": FeatureStore(no_bare_model, no_bare_pre, batch_size=256,
+        NO_BARE_MODEL: FeatureStore(no_bare_model, no_bare_pre, batch_size=256,
                                          progress=progress),
     }  # fmt: skip
     results["prompts"] = []
+    tasks = prompt_sets(eval_dir, log)
     for label, s in stores.items():
-        for r in prompt_study(s, eval_dir, log):
+        for test, validation in tasks:
+            r = get("prompts")(s, dataset=test, validation=validation)
+            log(f"   {r.summary()}; chosen on {validation.name}: {r.chosen}")
             plot_prompts(r, out / f"prompts-{label}-{slug(r.key)}.png", f"{label}: {r.key}")
             results["prompts"].append({**r.to_dict(), "model": label})
     # 3. robustness

@@ -19,6 +19,10 @@ from cliplab.evaluation.output import slug
 from cliplab.evaluation.registry import result_from_dict
 from cliplab.fileio import write_text
 
+#: the prompt study's second model (``cliplab reproduce`` trains it under this name): trained
+#: on captions that never are the bare label; the prompt finding is judged on it
+NO_BARE_MODEL = "captions-no-bare"
+
 
 def report_from_results(out: str | os.PathLike[str] = "runs/reproduce") -> Path:
     """(Re)write ``OUT/report.md`` from ``OUT/results.json`` (``cliplab reproduce
@@ -47,24 +51,13 @@ def fewshot_verdict(few: Any) -> str:
     return "no: even a 1-shot probe beats zero-shot"
 
 
-def effective_shots(few: Any) -> float:
-    """What zero-shot is worth in labelled examples per class: where the probe curve crosses
-    it, ``inf`` when it beats every probe, 0 when even the fewest-shot probe beats it."""
-    first = few.shots[0]
-    if few.matched_shots is None:
-        return math.inf
-    if few.matched_shots == first and few.mean(first) > (few.zero_shot or 0):
-        return 0.0
-    return float(few.matched_shots)
-
-
 def fewshot_standing(tasks: Sequence[Any]) -> tuple[str, str]:
     """The finding over several tasks, as the paper states it: zero-shot's worth varies widely
     by dataset (Figure 7: from under 1 to 184 labelled examples per class, two of 20 datasets
     below one shot) and the claim is about the typical one (median 5.4, about 4 in Figure 6).
     It agrees when the median task's zero-shot is worth 2 or more shots. Returns (standing,
     the median in words)."""
-    shots = sorted(effective_shots(f) for f in tasks if f.zero_shot is not None)
+    shots = sorted(f.effective_shots() for f in tasks if f.zero_shot is not None)
     if not shots:
         return "disagrees", "no task"
     mid = statistics.median(shots)
@@ -112,7 +105,7 @@ def _report(results: dict[str, Any]) -> list[str]:
     # prompts: judged on the model whose captions never are the bare label where the run has
     # one (the paper's alt texts seldom are; the demo captions say the label alone one time in
     # eight, so a prompt has no gap to close there: shown for contrast)
-    judged_model = "captions-no-bare" if any(m == "captions-no-bare" for m, _ in prompts) else None
+    judged_model = NO_BARE_MODEL if any(m == NO_BARE_MODEL for m, _ in prompts) else None
     prompt_gains: list[float] = []
     for model_label, r in prompts:
         n = {k: v.get("templates", "?") for k, v in r.results.items()}
@@ -237,7 +230,7 @@ def _report(results: dict[str, Any]) -> list[str]:
     about = {
         "demo": "The demo model: its captions say the bare label one time in eight, so a "
         "prompt has little distribution gap to close (shown for contrast).",
-        "captions-no-bare": "A model trained like the demo model (same data, steps and seed) "
+        NO_BARE_MODEL: "A model trained like the demo model (same data, steps and seed) "
         "on captions that never are the bare label, as web alt texts seldom are: the "
         "paper's setting, and the model this finding is judged on.",
     }

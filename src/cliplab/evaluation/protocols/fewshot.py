@@ -100,23 +100,32 @@ class FewShotResult(Result):
     def std(self, k: int) -> float:
         return float(self.curve[str(k)]["std"])
 
+    def effective_shots(self) -> float:
+        """What zero-shot is worth in labelled examples per class: where the probe curve
+        crosses it, ``inf`` when it beats every probe, 0 when even the fewest-shot probe wins
+        (``nan`` without a zero-shot figure)."""
+        if self.zero_shot is None:
+            return math.nan
+        if self.matched_shots is None:
+            return math.inf
+        if self.matched_shots == self.shots[0] and self.mean(self.shots[0]) > self.zero_shot:
+            return 0.0
+        return float(self.matched_shots)
+
     def crossing(self) -> str:
         """Where zero-shot meets the curve: "4.0", "≤ 1" or "> 16"."""
-        first = self.shots[0]
-        if self.zero_shot is None:
+        k = self.effective_shots()
+        if math.isnan(k):
             return "-"
-        if self.matched_shots is None:
+        if math.isinf(k):
             return f"> {self.shots[-1]}"
-        if self.matched_shots == first and self.mean(first) > self.zero_shot:
-            return f"≤ {first}"
-        return f"{self.matched_shots:.1f}"
+        return f"≤ {self.shots[0]}" if k == 0 else f"{k:.1f}"
 
     def verdict(self) -> str:
-        first = self.shots[0]
         if self.matched_shots is None:
             return f"zero-shot beats every probe up to {self.shots[-1]} shots"
-        if self.matched_shots == first and self.mean(first) > (self.zero_shot or 0):
-            return f"a {first}-shot probe already beats zero-shot"
+        if self.effective_shots() == 0:
+            return f"a {self.shots[0]}-shot probe already beats zero-shot"
         return f"zero-shot matches a {self.matched_shots:.1f}-shot probe (log2 interpolation)"
 
     def rows(self) -> list[Row]:
