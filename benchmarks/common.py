@@ -181,10 +181,13 @@ def train_and_score(
     output: Path,
     sets: Sequence[str],
     recipe: str | Path | None = None,
+    slices: dict[str, tuple[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """Train the demo recipe (or ``recipe``) with ``--set`` style ``settings`` into
     ``output`` (resuming a run cut short) and measure zero-shot top-1 (%) on ``sets`` (names
-    under ``data/eval``): ``{"minutes", "steps", <set>: top-1}``."""
+    under ``data/eval``): ``{"minutes", "steps", <set>: top-1}``. ``slices``: more columns,
+    ``{column: (set, class names)}``, each the set's examples of those classes classified
+    among them alone."""
     import cliplab
     from cliplab.demo.evaluate import load_sets
     from cliplab.demo.plan import training_config
@@ -203,8 +206,15 @@ def train_and_score(
     model, preprocess = cliplab.load(output / "model")
     store = FeatureStore(model, preprocess, batch_size=256, progress=False)
     zeroshot = get("zeroshot")
-    for _, values, _ in load_sets(data, [("zeroshot", {"dataset": s}, None) for s in sets]):
-        result = zeroshot(store, zeroshot.make_options({}), **values)
-        row[values["dataset"].name] = 100 * result.top1
-        row[values["dataset"].name + " top5"] = 100 * result.top5
+    slices = slices or {}
+    wanted = list(dict.fromkeys([*sets, *(s for s, _ in slices.values())]))
+    loaded = {}
+    for _, values, _ in load_sets(data, [("zeroshot", {"dataset": s}, None) for s in wanted]):
+        loaded[values["dataset"].name] = values["dataset"]
+    tasks = [(name, loaded[name]) for name in sets if name in loaded]
+    tasks += [(col, loaded[s].only_classes(names, col)) for col, (s, names) in slices.items()]
+    for column, dataset in tasks:
+        result = zeroshot(store, zeroshot.make_options({}), dataset=dataset)
+        row[column] = 100 * result.top1
+        row[column + " top5"] = 100 * result.top5
     return row

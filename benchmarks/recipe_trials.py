@@ -9,12 +9,19 @@ trial and printed in separate columns, never used to choose.
 
     python benchmarks/recipe_trials.py --data data --trials styles --seeds 0,1
 
+A trial whose name says "held-out" also keeps a fixed tenth of the concepts (by a hash of
+the label: ``held_out_concepts``) out of every training source (``exclude_labels``), and is
+scored on a second validation column, "held-out concepts": Emoji One's images of those
+concepts classified among them alone: concepts the model never saw, in a style it never saw.
+The demo itself trains on every concept: the slice exists to choose on.
+
 Writes ``benchmarks/results/trials-<name>.json`` and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -41,9 +48,26 @@ STYLES = [
 ]
 
 
-def sources(sets: list[str]) -> list[str]:
-    """``--set`` values that replace the recipe's sources with these shard sets."""
-    tables = ", ".join(f'{{kind = "shards", set = "{s}"}}' for s in sets)
+#: The held-out concept slice: its column, the set it is cut from, the share of concepts.
+HELD_OUT = "held-out concepts"
+HELD_OUT_SET = "emoji-emojione"
+HELD_OUT_SHARE = 10  # one concept in 10
+#: Stands for the held-out concepts' label file in a trial's settings (written per --data).
+HELD_OUT_FILE = "{held_out_file}"
+
+
+def held_out_concepts(classnames: list[str]) -> list[str]:
+    """The fixed tenth of ``classnames`` held out of held-out trials: those whose label's
+    SHA-256 is 0 modulo 10 (stable across runs, machines and set versions; no RNG)."""
+    digest = (hashlib.sha256(n.strip().casefold().encode()).digest() for n in classnames)
+    return [n for n, d in zip(classnames, digest) if int.from_bytes(d[:8], "big") % 10 == 0]
+
+
+def sources(sets: list[str], held_out: bool = False) -> list[str]:
+    """``--set`` values that replace the recipe's sources with these shard sets (each
+    excluding the held-out concepts when ``held_out``)."""
+    exclude = f', exclude_labels = "{HELD_OUT_FILE}"' if held_out else ""
+    tables = ", ".join(f'{{kind = "shards", set = "{s}"{exclude}}}' for s in sets)
     return [f"data.sources=[{tables}]"]
 
 
@@ -54,6 +78,12 @@ def trial(
     re-run, a trial must train what its row was measured on)."""
     pinned = [f"train.steps={steps}", f'train.loss="{loss}"', f"data.batch_size={batch}"]
     return [*sources(sets), *pinned, *extra]
+
+
+def held_out_trial(sets: list[str], *extra: str) -> list[str]:
+    """A trial of the recipe (siglip, 900 x 512) on ``sets`` minus the held-out concepts."""
+    pinned = ["train.steps=900", 'train.loss="siglip"', "data.batch_size=512"]
+    return [*sources(sets, held_out=True), *pinned, *extra]
 
 
 SEVEN = TWITTER + STYLES
@@ -92,6 +122,12 @@ TRIALS: dict[str, dict[str, list[str]]] = {
             SEVEN, 900, "siglip", 512, "optim.lr=4.5e-3"
         ),
         "+5 styles siglip batch-512 900 lr-2e-3": trial(SEVEN, 900, "siglip", 512, "optim.lr=2e-3"),
+        # the held-out concept slice (a second validation column), then sources beyond emoji
+        # the issue allows where validation shows they help (Tux Paint cartoons: drawings of
+        # things the test photos show; OpenClipart: clip art with web-like titles)
+        "held-out: the recipe": held_out_trial(SEVEN),
+        "held-out: + tuxpaint-cartoons": held_out_trial([*SEVEN, "tuxpaint-cartoons"]),
+        "held-out: + openclipart": held_out_trial([*SEVEN, "openclipart"]),
         "+5 styles 4000": trial(SEVEN, 4000),
         "+5 styles 4000 patch-dropout": trial(SEVEN, 4000, "plain", 256, "train.patch_dropout=0.5"),
         "+5 styles 4000 siglip": trial(SEVEN, 4000, "siglip"),
@@ -114,14 +150,33 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     trials = TRIALS[args.trials]
     names = args.only.split(",") if args.only else list(trials)
+    unknown = [n for n in names if n not in trials]
+    if unknown:
+        p.error(f"unknown trials {unknown}; the group's: {list(trials)}")
+    slices: dict[str, tuple[str, list[str]]] = {}
+    label_file = args.runs / args.trials / "held-out-concepts.txt"
+    if any("held-out" in n for n in names):
+        from cliplab.evaluation.datasets import load_classification
+
+        classes = load_classification(args.data / "eval" / HELD_OUT_SET).classnames
+        concepts = held_out_concepts(list(classes))
+        label_file.parent.mkdir(parents=True, exist_ok=True)
+        label_file.write_text("".join(c + "\n" for c in concepts), encoding="utf-8")
+        slices[HELD_OUT] = (HELD_OUT_SET, concepts)
+        print(f"held-out concepts: {len(concepts)} of {len(classes)} ({label_file})")
     for name in names:
         for seed in (int(s) for s in args.seeds.split(",")):
             slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
             output = args.runs / args.trials / f"{slug}-seed{seed}"
             print(f"== {name}, seed {seed}", flush=True)
             row = {"trial": name, "seed": seed, "cpu": cpu_name()}
+            settings = [x.replace(HELD_OUT_FILE, str(label_file)) for x in trials[name]]
             row |= train_and_score(
-                [*trials[name], f"train.seed={seed}"], args.data, output, present
+                [*settings, f"train.seed={seed}"],
+                args.data,
+                output,
+                present,
+                slices=slices if "held-out" in name else None,
             )
             rows.append(row)
             print(
@@ -141,6 +196,8 @@ def main() -> None:
     names = [n for n in trials if any(r["trial"] == n for r in rows)]
     rows = [r for r in rows if r["trial"] in names]
     rows.sort(key=lambda r: (names.index(r["trial"]), r["seed"]))
+    if any(HELD_OUT in r for r in rows):
+        present = [*present, HELD_OUT]
     means = []
     for name in names:
         mine = [r for r in rows if r["trial"] == name]
@@ -152,7 +209,7 @@ def main() -> None:
             mean[s] = statistics.mean(values)
             mean[s + " spread"] = max(values) - min(values)
         means.append(mean)
-    val = [s for s in VALIDATION if s in present]
+    val = [s for s in [*VALIDATION, HELD_OUT] if s in present]
     test = [s for s in TEST if s in present]
     print("validation (choose on these):")
     print(table(rows + means, ["trial", "seed", "steps", "minutes", *val]))

@@ -170,3 +170,28 @@ def test_malformed_class_members_is_a_clear_error(tmp_path, members):
     (path / "class_members.json").write_text(json.dumps(members))
     with pytest.raises(ValueError, match="one list of names per class"):
         load_classification_set(path)
+
+
+def test_only_classes_is_a_smaller_task_renumbered() -> None:
+    """A held-out slice of classes: their examples, classified among them alone."""
+    import torch
+
+    from cliplab.evaluation.datasets import ClassificationSet
+
+    full = ClassificationSet(
+        images=torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4),
+        labels=[0, 1, 2, 2, 1, 0],
+        classnames=["cat", "Dog", "fish"],
+        templates=["a {}."],
+        class_info=[{"c": 0}, {"c": 1}, {"c": 2}],
+        name="pets",
+    )
+    part = full.only_classes(["fish", "dog"], name="held-out")
+    assert part.classnames == ["Dog", "fish"]  # this set's order, its own spelling
+    assert part.labels == [0, 1, 1, 0]
+    assert part.images[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0]  # the examples kept
+    assert part.templates == ["a {}."]
+    assert [c["c"] for c in part.class_info] == [1, 2]
+    assert part.name == "held-out" and part.fingerprint != full.fingerprint
+    with pytest.raises(ValueError, match="no class named"):
+        full.only_classes(["cat", "horse"])

@@ -371,3 +371,30 @@ def test_trainer_second_caption_losses(tmp_path: Path) -> None:
         tiny_config(data=data, train={"second_caption": "text", "accum_steps": 2})
     with pytest.raises(ValueError, match="second_caption"):
         tiny_config(data=data, train={"second_caption": "both"})
+
+
+def test_exclude_labels_keeps_concepts_out_and_counts_them(shards: Path, tmp_path: Path) -> None:
+    """A source's ``exclude_labels`` file drops the samples of those labels (case-folded,
+    counted as ``excluded-label``) before anything is decoded into memory, and says clearly
+    when the file is missing or the source cannot honour it."""
+    from cliplab.train.data import build_loader
+    from train_helpers import tiny_config
+
+    labels = tmp_path / "held-out.txt"
+    labels.write_text("Red\n\n  blue  \n", encoding="utf-8")
+    table = {"kind": "webdataset", "urls": str(shards / "shard-{000000..000002}.tar")}
+
+    def loader(source: dict):
+        config = tiny_config(data={"in_memory": True, "batch_size": 2, "sources": [source]})
+        return build_loader(config, image_size=16, context_length=32, batch_size=2)
+
+    kept = loader(table | {"exclude_labels": str(labels)})
+    assert sorted(s.key for s in kept.samples[0]) == ["black0", "black1", "green0", "green1"]
+    assert kept.load_skipped["excluded-label"] == 4
+    keys = [k for batch in kept.iter_epoch() for k in batch.keys]
+    assert sorted(keys) == ["black0", "black1", "green0", "green1"]
+    assert loader(table).num_samples == 8  # without the file: every good sample
+    with pytest.raises(ValueError, match="file not found"):
+        loader(table | {"exclude_labels": str(tmp_path / "nope.txt")})
+    with pytest.raises(ValueError, match="exclude_labels needs"):
+        loader({"kind": "synthetic", "num_samples": 8, "exclude_labels": str(labels)})

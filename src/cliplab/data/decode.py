@@ -33,7 +33,7 @@ import random
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -406,6 +406,7 @@ class ImageDecoder:
         max_caption_chars: int | None = DEFAULT_MAX_CAPTION_CHARS,
         exif_transpose: bool = True,
         formats: Sequence[str] | None = DEFAULT_FORMATS,
+        exclude_labels: Collection[str] = (),
     ) -> None:
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -423,16 +424,31 @@ class ImageDecoder:
         self.exif_transpose = exif_transpose
         self.formats = tuple(formats) if formats is not None else None
         _usable_formats(self.formats)  # fail here on an unknown format name
+        self.exclude_labels = frozenset(str(label).casefold() for label in exclude_labels)
+
+    def _check_label(self, sample: RawSample) -> None:
+        """``BadSample("excluded-label")`` when the sample's ``json`` ``"label"`` is excluded."""
+        if not self.exclude_labels or "json" not in sample.members:
+            return
+        try:
+            meta = json.loads(sample.members["json"].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise BadSample("malformed-json") from None
+        label = meta.get("label") if isinstance(meta, dict) else None
+        if isinstance(label, str) and label.strip().casefold() in self.exclude_labels:
+            raise BadSample("excluded-label", label)
 
     def caption(self, sample: RawSample, rng: random.Random) -> str:
         """The caption alone (checks the same things as a full decode, minus the image)."""
         _source_error(sample)
+        self._check_label(sample)
         return decode_caption(
             sample, rng, caption_fn=self.caption_fn, max_chars=self.max_caption_chars
         )
 
     def __call__(self, sample: RawSample, rng: random.Random) -> tuple[Image.Image, str]:
         _source_error(sample)
+        self._check_label(sample)
         ext = image_member(sample.members)
         if ext is None:
             raise BadSample("no-image", f"members: {sorted(sample.members)}")

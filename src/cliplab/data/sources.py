@@ -15,6 +15,11 @@ mixing ``weight`` and its ``caption_fn``. Kinds:
 ``caption_fn`` is ``"auto"`` (the function a shard set's ``build.json`` names, else the
 stored captions), ``"none"`` (the stored captions) or ``"package.module:function"``, called
 as ``fn(sample, rng) -> str``. A function named by a data file must live in ``cliplab``.
+
+``exclude_labels`` names a UTF-8 text file of labels, one per line: samples whose
+``json`` member's ``"label"`` is among them are skipped and counted (``excluded-label``).
+It keeps concepts out of training: a held-out slice of concepts to choose recipes on, or
+the classes of an evaluation set (the paper's overlap concern, removed at the source).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "SyntheticSpec",
     "WebDatasetSpec",
     "build_source",
+    "read_label_file",
     "read_shard_set",
     "resolve_caption_fn",
     "source_weights",
@@ -92,23 +98,40 @@ def read_shard_set(path: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def read_label_file(path: str | os.PathLike[str]) -> frozenset[str]:
+    """Labels listed in a UTF-8 text file, one per line (blank lines ignored; no comment
+    syntax: emoji labels such as "keycap: #" use every character), case-folded: what
+    ``exclude_labels`` names."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"exclude_labels: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"exclude_labels: {path}: unreadable ({e})") from None
+    return frozenset(line.strip().casefold() for line in text.splitlines() if line.strip())
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """What every kind has: a ``name`` (samples are routed to their source's decoder by it;
     empty: the kind's default), a mixing ``weight`` (None: mix by size, unless another
-    source has a weight, then 1.0) and a ``caption_fn``."""
+    source has a weight, then 1.0), a ``caption_fn`` and ``exclude_labels`` (a file of
+    labels whose samples are skipped; empty: none)."""
 
     kind: ClassVar[str] = ""
 
     name: str = ""
     weight: float | None = None
     caption_fn: str = "auto"
+    exclude_labels: str = ""
 
     def __post_init__(self) -> None:
         if self.weight is not None and not self.weight > 0:
             raise ValueError(f"{self.kind} source: weight must be positive, got {self.weight}")
         if not isinstance(self.caption_fn, str) or not self.caption_fn:
             raise ValueError(f"{self.kind} source: caption_fn must be a string")
+        if not isinstance(self.exclude_labels, str):
+            raise ValueError(f"{self.kind} source: exclude_labels must be a file path (a string)")
 
     @property
     def display_name(self) -> str:
@@ -131,6 +154,10 @@ class SourceSpec:
             return resolve_caption_fn(name)
         recorded = self.recorded_caption_fn()
         return resolve_caption_fn(recorded, trusted=False) if recorded else None
+
+    def excluded_labels(self) -> frozenset[str]:
+        """The labels of ``exclude_labels`` (case-folded; empty when no file is named)."""
+        return read_label_file(self.exclude_labels) if self.exclude_labels else frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML table of this spec (every field, ``kind`` first)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,31 @@ class ClassificationSet:
             labels=[self.labels[i] for i in indices],
             name=name or self.name,
             fingerprint=_digest(self.fingerprint, indices),
+        )
+
+    def only_classes(self, names: Collection[str], name: str | None = None) -> ClassificationSet:
+        """The examples of the classes named in ``names`` (case-insensitive), classified among
+        those classes alone: class indices renumbered in this set's order, templates kept
+        (a held-out slice of concepts, scored as its own task). A name this set lacks is
+        an error, not a silently smaller task."""
+        wanted = {n.strip().casefold() for n in names}
+        keep = [c for c, n in enumerate(self.classnames) if n.strip().casefold() in wanted]
+        missing = wanted - {self.classnames[c].strip().casefold() for c in keep}
+        if missing:
+            raise ValueError(f"{self.name}: no class named {sorted(missing)[:5]}")
+        new = {c: i for i, c in enumerate(keep)}
+        indices = [i for i, y in enumerate(self.labels) if y in new]
+        info = self.class_info
+        members = self.class_members
+        return replace(
+            self,
+            images=_take(self.images, indices),
+            labels=[new[self.labels[i]] for i in indices],
+            classnames=[self.classnames[c] for c in keep],
+            class_info=None if info is None else [info[c] for c in keep],
+            class_members=None if members is None else [members[c] for c in keep],
+            name=name or self.name,
+            fingerprint=_digest(self.fingerprint, "classes", keep),
         )
 
 

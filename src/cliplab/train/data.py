@@ -71,11 +71,22 @@ def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
     for spec, source in zip(config.data.sources, sources, strict=True):
         own = getattr(source, "decode", None)
         if callable(own):
+            if spec.exclude_labels:
+                raise ValueError(
+                    f"{spec.display_name}: exclude_labels needs samples with a json label "
+                    f"(file-based sources); a {spec.kind} source makes its own"
+                )
             out.append(own)
         else:
             # decoding straight to about the model's size (JPEG draft mode, one resize) is
             # what makes file-based sources fast; the transform then crops from that
-            out.append(ImageDecoder(image_size=image_size, caption_fn=spec.caption_function()))
+            out.append(
+                ImageDecoder(
+                    image_size=image_size,
+                    caption_fn=spec.caption_function(),
+                    exclude_labels=spec.excluded_labels(),
+                )
+            )
     return out
 
 
