@@ -181,18 +181,12 @@ def train_and_score(
     output: Path,
     sets: Sequence[str],
     recipe: str | Path | None = None,
-    slices: dict[str, tuple[str, Sequence[str]]] | None = None,
+    slices: dict[str, tuple[Sequence[str], Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """Train the demo recipe (or ``recipe``) with ``--set`` style ``settings`` into
-    ``output`` (resuming a run cut short) and measure zero-shot top-1 (%) on ``sets`` (names
-    under ``data/eval``): ``{"minutes", "steps", <set>: top-1}``. ``slices``: more columns,
-    ``{column: (set, class names)}``, each the set's examples of those classes classified
-    among them alone."""
-    import cliplab
-    from cliplab.demo.evaluate import load_sets
+    ``output`` (resuming a run cut short) and ``score`` its model:
+    ``{"minutes", "steps", "samples_per_s", <column>: top-1, ...}``."""
     from cliplab.demo.plan import training_config
-    from cliplab.encode import FeatureStore
-    from cliplab.evaluation.registry import get
     from cliplab.train import Trainer
 
     config = training_config(recipe, data, output, [*settings, "eval.interval=0"])
@@ -203,18 +197,47 @@ def train_and_score(
         "steps": summary["step"],
         "samples_per_s": summary.get("last", {}).get("samples_per_s"),
     }
-    model, preprocess = cliplab.load(output / "model")
+    return row | score(output / "model", data, sets, slices)
+
+
+def score(
+    model_dir: Path,
+    data: Path,
+    sets: Sequence[str],
+    slices: dict[str, tuple[Sequence[str], Sequence[str]]] | None = None,
+) -> dict[str, float]:
+    """Zero-shot top-1 and top-5 (%) of the model in ``model_dir`` on ``sets`` (names under
+    ``data/eval``), ``{<set>: top-1, <set> top5: top-5}``. ``slices``: more columns,
+    ``{column: (sets, class names)}``: each set's examples of those of the classes it has,
+    classified among them alone, pooled over the sets (weighted by their images)."""
+    import cliplab
+    from cliplab.demo.evaluate import load_sets
+    from cliplab.encode import FeatureStore
+    from cliplab.evaluation.registry import get
+
+    model, preprocess = cliplab.load(model_dir)
     store = FeatureStore(model, preprocess, batch_size=256, progress=False)
     zeroshot = get("zeroshot")
     slices = slices or {}
-    wanted = list(dict.fromkeys([*sets, *(s for s, _ in slices.values())]))
+    wanted = list(dict.fromkeys([*sets, *(x for names, _ in slices.values() for x in names)]))
     loaded = {}
     for _, values, _ in load_sets(data, [("zeroshot", {"dataset": s}, None) for s in wanted]):
         loaded[values["dataset"].name] = values["dataset"]
-    tasks = [(name, loaded[name]) for name in sets if name in loaded]
-    tasks += [(col, loaded[s].only_classes(names, col)) for col, (s, names) in slices.items()]
-    for column, dataset in tasks:
-        result = zeroshot(store, zeroshot.make_options({}), dataset=dataset)
-        row[column] = 100 * result.top1
-        row[column + " top5"] = 100 * result.top5
+    row: dict[str, float] = {}
+    for name in sets:
+        result = zeroshot(store, zeroshot.make_options({}), dataset=loaded[name])
+        row[name] = 100 * result.top1
+        row[name + " top5"] = 100 * result.top5
+    for column, (names, classes) in slices.items():
+        correct1 = correct5 = images = 0.0
+        for name in names:
+            have = {c.casefold() for c in loaded[name].classnames}
+            part = loaded[name].only_classes([c for c in classes if c.casefold() in have])
+            result = zeroshot(store, zeroshot.make_options({}), dataset=part)
+            correct1 += result.top1 * len(part)
+            correct5 += result.top5 * len(part)
+            images += len(part)
+        row[column] = 100 * correct1 / images
+        row[column + " top5"] = 100 * correct5 / images
+        row[column + " images"] = images
     return row
