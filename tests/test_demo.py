@@ -302,3 +302,27 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     reused = ["captions-no-bare", "xs", "data-50pct"]
     assert json.loads((out / "results.json").read_text())["reused_models"] == reused
     assert "reusing the trained models captions-no-bare, xs, data-50pct" in again.read_text()
+
+
+def test_fit_steps_times_both_phases_of_a_low_resolution_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CLIPA's low-resolution phase the first steps (the ones timed) are the fast ones:
+    the fitted count uses both speeds, weighted by the share of steps each phase takes."""
+    from cliplab.demo import train as demo_train
+    from train_helpers import tiny_config
+
+    def rate(config) -> float:  # pairs/s: twice as fast at low resolution
+        return 2000.0 if config.train.low_res_size else 1000.0
+
+    monkeypatch.setattr(demo_train, "time_steps", rate)
+    base = {"steps": 1_000_000, "low_res_until": 0.75}
+    full = tiny_config(train=base, data={"batch_size": 10}, output=str(tmp_path / "a"))
+    low = tiny_config(
+        train=base | {"low_res_size": 16}, data={"batch_size": 10}, output=str(tmp_path / "b")
+    )
+    fitted_full = demo_train.fit_steps(full, 1.0, log=lambda _: None).train.steps
+    fitted_low = demo_train.fit_steps(low, 1.0, log=lambda _: None).train.steps
+    assert fitted_full == 5400  # 60 s x 1000 pairs/s x 0.9 / 10
+    # 1 / (0.75 / 2000 + 0.25 / 1000) = 1600 pairs/s, not the 2000 of the first steps
+    assert fitted_low == 8640

@@ -87,6 +87,10 @@ def fit_steps(config: Any, minutes: float, overrides: Sequence[str] = (), log: L
             log(f"== resuming the run in {config.output}: {kept} steps, as it started")
         return config.replace(train=dataclasses.replace(config.train, steps=min(kept, steps)))
     rate = time_steps(config)
+    if config.train.low_res_size:  # time_steps timed the first steps, the low-resolution ones
+        until = config.train.low_res_until
+        full = time_steps(config.replace(train=dataclasses.replace(config.train, low_res_size=0)))
+        rate = 1 / (until / rate + (1 - until) / full)
     # ~10% of the time goes to the tracking evaluations, checkpoints and logging (measured:
     # 735 pairs/s over a whole demo run whose steps ran at a median of 804)
     # a multiple of 10 (of 100 it lost up to a tenth of the minutes at big batches)
