@@ -326,3 +326,16 @@ def test_fit_steps_times_both_phases_of_a_low_resolution_recipe(
     assert fitted_full == 5400  # 60 s x 1000 pairs/s x 0.9 / 10
     # 1 / (0.75 / 2000 + 0.25 / 1000) = 1600 pairs/s, not the 2000 of the first steps
     assert fitted_low == 8640
+
+
+def test_training_gflops_counts_a_low_resolution_phase_at_its_size() -> None:
+    """The compute-scaling study's FLOPs: a low-resolution phase's steps cost what its
+    smaller images cost (fewer patches), weighted by the share of steps it takes."""
+    import cliplab
+    from cliplab.demo.reproduce import training_gflops
+
+    model = cliplab.create_model("tiny-vit", vision_image_size=32, vision_patch_size=8)
+    full = training_gflops(model)
+    low = training_gflops(model, low_res=(16, 1.0))  # 4 patches instead of 16
+    assert 0 < low < 0.8 * full
+    assert training_gflops(model, low_res=(16, 0.75)) == pytest.approx(0.75 * low + 0.25 * full)

@@ -86,22 +86,32 @@ GROUP_LEVELS = (("subcategory", 60), ("category", 60))
 VALIDATION_STYLE = "emoji-emojione"
 
 
-def training_gflops(model: torch.nn.Module, caption_tokens: int = 12) -> float:
+def training_gflops(
+    model: torch.nn.Module, caption_tokens: int = 12, low_res: tuple[int, float] = (0, 0.0)
+) -> float:
     """Forward + backward GFLOPs per image-text pair: 3x the forward FLOPs counted by
-    ``torch.utils.flop_counter`` on one image and one caption of ``caption_tokens`` tokens."""
+    ``torch.utils.flop_counter`` on one image and one caption of ``caption_tokens`` tokens.
+    ``low_res``: (size, share of the steps) of a low-resolution phase (``train.low_res_size``,
+    ``train.low_res_until``), whose images are counted at that size."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    size = model.image_size
-    image = torch.zeros(1, 3, size, size)
-    tokens = torch.zeros(1, model.context_length, dtype=torch.long)
-    tokens[0, 0] = 49406
-    tokens[0, 1 : caption_tokens - 1] = 320
-    tokens[0, caption_tokens - 1] = 49407
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.encode_image(image)
-        model.encode_text(tokens)
-    return 3 * counter.get_total_flops() / 1e9
+    def forward_flops(size: int) -> int:
+        image = torch.zeros(1, 3, size, size)
+        tokens = torch.zeros(1, model.context_length, dtype=torch.long)
+        tokens[0, 0] = 49406
+        tokens[0, 1 : caption_tokens - 1] = 320
+        tokens[0, caption_tokens - 1] = 49407
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model.encode_image(image)
+            model.encode_text(tokens)
+        return counter.get_total_flops()
+
+    flops = forward_flops(model.image_size)
+    size, share = low_res
+    if size:
+        flops = share * forward_flops(size) + (1 - share) * flops
+    return 3 * flops / 1e9
 
 
 def _train_variant(
@@ -401,7 +411,8 @@ def run_reproduce(
     t0 = time.perf_counter()
     target = load_classification(eval_dir / TARGET)
     runs_dir = out / "runs"
-    demo_gflops = training_gflops(model)
+    low_res = (config.train.low_res_size, config.train.low_res_until)
+    demo_gflops = training_gflops(model, low_res=low_res)
     demo_zs = get("zeroshot")(store, dataset=target)  # the demo model's features, once
     batch = config.data.batch_size
     points = []
@@ -410,7 +421,7 @@ def run_reproduce(
             per_pair, steps = demo_gflops, demo_steps
             top1, top5, m = demo_zs.top1, demo_zs.top5, model
         else:
-            per_pair = training_gflops(_variant_model(config, ov))
+            per_pair = training_gflops(_variant_model(config, ov), low_res=low_res)
             steps = max(1, round(demo_steps * per_pair / demo_gflops))
             log(f"== compute scaling: model {name}, {steps} steps")
             steps_set = [*overrides, f"train.steps={steps}"]
