@@ -82,6 +82,7 @@ def trial(
     """``--set`` values of a trial, every setting a trial varies pinned (the recipe moves on:
     re-run, a trial must train what its row was measured on)."""
     pinned = [f"train.steps={steps}", f'train.loss="{loss}"', f"data.batch_size={batch}"]
+    pinned.append("train.low_res_size=0")  # every row before the recipe took it: full size
     return [*sources(sets), *pinned, *extra]
 
 
@@ -89,6 +90,7 @@ def held_out_trial(sets: list[str], *extra: str, steps: int = 900) -> list[str]:
     """A trial of the recipe (siglip, batch 512, 900 steps) on ``sets`` minus the held-out
     concepts."""
     pinned = [f"train.steps={steps}", 'train.loss="siglip"', "data.batch_size=512"]
+    pinned.append("train.low_res_size=0")  # the low-resolution trials set their own
     return [*sources(sets, held_out=True), *pinned, *extra]
 
 
