@@ -13,7 +13,7 @@ A trial whose name says "held-out" also keeps a fixed tenth of the concepts (by 
 the label: ``held_out_concepts``) out of every training source (``exclude_labels``), and is
 scored on a second validation column, "held-out concepts": the images of those concepts in
 Emoji One and in each training style (none of them trained on), each set's classified among
-the held-out concepts it has, pooled (about 780 images; Emoji One alone has 117). Concepts
+the held-out concepts it has, pooled (730 images; Emoji One alone has 117). Concepts
 the model never saw, named in words it learnt from others. The demo itself trains on every
 concept: the slice exists to choose on.
 
@@ -63,9 +63,11 @@ HELD_OUT_FILE = "{held_out_file}"
 
 def held_out_concepts(classnames: list[str]) -> list[str]:
     """The fixed tenth of ``classnames`` held out of held-out trials: those whose label's
-    SHA-256 is 0 modulo 10 (stable across runs, machines and set versions; no RNG)."""
+    SHA-256 is 0 modulo ``HELD_OUT_SHARE`` (stable across runs, machines and set versions)."""
     digest = (hashlib.sha256(n.strip().casefold().encode()).digest() for n in classnames)
-    return [n for n, d in zip(classnames, digest) if int.from_bytes(d[:8], "big") % 10 == 0]
+    return [
+        n for n, d in zip(classnames, digest) if int.from_bytes(d[:8], "big") % HELD_OUT_SHARE == 0
+    ]
 
 
 def sources(sets: list[str], held_out: bool = False) -> list[str]:
@@ -77,21 +79,29 @@ def sources(sets: list[str], held_out: bool = False) -> list[str]:
 
 
 def trial(
-    sets: list[str], steps: int, loss: str = "plain", batch: int = 256, *extra: str
+    sets: list[str],
+    steps: int,
+    loss: str = "plain",
+    batch: int = 256,
+    *extra: str,
+    held_out: bool = False,
 ) -> list[str]:
     """``--set`` values of a trial, every setting a trial varies pinned (the recipe moves on:
-    re-run, a trial must train what its row was measured on)."""
-    pinned = [f"train.steps={steps}", f'train.loss="{loss}"', f"data.batch_size={batch}"]
-    pinned.append("train.low_res_size=0")  # every row before the recipe took it: full size
-    return [*sources(sets), *pinned, *extra]
+    re-run, a trial must train what its row was measured on; full size unless ``extra`` sets
+    a low-resolution phase)."""
+    pinned = [
+        f"train.steps={steps}",
+        f'train.loss="{loss}"',
+        f"data.batch_size={batch}",
+        "train.low_res_size=0",
+    ]
+    return [*sources(sets, held_out), *pinned, *extra]
 
 
 def held_out_trial(sets: list[str], *extra: str, steps: int = 900) -> list[str]:
     """A trial of the recipe (siglip, batch 512, 900 steps) on ``sets`` minus the held-out
     concepts."""
-    pinned = [f"train.steps={steps}", 'train.loss="siglip"', "data.batch_size=512"]
-    pinned.append("train.low_res_size=0")  # the low-resolution trials set their own
-    return [*sources(sets, held_out=True), *pinned, *extra]
+    return trial(sets, steps, "siglip", 512, *extra, held_out=True)
 
 
 SEVEN = TWITTER + STYLES
@@ -193,6 +203,7 @@ def main() -> None:
         held_sets = [x for x in HELD_OUT_SETS if (args.data / "eval" / x).is_dir()]
         slices[HELD_OUT] = (held_sets, concepts)
         print(f"held-out concepts: {len(concepts)} of {len(classes)} ({label_file})")
+    trained = earlier_rows(args.trials) if args.score_only else {}
     for name in names:
         for seed in (int(s) for s in args.seeds.split(",")):
             slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
@@ -201,9 +212,9 @@ def main() -> None:
             row = {"trial": name, "seed": seed, "cpu": cpu_name()}
             mine = slices if "held-out" in name else None
             if args.score_only:
-                trained = earlier_rows(args.trials).get((name, seed), {})
+                before = trained.get((name, seed), {})
                 keep = ("minutes", "steps", "samples_per_s")
-                row |= {k: trained[k] for k in keep if k in trained}
+                row |= {k: before[k] for k in keep if k in before}
                 row |= score(output / "model", args.data, present, mine)
             else:
                 settings = [x.replace(HELD_OUT_FILE, str(label_file)) for x in trials[name]]
