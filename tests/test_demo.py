@@ -31,6 +31,8 @@ overrides = { activation = "gelu" }
 [data]
 batch_size = 4
 in_memory = true
+
+[data.augment]
 crop_scale = [0.5, 1.0]
 
 [[data.sources]]

@@ -7,17 +7,12 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 import torch
 
 import cliplab
+from cliplab.augment import Augment
 from cliplab.data import BadSample, ImageTextStream, RawSample, StreamingLoader, SyntheticSource
-
-
-def to_tensor(image, generator: torch.Generator) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
-    return array + 0.01 * torch.rand(array.shape, generator=generator)  # seeded "augmentation"
 
 
 def tokenize(captions: list[str]) -> torch.Tensor:
@@ -51,7 +46,8 @@ def make_loader(
     stream = ImageTextStream(
         sources,
         decode=None,
-        transform=to_tensor,
+        augment=Augment(),
+        image_size=16,
         tokenize=tokenize,
         batch_size=batch,
         weights=weights,
@@ -151,11 +147,13 @@ def test_sources_mix_by_weight() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="at least one source"):
-        ImageTextStream([], None, to_tensor, tokenize, 4)
+        ImageTextStream([], None, Augment(), tokenize, 4, image_size=16)
     with pytest.raises(ValueError, match="weights must be"):
-        ImageTextStream([SyntheticSource(10)], None, to_tensor, tokenize, 4, weights=[1, 2])
+        ImageTextStream(
+            [SyntheticSource(10)], None, Augment(), tokenize, 4, image_size=16, weights=[1, 2]
+        )
     with pytest.raises(ValueError, match="batch_size"):
-        ImageTextStream([SyntheticSource(10)], None, to_tensor, tokenize, 0)
+        ImageTextStream([SyntheticSource(10)], None, Augment(), tokenize, 0, image_size=16)
 
     class NoDecoder:
         name = "raw"
@@ -164,7 +162,7 @@ def test_bad_arguments() -> None:
             return 10
 
     with pytest.raises(ValueError, match="no decoder for source 'raw'"):
-        ImageTextStream([NoDecoder()], None, to_tensor, tokenize, 4)
+        ImageTextStream([NoDecoder()], None, Augment(), tokenize, 4, image_size=16)
 
 
 def test_synthetic_captions_describe_the_images() -> None:

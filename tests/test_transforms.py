@@ -16,14 +16,12 @@ import torch
 from PIL import Image
 
 import refs
+from cliplab.augment import TrainTransform
 from cliplab.transforms import (
     OPENAI_MEAN,
     OPENAI_STD,
     EvalTransform,
-    TrainTransform,
     center_crop,
-    image_transform,
-    random_resized_crop_params,
     resized_output_size,
     to_normalized_tensor,
     to_rgb,
@@ -238,100 +236,6 @@ TRAIN_CONFIGS = (
 TRAIN_SHAPES = ((1, 1), (2, 3), (17, 31), (100, 37), (513, 257), (1000, 3), (3, 1000))
 
 
-@pytest.mark.parametrize(
-    ("n", "scale", "ratio"),
-    [(32, scale, ratio) for scale, ratio in TRAIN_CONFIGS]
-    + [(224, scale, ratio) for scale, ratio in TRAIN_CONFIGS[1:3]],
-)
-def test_train_matches_torchvision(n: int, scale, ratio) -> None:
-    ours = TrainTransform(n, scale=scale, ratio=ratio)
-    theirs = torchvision_train(n, scale, ratio)
-    small = n <= 64
-    modes = MODES if small else ("RGB", "RGBA", "P", "I;16")
-    shapes = TRAIN_SHAPES if small else ((17, 31), (513, 257), (1000, 3))
-    for mode in modes:
-        for k, (w, h) in enumerate(shapes):
-            image = make_image(mode, w, h, seed=k)
-            reference_input = openai_reference_input(image)
-            for seed in (k, 1000 + k) if small else (k,):
-                torch.manual_seed(seed)
-                out = ours(image)
-                torch.manual_seed(seed)
-                expected = theirs(reference_input)
-                assert out.shape == (3, n, n)
-                assert max_diff(out, expected) <= ATOL, (mode, (w, h), seed)
-
-
-@pytest.mark.parametrize("n", (32, 224))
-def test_train_default_matches_openclip(n: int) -> None:
-    """OpenCLIP's train transform: RandomResizedCrop(scale=(0.9, 1.0), torchvision's default
-    ratio), convert, ToTensor, Normalize: our defaults, so the comparison is exact."""
-    ours = TrainTransform(n)
-    theirs = refs.open_clip().image_transform(n, is_train=True)
-    modes = ("RGB", "L", "RGBA", "P", "CMYK", "F") if n <= 64 else ("RGB", "RGBA")
-    for mode in modes:
-        for k, (w, h) in enumerate(((5, 7), (300, 200), (200, 300), (1000, 3))):
-            image = make_image(mode, w, h, seed=k)
-            torch.manual_seed(k)
-            out = ours(image)
-            torch.manual_seed(k)
-            assert max_diff(out, theirs(image)) <= ATOL, (mode, (w, h))
-
-
-def test_train_rng_consumption_matches_torchvision() -> None:
-    """After a batch of calls, the global RNG is in the same state as after torchvision's."""
-    ours, theirs = (
-        TrainTransform(32, scale=(0.08, 1.0)),
-        torchvision_train(32, (0.08, 1.0), (0.75, 4 / 3)),
-    )
-    images = [make_image("RGB", w, h, seed=i) for i, (w, h) in enumerate(SHAPES + EXTREME_SHAPES)]
-    torch.manual_seed(5)
-    for image in images:
-        ours(image)
-    state = torch.get_rng_state()
-    torch.manual_seed(5)
-    for image in images:
-        theirs(image)
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_train_generator() -> None:
-    image = make_image("RGB", 120, 80)
-    # A generator seeded s gives the same crops as the global RNG seeded s ...
-    g = torch.Generator().manual_seed(7)
-    with_generator = [TrainTransform(32, scale=(0.08, 1.0), generator=g)(image) for _ in range(5)]
-    torch.manual_seed(7)
-    with_global = [TrainTransform(32, scale=(0.08, 1.0))(image) for _ in range(5)]
-    for a, b in zip(with_generator, with_global):
-        assert torch.equal(a, b)
-    # ... without touching the global RNG, and crops vary from call to call.
-    state = torch.get_rng_state()
-    t = TrainTransform(32, scale=(0.08, 1.0), generator=torch.Generator().manual_seed(1))
-    outs = [t(image) for _ in range(4)]
-    assert torch.equal(state, torch.get_rng_state())
-    assert not all(torch.equal(outs[0], o) for o in outs[1:])
-
-
-def test_random_resized_crop_fallback_is_center_crop() -> None:
-    # A 1000x3 strip cannot hold a 3/4..4/3 crop of >= 90% of its area: 10 tries fail.
-    torch.manual_seed(0)
-    assert random_resized_crop_params(3, 1000, (0.9, 1.0), (0.75, 4 / 3)) == (0, 498, 3, 4)
-    assert random_resized_crop_params(1000, 3, (0.9, 1.0), (0.75, 4 / 3)) == (498, 0, 4, 3)
-    # Within the ratio range the fallback is the whole image.
-    assert random_resized_crop_params(10, 10, (2.0, 3.0), (0.75, 4 / 3)) == (0, 0, 10, 10)
-    T = refs.torchvision_transforms()
-    crop = T.RandomResizedCrop(8, scale=(0.9, 1.0))
-    torch.manual_seed(0)
-    assert crop.get_params(Image.new("RGB", (1000, 3)), (0.9, 1.0), (0.75, 4 / 3)) == (0, 498, 3, 4)
-
-
-def test_train_square_crops_with_unit_ratio() -> None:
-    g = torch.Generator().manual_seed(0)
-    for _ in range(50):
-        top, left, h, w = random_resized_crop_params(300, 200, (0.1, 1.0), (1.0, 1.0), g)
-        assert h == w and 0 <= top <= 300 - h and 0 <= left <= 200 - w
-
-
 # --------------------------------------------------------------------------- to_rgb
 
 
@@ -478,10 +382,6 @@ def test_numpy_input_is_accepted_as_uint8_hwc() -> None:
     assert torch.equal(t(gray), t(Image.fromarray(gray)))
     assert torch.equal(t(gray[..., None]), t(Image.fromarray(gray)))
     assert torch.equal(t(rgba), t(Image.fromarray(rgb)))
-    torch.manual_seed(0)
-    a = TrainTransform(32)(rgb)
-    torch.manual_seed(0)
-    assert torch.equal(a, TrainTransform(32)(Image.fromarray(rgb)))
     assert np.array_equal(
         np.asarray(to_rgb(gray)), np.asarray(Image.fromarray(gray).convert("RGB"))
     )
@@ -491,6 +391,7 @@ def test_numpy_input_is_accepted_as_uint8_hwc() -> None:
     "transform", (EvalTransform(32), TrainTransform(32)), ids=("eval", "train")
 )
 def test_bad_inputs(transform) -> None:
+    """The training transform (cliplab.augment) rejects what the eval transform rejects."""
     with pytest.raises(TypeError, match="PIL"):
         transform(torch.zeros(3, 8, 8))
     with pytest.raises(TypeError, match="PIL"):
@@ -512,7 +413,7 @@ def test_bad_inputs(transform) -> None:
         to_rgb(torch.zeros(8, 8, 3))
 
 
-@pytest.mark.parametrize("cls", (EvalTransform, TrainTransform))
+@pytest.mark.parametrize("cls", (EvalTransform,))
 def test_bad_arguments(cls) -> None:
     for size in (0, -1, -224):
         with pytest.raises(ValueError, match="image_size"):
@@ -531,30 +432,6 @@ def test_bad_arguments(cls) -> None:
         to_rgb(Image.new("RGBA", (2, 2)), background=(0, 0))
 
 
-def test_bad_train_arguments() -> None:
-    for scale in ((1.0, 0.5), (-0.1, 1.0), (0.0, 0.0), (0.5,)):
-        with pytest.raises(ValueError, match="scale"):
-            TrainTransform(32, scale=scale)
-    for ratio in ((2.0, 1.0), (-1.0, 1.0), (0.0, 1.0)):
-        with pytest.raises(ValueError, match="ratio"):
-            TrainTransform(32, ratio=ratio)
-    with pytest.raises(TypeError, match="generator"):
-        TrainTransform(32, generator=0)
-
-
-def test_image_transform_factory() -> None:
-    eval_t = image_transform(64)
-    assert isinstance(eval_t, EvalTransform) and eval_t.image_size == 64
-    train_t = image_transform(64, train=True, scale=(0.5, 1.0), ratio=(1.0, 1.0))
-    assert isinstance(train_t, TrainTransform)
-    assert train_t.scale == (0.5, 1.0) and train_t.ratio == (1.0, 1.0)
-    custom = image_transform(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), background=(0, 0, 0))
-    out = custom(Image.new("RGB", (40, 40), (255, 0, 0)))
-    assert torch.allclose(out[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
-    with pytest.raises(TypeError):
-        image_transform(64, scale=(0.5, 1.0))  # train-only argument for eval
-
-
 def test_repr() -> None:
     text = repr(EvalTransform(224))
     assert text.startswith("EvalTransform(\n") and text.endswith("\n)")
@@ -566,10 +443,6 @@ def test_repr() -> None:
         "Normalize(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))",
     ):
         assert part in text
-    text = repr(TrainTransform(336, background=(255, 255, 255)))
-    assert "RandomResizedCrop(size=(336, 336), scale=(0.9, 1.0), ratio=(0.75, 1.3333)" in text
-    assert "generator=global" in text and "background=(255, 255, 255)" in text
-    assert "generator=custom" in repr(TrainTransform(32, generator=torch.Generator()))
 
 
 def test_transforms_pickle() -> None:
@@ -595,15 +468,3 @@ def test_to_normalized_tensor() -> None:
         to_normalized_tensor(make_image("L", 6, 5))
 
 
-def test_train_transform_per_call_generator_is_reproducible() -> None:
-    """A generator passed per call drives the crop: same seed, same output; global RNG untouched."""
-    from cliplab.transforms import TrainTransform
-
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8))
-    t = TrainTransform(32, scale=(0.3, 1.0))
-    state = torch.get_rng_state()
-    a = t(image, generator=torch.Generator().manual_seed(5))
-    b = t(image, generator=torch.Generator().manual_seed(5))
-    c = t(image, generator=torch.Generator().manual_seed(6))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -39,8 +39,10 @@ def create_model_and_transforms(
     dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> tuple[CLIP, Any, Any]:
-    """``model, train_transform, eval_transform`` (OpenCLIP's convention)."""
-    from cliplab.transforms import EvalTransform, TrainTransform
+    """``model, train_transform, eval_transform`` (OpenCLIP's convention; the train transform
+    is cliplab's training augmentation for one image, :class:`cliplab.augment.TrainTransform`)."""
+    from cliplab.augment import TrainTransform
+    from cliplab.transforms import EvalTransform
 
     model = create_model(name_or_config, device=device, dtype=dtype, **overrides)
     size = model.config.vision.image_size

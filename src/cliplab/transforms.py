@@ -2,9 +2,8 @@
 
 ``EvalTransform`` reproduces OpenAI's ``clip.clip._transform(n_px)`` (also OpenCLIP's
 ``image_transform(n, is_train=False)``) exactly: resize the shortest side with PIL bicubic,
-center crop, convert to RGB, scale to [0, 1], normalize. ``TrainTransform`` is torchvision's
-``RandomResizedCrop`` (same sampling algorithm and the same torch RNG calls, so seeded runs
-match torchvision/OpenCLIP), then the same RGB conversion and normalization.
+center crop, convert to RGB, scale to [0, 1], normalize. Training augmentation lives in
+:mod:`cliplab.augment` (one module for every training run).
 
 Every geometric step mirrors torchvision's PIL code path call for call (output-size rounding,
 crop rounding, the early return when no resize is needed, zero padding), because the CLIP
@@ -28,7 +27,6 @@ High-bit-depth modes (``I;16*``, ``I``, ``F``): Pillow's ``convert("RGB")`` clip
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,10 +37,7 @@ __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
     "EvalTransform",
-    "TrainTransform",
     "center_crop",
-    "image_transform",
-    "random_resized_crop_params",
     "resize_shortest_side",
     "resized_output_size",
     "to_normalized_tensor",
@@ -134,20 +129,16 @@ def _check_channel_stats(name: str, values: Sequence[float]) -> tuple[float, flo
     return values  # type: ignore[return-value]
 
 
-def _check_range(name: str, values: Sequence[float], min_may_be_zero: bool) -> tuple[float, float]:
-    values = tuple(float(v) for v in values)
-    low_ok = len(values) == 2 and (values[0] >= 0 if min_may_be_zero else values[0] > 0)
-    if not (low_ok and values[1] > 0 and values[0] <= values[1]):
-        bound = "0 <= min" if min_may_be_zero else "0 < min"
-        raise ValueError(f"{name} must be (min, max) with {bound} <= max, got {values!r}")
-    return values  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------- colour
 
 
 def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES or "transparency" in image.info
+    """An alpha band, a ``transparency`` entry, or a palette with alpha (``P`` whose palette
+    is ``RGBA``, as Pillow builds for in-memory palettes with transparent entries)."""
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return True
+    palette = image.palette if image.mode == "P" else None
+    return palette is not None and palette.mode.endswith("A")
 
 
 def _high_bit_depth_to_float(image: Image.Image) -> np.ndarray:
@@ -164,8 +155,15 @@ def _high_bit_depth_to_float(image: Image.Image) -> np.ndarray:
 
 
 def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """8-bit ``L`` (``LA`` when a ``transparency`` value marks transparent pixels, as in
+    16-bit grayscale PNGs with a tRNS chunk)."""
     values = np.nan_to_num(_high_bit_depth_to_float(image), nan=0.0, posinf=1.0, neginf=0.0)
-    return Image.fromarray(np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8))
+    gray = Image.fromarray(np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8))
+    key = image.info.get("transparency")
+    if not isinstance(key, int):
+        return gray
+    alpha = np.where(np.asarray(image) == key, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (gray, Image.fromarray(alpha)))
 
 
 def to_rgb(
@@ -282,46 +280,6 @@ def center_crop(image: Image.Image, size: int | tuple[int, int]) -> Image.Image:
     return _crop(image, top, left, crop_h, crop_w)
 
 
-def random_resized_crop_params(
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    generator: torch.Generator | None = None,
-) -> tuple[int, int, int, int]:
-    """``(top, left, crop_height, crop_width)`` sampled as torchvision's RandomResizedCrop.
-
-    Up to 10 tries draw an area fraction uniformly in ``scale`` and a log-uniform aspect
-    ratio (w/h) in ``ratio``; the first crop that fits is placed uniformly at random. After 10
-    failures it falls back to a center crop of the whole image clamped to ``ratio``. The
-    torch RNG calls (and their float32 arithmetic) are torchvision's, in the same order, so a
-    seeded global RNG (``generator=None``) gives torchvision's crops.
-    """
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect_ratio = torch.exp(
-            torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)
-        ).item()
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
-            return top, left, h, w
-    in_ratio = float(width) / float(height)
-    if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 # --------------------------------------------------------------------------- tensor
 
 
@@ -427,74 +385,3 @@ class EvalTransform(_BaseTransform):
     def _repr_steps(self) -> list[str]:
         n = self.image_size
         return [f"Resize(shortest_side={n}, interpolation=bicubic)", f"CenterCrop(size=({n}, {n}))"]
-
-
-class TrainTransform(_BaseTransform):
-    """CLIP's training augmentation: a random resized square crop, then RGB and normalization.
-
-    The paper: "a random square crop from resized images is the only data augmentation". The
-    crop is sampled as torchvision's ``RandomResizedCrop`` (area fraction in ``scale``, aspect
-    ratio in ``ratio``, center-crop fallback after 10 tries) and resized to
-    ``image_size x image_size`` with PIL bicubic; RGB conversion comes after the crop, as in
-    torchvision/OpenCLIP pipelines. Defaults are OpenCLIP's (``scale=(0.9, 1.0)``,
-    torchvision's ``ratio=(3/4, 4/3)``), so ``TrainTransform(n)`` matches
-    ``open_clip.image_transform(n, is_train=True)``; ``ratio=(1.0, 1.0)`` samples literally
-    square crop regions.
-
-    Randomness: ``generator`` (a ``torch.Generator``) if given, else torch's global RNG,
-    consumed exactly as torchvision does. Note that a generator is copied into each DataLoader
-    worker (identical crops across workers unless you reseed it per worker), whereas the
-    global RNG is seeded per worker by DataLoader.
-    """
-
-    def __init__(
-        self,
-        image_size: int,
-        scale: tuple[float, float] = (0.9, 1.0),
-        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-        mean: Sequence[float] = OPENAI_MEAN,
-        std: Sequence[float] = OPENAI_STD,
-        background: tuple[int, int, int] | None = None,
-        rescale_high_bit_depth: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(image_size, mean, std, background, rescale_high_bit_depth)
-        self.scale = _check_range("scale", scale, min_may_be_zero=True)
-        self.ratio = _check_range("ratio", ratio, min_may_be_zero=False)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator = generator
-
-    def __call__(
-        self, image: Image.Image, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Augment and preprocess one image (PIL, or an HxW[xC] uint8 numpy array).
-
-        ``generator`` overrides the one given at construction for this call: data loaders
-        pass a generator seeded per sample, which makes augmentation independent of worker
-        count and exactly reproducible on resume.
-        """
-        image = _prepare(_as_pil_image(image), self.rescale_high_bit_depth)
-        top, left, h, w = random_resized_crop_params(
-            image.height, image.width, self.scale, self.ratio, generator or self.generator
-        )
-        image = _crop(image, top, left, h, w)
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-        return self._finish(image)
-
-    def _repr_steps(self) -> list[str]:
-        n = self.image_size
-        return [
-            f"RandomResizedCrop(size=({n}, {n}), scale={_fmt(self.scale, 4)}, "
-            f"ratio={_fmt(self.ratio, 4)}, interpolation=bicubic, "
-            f"generator={'global' if self.generator is None else 'custom'})"
-        ]
-
-
-def image_transform(
-    image_size: int, train: bool = False, **kwargs: object
-) -> EvalTransform | TrainTransform:
-    """``TrainTransform(image_size, **kwargs)`` if ``train`` else ``EvalTransform(...)``."""
-    cls = TrainTransform if train else EvalTransform
-    return cls(image_size, **kwargs)  # type: ignore[arg-type]

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cliplab.augment import square
+
 log = logging.getLogger("cliplab.data")
 
 #: A stream that reads this many bad samples in a row stops with an error instead of
@@ -59,11 +61,16 @@ class BadSample(Exception):
 
 @dataclass(frozen=True)
 class RawSample:
-    """An undecoded sample: WebDataset-style members by extension (``{"png": b"..", "txt": b".."}``)."""
+    """An undecoded sample: WebDataset-style members by extension (``{"png": b"..", "txt": b".."}``).
+
+    ``image``: the sample's prepared pixels, (S, S, 3) uint8, when a cache stage
+    (:mod:`cliplab.data.cache`) decoded them already; the stream then draws only the caption.
+    """
 
     key: str
     members: dict[str, bytes]
     source: str = ""
+    image: Any = None
 
 
 class Source(Protocol):
@@ -82,10 +89,18 @@ class Source(Protocol):
 
 #: Turns a raw sample into (PIL image, caption); raises BadSample. The ``random.Random`` is
 #: seeded per sample from (seed, epoch, source, key): captions can be drawn afresh each epoch.
+#: A decoder may also have ``caption(sample, rng)``, the caption alone (for cached images).
 Decoder = Callable[[RawSample, random.Random], tuple[Any, str]]
-#: PIL image -> (3, S, S) tensor; the generator (seeded like the decoder's) drives augmentation.
-Transform = Callable[[Any, torch.Generator], torch.Tensor]
 Tokenize = Callable[[list[str]], torch.Tensor]
+#: Prepared uint8 images (B, S, S, 3) + the batch's generator -> float (B, 3, S, S).
+BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def caption_of(decode: Decoder, sample: RawSample, rng: random.Random) -> str:
+    """The sample's caption alone: the decoder's ``caption`` where it has one, else a full
+    decode's (a generator's samples hold no image bytes to skip)."""
+    caption = getattr(decode, "caption", None)
+    return caption(sample, rng) if caption is not None else decode(sample, rng)[1]
 
 
 def scan(source: Source) -> Iterator[RawSample]:
@@ -113,22 +128,33 @@ class Batch:
 
 
 class ImageTextStream(IterableDataset):
-    """The per-worker batch builder (an ``IterableDataset`` yielding ``Batch`` objects)."""
+    """The per-worker batch builder (an ``IterableDataset`` yielding ``Batch`` objects).
+
+    Per sample: decode (or take the cached pixels), :func:`cliplab.augment.square` to the
+    model's size, draw the caption (and a second one with ``second_caption``); per batch: the
+    one augmentation (``augment``, :class:`cliplab.augment.Augment`) on the whole batch, with
+    a generator seeded by (seed, epoch, stream, batch), and the tokenizer.
+
+    ``decode``: one decoder for every source, one per source (``None`` entries: the source's
+    own ``decode``), or ``None`` (every source decodes its own samples).
+    """
 
     def __init__(
         self,
         sources: Sequence[Source],
-        decode: Decoder,
-        transform: Transform,
+        decode: Decoder | Sequence[Decoder | None] | None,
+        augment: BatchAugment,
         tokenize: Tokenize,
         batch_size: int,
         *,
+        image_size: int,
         weights: Sequence[float] | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         shuffle_buffer: int = 1000,
         batches_per_epoch: int | None = None,
+        second_caption: bool = False,
     ) -> None:
         if not sources:
             raise ValueError("ImageTextStream needs at least one source")
@@ -140,22 +166,33 @@ class ImageTextStream(IterableDataset):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if decode is None:
-            for source in sources:
-                if not callable(getattr(source, "decode", None)):
-                    raise ValueError(f"no decoder for source {source.name!r}: pass decode=")
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        per_source = list(decode) if isinstance(decode, Sequence) else [decode] * len(sources)
+        if len(per_source) != len(sources):
+            raise ValueError(f"{len(sources)} sources but {len(per_source)} decoders")
+        self.decoders: dict[str, Decoder] = {}
+        for source, own in zip(sources, per_source, strict=True):
+            chosen = own if own is not None else getattr(source, "decode", None)
+            if not callable(chosen):
+                raise ValueError(f"no decoder for source {source.name!r}: pass decode=")
+            self.decoders[source.name] = chosen
+        # samples whose ``source`` names no source (a source that leaves it empty) go to the
+        # first source's decoder
+        self.default_decoder = self.decoders[sources[0].name]
         self.sources = list(sources)
         self.weights = (
             list(weights) if weights is not None else [float(s.num_samples()) for s in self.sources]
         )
-        self.decode = decode
-        self.transform = transform
+        self.augment = augment
         self.tokenize = tokenize
         self.batch_size = batch_size
+        self.image_size = image_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
+        self.second_caption = second_caption
         total = sum(s.num_samples() for s in self.sources)
         self.batches_per_epoch = batches_per_epoch or max(1, total // (batch_size * world_size))
         # set by the loader before each epoch's iterator is created
@@ -186,6 +223,18 @@ class ImageTextStream(IterableDataset):
                 buffer[j], buffer[-1] = buffer[-1], buffer[j]
                 yield buffer.pop()
 
+    def _sample(self, sample: RawSample, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        """(pixels (S, S, 3) uint8, [caption] or [caption, second caption]); BadSample."""
+        decode = self.decoders.get(sample.source, self.default_decoder)
+        if sample.image is not None:  # cached pixels: the caption alone, drawn afresh
+            pixels, caption = sample.image, caption_of(decode, sample, rng)
+        else:
+            image, caption = decode(sample, rng)
+            pixels = square(image, self.image_size)
+        if self.second_caption:  # its own draw: another template, tags or language
+            return pixels, [caption, caption_of(decode, sample, rng)]
+        return pixels, [caption]
+
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
@@ -197,25 +246,19 @@ class ImageTextStream(IterableDataset):
         consumed_batches = sum(1 for j in range(self.start_batch) if j % workers == local)
         remaining = self.batches_for(local) - consumed_batches
         raw = self._raw_stream(stream, num_streams)
-        # a source may decode its own samples (a generator needs no image codec)
-        decoders = {
-            src.name: src.decode for src in self.sources if callable(getattr(src, "decode", None))
-        }
         position = self.start_positions.get(stream, 0)
         for _ in itertools.islice(raw, position):  # fast-forward without decoding
             pass
-        for _ in range(max(0, remaining)):
-            images, captions, keys = [], [], []
+        for number in range(consumed_batches, consumed_batches + max(0, remaining)):
+            images, captions, seconds, keys = [], [], [], []
             skipped: Counter[str] = Counter()
             bad_in_a_row = 0
             while len(keys) < self.batch_size:
                 sample = next(raw)
                 position += 1
                 sample_seed = stable_seed(self.seed, self.epoch, sample.source, sample.key)
-                decode = decoders.get(sample.source, self.decode)
                 try:
-                    image, caption = decode(sample, random.Random(sample_seed))
-                    images.append(self.transform(image, torch.Generator().manual_seed(sample_seed)))
+                    pixels, texts = self._sample(sample, random.Random(sample_seed))
                 except BadSample as e:
                     skipped[e.reason] += 1
                     bad_in_a_row += 1
@@ -226,16 +269,19 @@ class ImageTextStream(IterableDataset):
                         ) from e
                     continue
                 bad_in_a_row = 0
-                captions.append(caption)
+                images.append(pixels)
+                captions.append(texts[0])
+                seconds.extend(texts[1:])
                 keys.append(sample.key)
-            tokens = self.tokenize(captions)
+            g = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, stream, number))
             yield Batch(
-                torch.stack(images),
-                tokens,
+                self.augment(torch.stack(images), g),
+                self.tokenize(captions),
                 keys,
                 stream=stream,
                 position=position,
                 skipped=dict(skipped),
+                second_tokens=self.tokenize(seconds) if self.second_caption else None,
             )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cliplab.augment import AugmentConfig
 from cliplab.config import parse_value, unknown_message
 from cliplab.data.sources import ShardsSpec, SourceSpec, SyntheticSpec, spec_from_dict
 
@@ -78,16 +79,11 @@ class DataSection:
     batch_size: int = 64
     workers: int = 0
     shuffle_buffer: int = 1000
-    augment: bool = True  # random resized crop (the paper's only augmentation) vs center crop
-    crop_scale: tuple[float, float] = (0.9, 1.0)  # the crop's area fraction (OpenCLIP's default)
-    # decode every sample once and augment whole batches in the training process
-    # (cliplab.data.memory): for small datasets on CPU, where decoding is the bottleneck
+    # decode every image once and keep it in memory (cliplab.data.cache, a stage in front of
+    # the stream): for small datasets on CPU, where decoding is the bottleneck
     in_memory: bool = False
-    # photometric augmentation, in-memory loader only (cliplab.data.memory.color_augment)
-    color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - j, 1 + j]
-    grayscale: float = 0.0  # probability
-    blur: float = 0.0  # probability of a 3x3 blur
-    invert: float = 0.0  # probability of the negative image (1 - x)
+    # what every training image goes through, cached or streamed ([data.augment])
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         specs = []
@@ -97,21 +93,6 @@ class DataSection:
                 spec = dataclasses.replace(spec, dir=self.dir)
             specs.append(spec)
         object.__setattr__(self, "sources", tuple(specs))
-        object.__setattr__(self, "crop_scale", tuple(float(x) for x in self.crop_scale))
-        if not 0 <= self.color_jitter < 1:
-            raise ValueError(f"data.color_jitter must be in [0, 1), got {self.color_jitter}")
-        for name in ("grayscale", "blur", "invert"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"data.{name} is a probability, got {getattr(self, name)}")
-        if (self.color_jitter or self.grayscale or self.blur or self.invert) and not self.in_memory:
-            raise ValueError(
-                "data.color_jitter, grayscale, blur and invert need data.in_memory = true"
-            )
-        lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(
-                f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}"
-            )
         if not self.sources:
             raise ValueError("data.sources must list at least one source")
         _at_least("data", 1, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer)
@@ -278,8 +259,6 @@ class Config:
     output: str = ""
 
     def __post_init__(self) -> None:
-        if self.train.second_caption and not self.data.in_memory:
-            raise ValueError("train.second_caption needs data.in_memory = true")
         if self.train.second_caption and self.train.accum_steps > 1:
             raise ValueError("train.second_caption does not combine with train.accum_steps > 1")
 
@@ -306,9 +285,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); ``Config.from_dict`` inverts it."""
-        d = dataclasses.asdict(self)
+        d = _lists(dataclasses.asdict(self))
         d["data"]["sources"] = [s.to_dict() for s in self.data.sources]
-        d["data"]["crop_scale"] = list(self.data.crop_scale)
         d["eval"]["sets"] = [dict(t) for t in self.eval.sets]
         return d
 
@@ -332,6 +310,15 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def _lists(value: Any) -> Any:
+    """Tuples as lists, all the way down: what the config looks like after a JSON round trip."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
 def check_eval_set(table: dict[str, Any]) -> None:
     """Fail early (at config load, not after training) on an ``[[eval.sets]]`` table whose
     protocol, input or option names are wrong; the sets themselves are read later."""
@@ -349,9 +336,21 @@ def check_eval_set(table: dict[str, Any]) -> None:
     protocol.make_options(options)
 
 
+#: Keys that moved, for a clear message when an older config names them.
+MOVED = {
+    "data.crop_scale": "data.augment.crop_scale",
+    "data.color_jitter": "data.augment.color_jitter",
+    "data.grayscale": "data.augment.grayscale",
+    "data.blur": "data.augment.blur",
+    "data.invert": "data.augment.invert",
+}
+
+
 def _build_section(name: str, section_cls: type, values: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     for key in values:
+        if f"{name}.{key}" in MOVED:
+            raise ValueError(f"{name}.{key} is now {MOVED[f'{name}.{key}']}")
         if key not in fields:
             raise ValueError(unknown_message(f"key in [{name}]:", key, list(fields)))
     values = dict(values)
@@ -366,6 +365,14 @@ def _build_section(name: str, section_cls: type, values: dict[str, Any]) -> Any:
 def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
     """Check a TOML value against the field's type; ints are accepted where floats are."""
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if dataclasses.is_dataclass(default):  # a table inside the section: [data.augment]
+        if dataclasses.is_dataclass(value):
+            return value
+        if isinstance(value, bool):  # data.augment was a switch before it was a table
+            raise ValueError(f"{where} is a table now: {where}.crop = {str(value).lower()}")
+        if not isinstance(value, dict):
+            raise ValueError(f"[{where}] must be a table, got {value!r}")
+        return _build_section(where, type(default), value)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):

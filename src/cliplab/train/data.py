@@ -1,4 +1,5 @@
-"""The training data pipeline built from ``[data]``: sources, transform, tokenizer, loader.
+"""The training data pipeline built from ``[data]``: sources, decoders, an optional in-memory
+cache, the one augmentation, tokenizer, loader.
 
 Every ``[[data.sources]]`` table is a typed spec (:mod:`cliplab.data.sources`) that opens its
 source and names its caption function; its optional ``weight`` sets the mixing proportion. Batches are deterministic for (seed, epoch, rank,
@@ -13,12 +14,12 @@ from typing import Any
 
 import torch
 
+from cliplab.augment import Augment
 from cliplab.data import ImageTextStream, StreamingLoader
-from cliplab.data.memory import MemoryLoader
+from cliplab.data.cache import MemoryCache
 from cliplab.data.sources import source_weights
 from cliplab.tokenizer import tokenize
 from cliplab.train.config import Config
-from cliplab.transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger("cliplab.train")
 
@@ -45,24 +46,6 @@ class TokenizeCaptions:
         return tokenize(captions, context_length=self.context_length, truncate=True)
 
 
-class ImageTransform:
-    """PIL image + per-sample generator -> (3, S, S) tensor, as ``ImageTextStream`` wants.
-
-    With ``augment`` it is CLIP's random resized crop driven by the stream's generator (so
-    batches are reproducible); otherwise the eval resize and center crop.
-    """
-
-    def __init__(
-        self, image_size: int, augment: bool = True, scale: tuple[float, float] = (0.9, 1.0)
-    ) -> None:
-        self.augment = augment
-        self.eval = EvalTransform(image_size)
-        self.train = TrainTransform(image_size, scale=scale)
-
-    def __call__(self, image: Any, generator: torch.Generator) -> torch.Tensor:
-        return self.train(image, generator=generator) if self.augment else self.eval(image)
-
-
 def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
     """One decoder per source: its own ``decode`` (synthetic) or an ``ImageDecoder``."""
     from cliplab.data.decode import ImageDecoder  # image codecs, only for file-based sources
@@ -79,7 +62,7 @@ def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
             out.append(own)
         else:
             # decoding straight to about the model's size (JPEG draft mode, one resize) is
-            # what makes file-based sources fast; the transform then crops from that
+            # what makes file-based sources fast; the stream then squares and augments it
             out.append(
                 ImageDecoder(
                     image_size=image_size,
@@ -90,17 +73,6 @@ def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
     return out
 
 
-class PerSourceDecoder:
-    """The stream's single ``decode``: each raw sample goes to its source's decoder (picklable)."""
-
-    def __init__(self, names: list[str], decoders: list[Any]) -> None:
-        self.by_name = dict(zip(names, decoders, strict=True))
-        self.default = decoders[0]
-
-    def __call__(self, sample: Any, rng: Any) -> Any:
-        return self.by_name.get(sample.source, self.default)(sample, rng)
-
-
 def build_loader(
     config: Config,
     image_size: int,
@@ -109,48 +81,42 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
-) -> StreamingLoader | MemoryLoader:
-    """This rank's loader of ``batch_size``-sample batches (the rank's share of the global batch)."""
-    sources = [spec.open() for spec in config.data.sources]
+) -> StreamingLoader:
+    """This rank's loader of ``batch_size``-sample batches (the rank's share of the global
+    batch): the one stream, behind an in-memory cache of decoded images when
+    ``data.in_memory``, with the one augmentation (``[data.augment]``)."""
+    sources: list[Any] = [spec.open() for spec in config.data.sources]
     names = [s.name for s in sources]
     for i, source in enumerate(sources):  # samples go to their source's decoder by name
         if names.count(source.name) > 1:
             source.name = f"{source.name}-{i}"
     decoders = _decoders(config, sources, image_size)
+    weights = source_weights(config.data.sources)
     if config.data.in_memory:
-        return MemoryLoader(
-            sources,
-            decoders,
-            image_size=image_size,
-            tokenize=TokenizeCaptions(context_length),
-            batch_size=batch_size,
-            weights=source_weights(config.data.sources),
-            seed=config.train.seed,
-            rank=rank,
-            world_size=world_size,
-            augment=config.data.augment,
-            scale=config.data.crop_scale,
-            color_jitter=config.data.color_jitter,
-            grayscale=config.data.grayscale,
-            blur=config.data.blur,
-            invert=config.data.invert,
-            progress=lambda m: log.info("%s", m),
-            second_caption=bool(config.train.second_caption),
-        )
-    decode = None
-    if not all(callable(getattr(s, "decode", None)) for s in sources):
-        decode = PerSourceDecoder([s.name for s in sources], decoders)
+        sources = [
+            MemoryCache(
+                s, d, image_size, seed=config.train.seed, progress=lambda m: log.info("%s", m)
+            )
+            for s, d in zip(sources, decoders, strict=True)
+        ]
+        sizes = [s.num_samples() for s in sources]
+        if sum(sizes) == 0:
+            raise ValueError("no usable samples in any source (every sample was skipped)")
+        if weights is not None:  # a source left empty by bad samples is drawn from no more
+            weights = [w if n else 0.0 for w, n in zip(weights, sizes, strict=True)]
     stream = ImageTextStream(
         sources,
-        decode=decode,
-        transform=ImageTransform(image_size, config.data.augment, config.data.crop_scale),
-        tokenize=TokenizeCaptions(context_length),
-        batch_size=batch_size,
-        weights=source_weights(config.data.sources),
+        decoders,
+        Augment(config.data.augment),
+        TokenizeCaptions(context_length),
+        batch_size,
+        image_size=image_size,
+        weights=weights,
         seed=config.train.seed,
         rank=rank,
         world_size=world_size,
         shuffle_buffer=config.data.shuffle_buffer,
+        second_caption=bool(config.train.second_caption),
     )
     return StreamingLoader(
         stream,
