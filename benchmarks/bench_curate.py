@@ -62,7 +62,7 @@ def real_captions(per_set: int, draws: int, seed: int = 0) -> list[str]:
 
 def foreign_labels(limit: int) -> list[str]:
     """Emoji labels in the other locales emojibase-data carries (real non-English text)."""
-    from cliplab.datasets.install import source_path
+    from cliplab.recipes.install import source_path
 
     out: list[str] = []
     try:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from common import cpu_name  # noqa: E402
 
 import cliplab  # noqa: E402
+from cliplab.data.images import open_image  # noqa: E402
 from cliplab.data.sources import spec_for_path  # noqa: E402
-from cliplab.encode import open_image  # noqa: E402
 from cliplab.search.embed import embed  # noqa: E402
 
 

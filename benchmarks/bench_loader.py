@@ -16,7 +16,7 @@ dependencies; scikit-image's sample photos are 512 px or smaller.
    wall-clock rates are reported too. The mean absolute pixel difference between the two
    outputs shows what draft mode costs in quality.
 2. End to end: the images in WebDataset shards -> ``WebDatasetSource`` -> ``ImageDecoder(224)``
-   -> ``TrainTransform(224)`` -> tokenizer -> batches of 32, through ``StreamingLoader`` with 0
+   -> the prepared square + ``Augment`` per batch -> tokenizer -> batches of 32, through ``StreamingLoader`` with 0
    and 2 worker processes (wall clock, worker start-up included).
 
 Results print and go to ``benchmarks/results/loader.json``.
@@ -47,11 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import cliplab  # noqa: E402
+from cliplab.augment import Augment  # noqa: E402
 from cliplab.data import ImageTextStream, StreamingLoader  # noqa: E402
-from cliplab.data.decode import ImageDecoder, decode_image  # noqa: E402
+from cliplab.data.decode import ImageDecoder  # noqa: E402
+from cliplab.data.images import decode_image  # noqa: E402
 from cliplab.data.shardwriter import ShardWriter  # noqa: E402
 from cliplab.data.webdataset import WebDatasetSource  # noqa: E402
-from cliplab.transforms import TrainTransform, resized_output_size  # noqa: E402
+from cliplab.transforms import resized_output_size  # noqa: E402
 
 SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200)]
 TARGET = 224
@@ -120,9 +122,10 @@ def loader_rate(urls: list[str], workers: int, batch_size: int, batches: int) ->
     stream = ImageTextStream(
         [WebDatasetSource(urls)],
         ImageDecoder(image_size=TARGET),
-        TrainTransform(TARGET),
+        Augment(),
         tokenize,
         batch_size,
+        image_size=TARGET,
         seed=0,
         shuffle_buffer=64,
         batches_per_epoch=batches,
@@ -225,7 +228,7 @@ def main() -> None:
         "mean_abs_pixel_difference": round(float(np.mean(diffs)), 3),
         "seconds": runs,
         "loader": {
-            "pipeline": f"WebDatasetSource -> ImageDecoder({TARGET}) -> TrainTransform({TARGET}) -> tokenize(77), batch {args.batch_size}, shuffle buffer 64",
+            "pipeline": f"WebDatasetSource -> ImageDecoder({TARGET}) -> square + Augment({TARGET}) -> tokenize(77), batch {args.batch_size}, shuffle buffer 64",
             **loader,
         },
         "machine": {

@@ -2,7 +2,7 @@
 demo recipes' real training step (their data, captions and loader), paired in one process.
 
 Each round times ``--steps`` training steps with the default (up to 4 length groups) and the
-same steps with ``max_length_groups = 1`` on the same batches, alternating, and reports the
+same steps with ``length_groups = 1`` on the same batches, alternating, and reports the
 median step time of each and their ratio. Both compute the same features and gradients
 (``tests/test_models.py``): the ratio is pure speed. Needs the demo's shards (``make data``).
 
@@ -41,11 +41,11 @@ def paired(recipe: Path | None, data: Path, steps: int, rounds: int) -> dict[str
         batches = iter(trainer.loader)
         fixed = [next(batches) for _ in range(steps)]
         lengths = [float((b.tokens.argmax(-1) + 1).float().mean()) for b in fixed]
-        default = trainer.model.text.max_length_groups
+        default = trainer.model.text.length_groups
         times: dict[int, list[float]] = {default: [], 1: []}
         for _ in range(rounds):
             for groups in times:
-                trainer.model.text.max_length_groups = groups
+                trainer.model.text.length_groups = groups
                 for b in fixed[:2]:  # warm-up after the switch
                     trainer.train_step(b.images, b.tokens, b.second_tokens)
                 start = time.perf_counter()

@@ -47,17 +47,17 @@ LEVERS = {  # the levers, each on top of the faster of fp32 and bf16 for the mod
 def trainer_config(name: str, config: cliplab.CLIPConfig, n: int, **train: Any) -> Config:
     from dataclasses import asdict
 
-    overrides = {"embed_dim": config.embed_dim, "activation": config.text.activation}
-    overrides |= {f"vision_{k}": v for k, v in asdict(config.vision).items() if k != "kind"}
-    overrides |= {f"text_{k}": v for k, v in asdict(config.text).items() if k != "kind"}
-    overrides.pop("vision_activation", None)
-    overrides.pop("text_activation", None)
+    settings: dict[str, Any] = {"embed_dim": config.embed_dim}
+    patch_dropout = train.pop("patch_dropout", 0.0)  # a model setting
+    settings["vision"] = {k: v for k, v in asdict(config.vision).items() if k != "kind"}
+    settings["text"] = {k: v for k, v in asdict(config.text).items() if k != "kind"}
+    settings["vision"]["patch_dropout"] = patch_dropout
     if train.get("low_res_size") == "half":  # the multiple of the patch nearest half size
         patch = config.vision.patch_size
         train["low_res_size"] = max(patch, round(config.vision.image_size / 2 / patch) * patch)
     return Config.from_dict(
         {
-            "model": {"name": "tiny-vit", "overrides": overrides},
+            "model": {"name": "tiny-vit", **settings},
             "data": {"batch_size": n, "sources": [{"kind": "synthetic", "num_samples": 64}]},
             "optim": {"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.1},
             "train": {"steps": 100, **train},

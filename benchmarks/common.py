@@ -66,7 +66,8 @@ def demo_config() -> CLIPConfig:
     import tomllib
 
     recipe = tomllib.loads((ROOT / "src" / "cliplab" / "demo" / "recipe.toml").read_text())
-    return get_config(recipe["model"]["name"], **recipe["model"]["overrides"])
+    settings = {k: v for k, v in recipe["model"].items() if k != "name"}
+    return get_config(recipe["model"]["name"], **settings)
 
 
 def model_config(name: str) -> CLIPConfig:

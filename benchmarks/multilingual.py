@@ -27,12 +27,12 @@ from typing import Any
 from common import ROOT, machine, table, train_and_score, write
 
 import cliplab  # noqa: E402
-from cliplab.datasets.captions import (  # noqa: E402
+from cliplab.demo.train import run_steps  # noqa: E402
+from cliplab.recipes.captions import (  # noqa: E402
     EVAL_LANGUAGES,
     MultilingualCaptioner,
     caption_for,
 )
-from cliplab.demo.train import run_steps  # noqa: E402
 
 STYLES = {"validation": "emoji-emojione", "test": "emoji-google"}
 LANGUAGES = ("en", *EVAL_LANGUAGES)
@@ -50,15 +50,15 @@ SETS = [
 
 def caption_sources(fn: str) -> list[str]:
     """``--set`` values that give every source of the recipe the caption function ``fn``
-    (``module:function``; a bare name is one of ``cliplab.datasets.captions``)."""
-    fn = fn if ":" in fn else f"cliplab.datasets.captions:{fn}"
+    (``module:function``; a bare name is one of ``cliplab.recipes.captions``)."""
+    fn = fn if ":" in fn else f"cliplab.recipes.captions:{fn}"
     tables = ", ".join(f'{{kind = "shards", set = "{s}", caption_fn = "{fn}"}}' for s in SETS)
     return [f"data.sources=[{tables}]"]
 
 
 def text_context(length: int) -> list[str]:
     """``--set`` for the recipe's model with a text context of ``length`` tokens."""
-    return [f"model.overrides.text_context_length={length}"]
+    return [f"model.text.context_length={length}"]
 
 
 #: Trial captions: English and each of ``EVAL_LANGUAGES`` a fifth of the time.
@@ -89,7 +89,7 @@ def token_costs(data: Path, sample: int = 400) -> list[dict[str, Any]]:
     """Mean BPE tokens (without SOT/EOT) of a class name and of a caption per language, over
     ``sample`` emoji of the Twitter shards' metadata."""
     from cliplab.data.webdataset import WebDatasetSource
-    from cliplab.datasets.builders import shard_urls
+    from cliplab.recipes.builders import shard_urls
     from cliplab.tokenizer import default_tokenizer
 
     tokenizer = default_tokenizer()

@@ -6,7 +6,7 @@ candidate template sets with trained models on the validation style, Emoji One's
 (``emoji-emojione``: kept out of the demo's training, and what its recipe is chosen on),
 picks the set with the best mean top-1 there (over several models if given: the choice is
 then less tied to one run's noise), and prints the test styles beside it for information.
-The chosen set is ``cliplab.datasets.builders.emoji.TEMPLATES`` (and the bundled ``emoji``
+The chosen set is ``cliplab.recipes.builders.emoji.TEMPLATES`` (and the bundled ``emoji``
 template file). The test columns need the Apple/Facebook sets, which ``make reproduce``
 installs (or ``cliplab data install --only emoji-datasource-apple emoji-datasource-facebook``
 then ``cliplab data build emoji``).

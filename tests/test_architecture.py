@@ -22,7 +22,7 @@ APPLICATIONS = (
     "cliplab.train",
     "cliplab.serve",
     "cliplab.demo",
-    "cliplab.datasets",
+    "cliplab.recipes",
 )
 
 
@@ -125,7 +125,7 @@ def test_library_files_found() -> None:
         "cliplab.encode",
         "cliplab.evaluation.registry",
     } <= names
-    assert not names & {"cliplab.datasets.install", "cliplab.cli.evaluate", "cliplab.demo.plan"}
+    assert not names & {"cliplab.recipes.install", "cliplab.cli.evaluate", "cliplab.demo.plan"}
 
 
 @pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: module_name(p))

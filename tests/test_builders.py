@@ -19,12 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
+from cliplab.augment import Augment
 from cliplab.data.decode import ImageDecoder
-from cliplab.data.evalsets import load_classification_set, load_retrieval_set
+from cliplab.data.evalsets import load_classification, load_retrieval
 from cliplab.data.stream import ImageTextStream
 from cliplab.data.webdataset import WebDatasetSource
-from cliplab.datasets import captions, install
-from cliplab.datasets.builders import (
+from cliplab.recipes import captions, install
+from cliplab.recipes.builders import (
     BUILDERS,
     build,
     builder_of,
@@ -234,7 +235,7 @@ def test_emoji_build_outputs_and_cache(sources, tmp_path):
     assert outputs["shards", "emoji-twitter"].count == len(EMOJI)
     # class names in Korean where emojibase has them (English otherwise, counted); the
     # name alone as the prompt
-    korean = load_classification_set(out / "eval" / "emoji-google-ko")
+    korean = load_classification(out / "eval" / "emoji-google-ko")
     assert korean.classnames[1] == "고양이 얼굴" and korean.classnames[0] == "grinning face"
     assert korean.templates == ["{}"] and korean.meta["language"] == "ko"
     assert outputs["classification", "emoji-google-ko"].details["untranslated_labels"] == 5
@@ -242,15 +243,15 @@ def test_emoji_build_outputs_and_cache(sources, tmp_path):
     assert german.details["untranslated_labels"] == len(EMOJI)  # no German data here
     assert outputs["shards", "emoji-twitter-skins"].count == 1
     # the skin-tone variants as a test set: labelled with their base concept
-    skins = load_classification_set(out / "eval" / "emoji-twitter-skins")
+    skins = load_classification(out / "eval" / "emoji-twitter-skins")
     assert len(skins) == 1 and len(skins.classnames) == 1
     assert skins.classnames[0] in [e[2] for e in EMOJI]
     assert not (out / "shards" / "emoji-google").exists()
-    google = load_classification_set(out / "eval" / "emoji-google")
+    google = load_classification(out / "eval" / "emoji-google")
     assert google.classnames == [e[2] for e in EMOJI] and google.labels == list(range(len(EMOJI)))
     assert google.meta["style"] == "google" and "Apache" in google.meta["license"]
     assert google.image(0).getpixel((0, 0)) == (255, 255, 255)  # RGBA composited on white
-    pictorial = load_classification_set(out / "eval" / "emoji-google-pictorial")
+    pictorial = load_classification(out / "eval" / "emoji-google-pictorial")
     assert (
         "flag: France" not in pictorial.classnames and "light skin tone" not in pictorial.classnames
     )
@@ -311,7 +312,7 @@ def test_emoji_styles_match_icons_by_name_and_render_them(sources, tmp_path):
     assert set(metas) == {"1F600", "2764", "1F431", "1F44B-1F3FB"}
     assert metas["1F44B-1F3FB"]["base_hexcode"] == "1F44B" and metas["2764"]["style"] == "fxemoji"
     assert any("heart" in caption for caption in metas["2764"]["captions"])
-    evalset = load_classification_set(out / "eval" / "emoji-fxemoji")
+    evalset = load_classification(out / "eval" / "emoji-fxemoji")
     assert sorted(evalset.classnames) == ["cat face", "grinning face", "red heart"]
     # other styles are not installed: skipped with the install command, nothing built
     assert not (out / "shards" / "emoji-noto-v1").exists()
@@ -324,13 +325,13 @@ def test_validation_style_gets_translated_sets(sources, tmp_path):
     _iconify(sources, "emojione", {"cat-face": {"body": CIRCLE}, "red-heart": {"body": CIRCLE}}, {})
     out = tmp_path / "data"
     outputs = {(o.kind, o.name): o for o in emoji_styles.build(sources, out, log=QUIET)}
-    english = load_classification_set(out / "eval" / "emoji-emojione")
-    korean = load_classification_set(out / "eval" / "emoji-emojione-ko")
+    english = load_classification(out / "eval" / "emoji-emojione")
+    korean = load_classification(out / "eval" / "emoji-emojione-ko")
     assert english.classnames == ["cat face", "red heart"]
     assert korean.classnames == ["고양이 얼굴", "빨간색 하트"] and korean.templates == ["{}"]
     assert list(korean.labels) == list(english.labels)
     assert outputs["classification", "emoji-emojione-ko"].details["untranslated_labels"] == 0
-    japanese = load_classification_set(out / "eval" / "emoji-emojione-ja")  # not in the fixture
+    japanese = load_classification(out / "eval" / "emoji-emojione-ja")  # not in the fixture
     assert japanese.classnames == english.classnames  # English where a name is missing
     assert outputs["classification", "emoji-emojione-ja"].details["untranslated_labels"] == 2
     assert ("classification", "emoji-fxemoji-ko") not in outputs  # only the validation style
@@ -392,20 +393,16 @@ def test_training_streams_the_built_shards(sources, tmp_path):
     emoji.build(sources, out, log=QUIET)
     src = WebDatasetSource(shard_urls("emoji-twitter", out), name="emoji-twitter")
 
-    def transform(image, generator):
-        return torch.from_numpy(np.asarray(image.resize((16, 16)), dtype=np.float32)).permute(
-            2, 0, 1
-        )
-
     def tokenize(texts):
         return torch.tensor([[len(t)] for t in texts])
 
     stream = ImageTextStream(
         [src],
         ImageDecoder(16, caption_fn=captions.draw_caption),
-        transform,
+        Augment(),
         tokenize,
         batch_size=4,
+        image_size=16,
         shuffle_buffer=2,
     )
     batch = next(iter(stream))
@@ -468,7 +465,7 @@ def test_tuxpaint_build_keeps_photos_out_of_training(sources, tmp_path):
     meta = json.loads(samples[0].members["json"])
     assert meta["translations"]["de"] == "Eine Übersetzung."
 
-    retrieval = load_retrieval_set(out / "eval" / "tuxpaint-photos")
+    retrieval = load_retrieval(out / "eval" / "tuxpaint-photos")
     # mirrors are left out; each caption names one image
     assert sorted(c[0] for c in retrieval.captions) == [
         "A cat.",
@@ -476,7 +473,7 @@ def test_tuxpaint_build_keeps_photos_out_of_training(sources, tmp_path):
         "Two grinning faces on cats.",
     ]
     assert retrieval.rows[0]["translations"]["fr"] == "Une traduction."
-    photos = load_classification_set(out / "eval" / "tuxpaint-photos-emoji")
+    photos = load_classification(out / "eval" / "tuxpaint-photos-emoji")
     named = {row["stamp"]: photos.classnames[row["label"]] for row in photos.rows}
     # "A sea lion." is a reviewed false friend of "lion"-like labels; here no such label exists
     assert (
@@ -503,7 +500,7 @@ def test_openclipart_split_and_categories(sources, tmp_path, monkeypatch):
     meta = json.loads(samples[0].members["json"])
     assert meta["title"].endswith("& co") and meta["keywords"][0] in ("animals", "food", "special")
     assert meta["description"] == "made by hand"
-    s = load_classification_set(out / "eval" / "openclipart-categories")
+    s = load_classification(out / "eval" / "openclipart-categories")
     assert s.classnames == ["animal", "food"]  # "special" is not a category class
     assert len(s) == 6 and sorted(set(s.labels)) == [0, 1]
     keys_train = {json.loads(x.members["json"])["path"] for x in samples}
@@ -524,7 +521,7 @@ def test_fashion_mnist(sources, tmp_path):
     make_fashion(sources)
     out = tmp_path / "data"
     outputs = {o.name: o for o in fashion_mnist.build(sources, out, log=QUIET)}
-    test = load_classification_set(out / "eval" / "fashion-mnist-test")
+    test = load_classification(out / "eval" / "fashion-mnist-test")
     assert len(test) == 10 and test.labels == list(range(10)) and test.classnames[9] == "ankle boot"
     assert test.image(0).size == (28, 28) and "fashion" not in test.templates[0]
     assert outputs["fashion-mnist-train"].count == 12

@@ -22,7 +22,7 @@ from cliplab.data.decode import ImageDecoder
 from cliplab.data.shardwriter import ShardWriter
 from cliplab.data.sources import ShardsSpec, build_source, resolve_caption_fn, spec_from_dict
 from cliplab.data.stream import stable_seed
-from cliplab.datasets.captions import draw_caption
+from cliplab.recipes.captions import draw_caption
 from cliplab.tokenizer import tokenize
 from cliplab.train.data import TokenizeCaptions
 from cliplab.transforms import OPENAI_MEAN, OPENAI_STD
@@ -65,7 +65,7 @@ def shards(tmp_path: Path) -> Path:
                 writer.write("broken", {"png": b"\x89PNG\r\n\x1a\n not really", "json": "{}"})
                 writer.write("noimage", {"json": json.dumps(emoji_meta("x"))})
     (out / "build.json").write_text(
-        json.dumps({"caption_fn": "cliplab.datasets.captions:draw_caption"})
+        json.dumps({"caption_fn": "cliplab.recipes.captions:draw_caption"})
     )
     return out
 
@@ -267,7 +267,7 @@ def test_source_specs_are_typed_and_checked(shards: Path, tmp_path: Path) -> Non
     (shards / "build.json").write_text(
         json.dumps(
             {
-                "caption_fn": "cliplab.datasets.captions:draw_caption",
+                "caption_fn": "cliplab.recipes.captions:draw_caption",
                 "shards": [f"shard-{i:06d}.tar" for i in range(3)],
                 "output": {"count": 8},
             }

@@ -21,8 +21,8 @@ from cliplab.models import CLIP
 from test_models import openai_args, random_tokens, relative_error
 
 # Tiny models within OpenAI's conventions (64-wide heads), so its loader infers them exactly.
-VIT = get_config("tiny-vit", vision_heads=1, text_heads=1)
-RN = get_config("tiny-rn", text_heads=1)
+VIT = get_config("tiny-vit", vision={"heads": 1}, text={"heads": 1})
+RN = get_config("tiny-rn", text={"heads": 1})
 
 
 def features(model: torch.nn.Module, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +94,9 @@ def test_load_with_dtype_and_overrides(tmp_path: Path) -> None:
     gelu, _ = cliplab.load(path, activation="gelu")
     assert gelu.config.text.activation == "gelu"
     with pytest.raises(CheckpointError, match="missing keys"):
-        cliplab.load(path, text_layers=3)
+        cliplab.load(path, text={"layers": 3})
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        cliplab.load(path, text_width=128, text_heads=2)
+        cliplab.load(path, text={"width": 128, "heads": 2})
 
 
 # -- OpenAI --------------------------------------------------------------------------------

@@ -515,7 +515,7 @@ def test_real_captions_with_wordfreq(tmp_path):
     """The full recipe (wordfreq words, WordNet, PMI bigrams) on Tux Paint's real English
     descriptions and their real translations, mixed with generated junk."""
     pytest.importorskip("wordfreq")
-    from cliplab.datasets.builders.tuxpaint import load_stamps, stamps_root
+    from cliplab.recipes.builders.tuxpaint import load_stamps, stamps_root
 
     stamps, _ = load_stamps(stamps_root(REAL_SOURCES))
     rng = random.Random(0)
@@ -531,7 +531,7 @@ def test_real_captions_with_wordfreq(tmp_path):
         writer = csv.DictWriter(f, ["origin", "caption"])
         writer.writeheader()
         writer.writerows(rows)
-    from cliplab.datasets.install import source_path
+    from cliplab.recipes.install import source_path
 
     try:
         wordnet_dir = str(source_path("wordnet-base", REAL_SOURCES))

@@ -19,11 +19,9 @@ from cliplab.data.decode import (
     DEFAULT_MAX_CAPTION_CHARS,
     REASONS,
     ImageDecoder,
-    decode_image,
-    decode_sample,
     error_sample,
-    probe_image,
 )
+from cliplab.data.images import decode_image, probe_image
 from cliplab.data.stream import BadSample, RawSample
 
 
@@ -248,10 +246,9 @@ def test_long_captions_are_cut_at_a_word_boundary() -> None:
     )
 
 
-def test_decode_sample_function_form() -> None:
-    image, caption = decode_sample(
-        sample(jpg=JPEG, txt=b"x"), random.Random(0), image_size=24, background=None
-    )
+def test_decoder_resizes_to_the_shorter_side() -> None:
+    decoder = ImageDecoder(image_size=24, background=None)
+    image, caption = decoder(sample(jpg=JPEG, txt=b"x"), random.Random(0))
     assert image.size == (32, 24) and caption == "x"
 
 

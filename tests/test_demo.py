@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cliplab.cli import main
-from cliplab.datasets.builders import emoji_styles
+from cliplab.recipes.builders import emoji_styles
 from test_builders import (
     CIRCLE,
     _iconify,
@@ -26,7 +26,7 @@ TRAINING_STYLES = ("noto-v1", "emojione-v1", "emojione-monotone", "fxemoji", "st
 RECIPE = """
 [model]
 name = "tiny-vit"
-overrides = { activation = "gelu" }
+activation = "gelu"
 
 [data]
 batch_size = 4
@@ -235,7 +235,7 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
     icons = {"grinningface": {"body": CIRCLE}, "cat-face": {"body": CIRCLE}}
     _iconify(data / "sources", "emojione", icons, {})
     out = tmp_path / "reproduce"
-    tiny = {"embed_dim": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 1}
+    tiny = {"embed_dim": 16, "vision": {"width": 32, "layers": 1, "heads": 1}}
     report = run_reproduce(
         data,
         out,
@@ -283,7 +283,7 @@ def test_reproduce_on_fake_sources(tmp_path: Path) -> None:
                for p in results["prompts"])  # fmt: skip
     no_bare = json.loads((out / "runs" / "captions-no-bare" / "config.json").read_text())
     assert {s["caption_fn"] for s in no_bare["data"]["sources"]} == {
-        "cliplab.datasets.captions:draw_caption_no_bare_label"
+        "cliplab.recipes.captions:draw_caption_no_bare_label"
     }
     assert no_bare["train"]["steps"] == 3  # the demo model's steps
     assert "**captions-no-bare model.**" in text and "median over 2 tasks" in text
@@ -330,13 +330,39 @@ def test_fit_steps_times_both_phases_of_a_low_resolution_recipe(
     assert fitted_low == 8640
 
 
+def test_fit_steps_leaves_the_time_after_training_before_a_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cliplab demo --within 15`` (``make demo``): the training budget is what is left
+    before the deadline, less what comes after the timing; never more than --minutes."""
+    import time
+
+    from cliplab.demo import train as demo_train
+    from train_helpers import tiny_config
+
+    monkeypatch.setattr(demo_train, "time_steps", lambda config: 1000.0)
+    config = tiny_config(
+        train={"steps": 1_000_000}, data={"batch_size": 10}, output=str(tmp_path / "a")
+    )
+    said: list[str] = []
+    after = demo_train.AFTER_TIMING_MINUTES
+    deadline = time.time() + (after + 2.0) * 60  # 2 minutes left for training
+    fitted = demo_train.fit_steps(config, 8.5, log=said.append, deadline=deadline)
+    assert 10_700 <= fitted.train.steps <= 10_800  # 120 s x 1000 pairs/s x 0.9 / 10
+    assert any("min left for training before the deadline" in m for m in said)
+    roomy = time.time() + 60 * 60  # an hour left: --minutes is the budget
+    assert demo_train.fit_steps(config, 1.0, deadline=roomy).train.steps == 5400
+    # past the deadline already: the shortest budget (6 s), not an error
+    assert demo_train.fit_steps(config, 8.5, deadline=time.time() - 60).train.steps == 540
+
+
 def test_training_gflops_counts_a_low_resolution_phase_at_its_size() -> None:
     """The compute-scaling study's FLOPs: a low-resolution phase's steps cost what its
     smaller images cost (fewer patches), weighted by the share of steps it takes."""
     import cliplab
     from cliplab.demo.reproduce import training_gflops
 
-    model = cliplab.create_model("tiny-vit", vision_image_size=32, vision_patch_size=8)
+    model = cliplab.create_model("tiny-vit", vision={"image_size": 32, "patch_size": 8})
     full = training_gflops(model)
     low = training_gflops(model, low_res=(16, 1.0))  # 4 patches instead of 16
     assert 0 < low < 0.8 * full

@@ -328,7 +328,7 @@ def test_bad_input_exits_2(sets, tmp_path, capsys) -> None:
     # a model setting reaches cliplab.load: --set activation=gelu on an OpenCLIP-GELU-like model
     argv = ["eval", "zeroshot", *common(tmp_path), "--dataset", str(sets["circles"]), "--quiet"]
     assert main([*argv, "--set", "activation=gelu"]) == 0
-    assert main([*argv, "--set", "vision_heads=3"]) == 2  # 64 is not divisible by 3
+    assert main([*argv, "--set", "vision.heads=3"]) == 2  # 64 is not divisible by 3
 
 
 def test_eval_subcommands_and_flags_come_from_the_registry() -> None:

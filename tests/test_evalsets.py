@@ -10,8 +10,8 @@ from PIL import Image
 from cliplab.data.evalsets import (
     EvalSetWriter,
     is_evalset,
-    load_classification_set,
-    load_retrieval_set,
+    load_classification,
+    load_retrieval,
     read_meta,
     write_classification_set,
     write_retrieval_set,
@@ -43,11 +43,11 @@ def test_classification_roundtrip(tmp_path):
     )
     assert meta["num_images"] == 3 and meta["num_classes"] == 2
     assert meta["chance"] == pytest.approx(0.5) and meta["majority"] == pytest.approx(2 / 3)
-    s = load_classification_set(path)
+    s = load_classification(path)
     assert len(s) == 3 and s.labels == [0, 1, 1] and s.classnames == ["red square", "blue square"]
     assert s.templates == ["a photo of a {}.", "{}"] and s.name == "toy"
     assert s.rows[0]["key"] == "r" and s.class_info == [{"id": "r"}, {"id": "b"}]
-    assert s.class_members == [["crimson square"], ["navy square", "azure square"]]
+    assert s.class_members == (("crimson square",), ("navy square", "azure square"))
     assert all(p.is_file() and p.parent.name == "images" for p in s.images)
     image = s.image(0)
     # transparency was composited onto white at write time: a plain RGB file on disk
@@ -57,26 +57,27 @@ def test_classification_roundtrip(tmp_path):
     assert is_evalset(path) and read_meta(path)["license"] == "CC0"
 
 
-def test_matches_the_evaluators_dataclass(tmp_path):
-    from cliplab.evaluation import datasets
+def test_readers_return_the_evaluation_types(tmp_path):
+    """The evaluators take what the readers return, with the index rows kept in step."""
+    import cliplab.evaluation
+    from cliplab.data.evalsets import ClassificationSet, RetrievalSet
 
+    items = [(Image.new("RGB", (8, 8), (i, 0, 0)), i % 2, {"n": i}) for i in range(4)]
     write_classification_set(
-        tmp_path / "s",
-        [(Image.new("RGB", (8, 8)), 0)],
-        name="s",
-        classnames=["a"],
-        templates=["{}"],
+        tmp_path / "c", items, name="c", classnames=["a", "b"], templates=["{}"]
     )
-    s = load_classification_set(tmp_path / "s")
-    wrapped = datasets.ClassificationSet(
-        images=s.images,
-        labels=s.labels,
-        classnames=s.classnames,
-        templates=s.templates,
-        name=s.name,
-        meta=s.meta,
+    s = load_classification(tmp_path / "c")
+    assert (
+        type(s) is ClassificationSet
+        and cliplab.evaluation.load_classification is load_classification
     )
-    assert len(wrapped) == 1 and wrapped.num_classes == 1
+    assert [r["n"] for r in s.subset([3, 1]).rows] == [3, 1]
+    assert [r["n"] for r in s.only_classes(["b"]).rows] == [1, 3]
+    assert s.subset([3, 1]).image(0).getpixel((0, 0)) == (3, 0, 0)
+    write_retrieval_set(tmp_path / "r", [(Image.new("RGB", (8, 8)), ["x"])], name="r")
+    assert type(load_retrieval(tmp_path / "r")) is RetrievalSet
+    with pytest.raises(ValueError, match="index rows"):
+        ClassificationSet(images=s.images, labels=s.labels, classnames=s.classnames, rows=[{}])
 
 
 def test_retrieval_roundtrip(tmp_path):
@@ -86,12 +87,12 @@ def test_retrieval_roundtrip(tmp_path):
     ]
     meta = write_retrieval_set(tmp_path / "r", items, name="r", description="squares")
     assert meta["num_images"] == 2 and meta["num_captions"] == 3
-    s = load_retrieval_set(tmp_path / "r")
+    s = load_retrieval(tmp_path / "r")
     assert s.captions == [["a red square", "red"], ["a black square"]]
     assert s.texts == ["a red square", "red", "a black square"] and s.text_to_image == [0, 0, 1]
     assert s.rows[1]["id"] == 7 and s.image(1).mode == "RGB"
     with pytest.raises(ValueError, match="not 'classification'"):
-        load_classification_set(tmp_path / "r")
+        load_classification(tmp_path / "r")
 
 
 def test_a_failed_write_leaves_nothing(tmp_path):
@@ -109,7 +110,7 @@ def test_rewriting_replaces_the_old_set(tmp_path):
         write_retrieval_set(
             path, [(Image.new("RGB", (8, 8)), [f"caption {i}"]) for i in range(n)], name="s"
         )
-    assert len(load_retrieval_set(path)) == 1 and len(list((path / "images").iterdir())) == 1
+    assert len(load_retrieval(path)) == 1 and len(list((path / "images").iterdir())) == 1
 
 
 @pytest.mark.parametrize(
@@ -153,12 +154,12 @@ def test_reader_rejects_malformed_sets(tmp_path):
     index = path / "index.jsonl"
     index.write_text(json.dumps({"file": "images/000000.png", "label": 5}) + "\n")
     with pytest.raises(ValueError, match="labels outside"):
-        load_classification_set(path)
+        load_classification(path)
     index.write_text(json.dumps({"file": "../../etc/passwd", "label": 0}) + "\n")
     with pytest.raises(ValueError, match="leaves"):
-        load_classification_set(path)
+        load_classification(path)
     with pytest.raises(FileNotFoundError):
-        load_classification_set(tmp_path / "missing")
+        load_classification(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("members", [[["a"]], {"a": 1}, [["x"], [2]], [["x"], "y"]])
@@ -166,17 +167,17 @@ def test_malformed_class_members_is_a_clear_error(tmp_path, members):
     path = tmp_path / "toy"
     items = [(_rgba((255, 0, 0)), 0), (_rgba((0, 0, 255)), 1)]
     write_classification_set(path, items, name="toy", classnames=["r", "b"], templates=["{}"])
-    assert load_classification_set(path).class_members is None
+    assert load_classification(path).class_members is None
     (path / "class_members.json").write_text(json.dumps(members))
     with pytest.raises(ValueError, match="one list of names per class"):
-        load_classification_set(path)
+        load_classification(path)
 
 
 def test_only_classes_is_a_smaller_task_renumbered() -> None:
     """A held-out slice of classes: their examples, classified among them alone."""
     import torch
 
-    from cliplab.evaluation.datasets import ClassificationSet
+    from cliplab.data.evalsets import ClassificationSet
 
     full = ClassificationSet(
         images=torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4),

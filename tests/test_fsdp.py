@@ -78,7 +78,7 @@ def test_fsdp_equals_ddp_and_its_sharded_checkpoints_reload_anywhere(tmp_path: P
     folder = Path(f"{out}-fsdp") / "checkpoints" / "step_00000003.dcp"
     assert folder.is_dir() and (folder / ckpt.EXTRA).is_file()
     single = Trainer(_config("ddp"))
-    ckpt.load_sharded_checkpoint(folder, single.model, single.optimizer)
+    ckpt.load_sharded_train_state(folder, single.model, single.optimizer)
     assert max_abs_diff(single.model.state_dict(), fsdp["weights"]) == 0.0
     assert any(s for s in single.optimizer.state.values())  # Adam moments came back too
     assert not list(folder.parent.glob(".*.tmp"))

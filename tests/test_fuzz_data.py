@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 import cliplab
+from cliplab.augment import Augment
 from cliplab.data import ImageTextStream, StreamingLoader
 from cliplab.data.decode import ImageDecoder
 from cliplab.data.stream import BadSample, RawSample
@@ -305,13 +306,6 @@ def test_every_record_decodes_or_is_counted_exactly(fuzz) -> None:
     assert seen == counts
 
 
-def to_tensor(image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-    array = np.asarray(image.resize((16, 16)), dtype=np.float32) / 255
-    return torch.from_numpy(array).permute(2, 0, 1) + 0.01 * torch.rand(
-        3, 16, 16, generator=generator
-    )
-
-
 def tokenize(captions: list[str]) -> torch.Tensor:
     return cliplab.tokenize(captions, context_length=16, truncate=True)
 
@@ -325,9 +319,10 @@ def test_through_the_streaming_loader_with_workers(fuzz) -> None:
     stream = ImageTextStream(
         [source],
         ImageDecoder(image_size=16),
-        to_tensor,
+        Augment(),
         tokenize,
         batch_size,
+        image_size=16,
         seed=5,
         shuffle_buffer=buffer,
         batches_per_epoch=batches,

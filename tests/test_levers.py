@@ -42,11 +42,15 @@ def _openclip_pair(image_size: int = 32, patch_dropout: float = 0.0) -> tuple[CL
     }
     text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
     ref = refs.perturb_(oc.model.CLIP(32, vision_cfg, text_cfg, quick_gelu=True), seed=3)
-    config = CLIPConfig(
-        embed_dim=32,
-        vision=ViTConfig(image_size=image_size, patch_size=8, width=64, layers=2, heads=2),
-        text=TextConfig(width=64, heads=2, layers=2),
+    vision = ViTConfig(
+        image_size=image_size,
+        patch_size=8,
+        width=64,
+        layers=2,
+        heads=2,
+        patch_dropout=patch_dropout,
     )
+    config = CLIPConfig(embed_dim=32, vision=vision, text=TextConfig(width=64, heads=2, layers=2))
     ours = CLIP(config)
     ours.load_state_dict(openai.from_openai(ref.state_dict()))
     return ours, ref
@@ -56,8 +60,7 @@ def _openclip_pair(image_size: int = 32, patch_dropout: float = 0.0) -> tuple[CL
 
 
 def test_patch_dropout_equals_open_clips_for_the_same_seed() -> None:
-    ours, ref = _openclip_pair(patch_dropout=0.5)
-    ours.visual.patch_dropout = 0.5
+    ours, ref = _openclip_pair(patch_dropout=0.5)  # a model setting (vision.patch_dropout)
     ours.train()
     ref.train()
     images = torch.randn(4, 3, 32, 32)
@@ -89,8 +92,8 @@ def test_drop_patches_keeps_the_class_token_and_distinct_patches() -> None:
         assert all(x[b, 1, 0] <= k <= x[b, 16, 0] for k in kept)  # patches of this image
 
 
-def test_trainer_sets_patch_dropout_for_training_only() -> None:
-    trainer = Trainer(tiny_config(data={"batch_size": 8}, train={"patch_dropout": 0.5}))
+def test_patch_dropout_is_a_model_setting_for_training_only(tmp_path) -> None:
+    trainer = Trainer(tiny_config(data={"batch_size": 8}, model={"vision": {"patch_dropout": 0.5}}))
     seen: list[int] = []
     hook = trainer.model.visual.transformer.register_forward_pre_hook(
         lambda m, args, kwargs=None: seen.append(args[0].shape[1])
@@ -103,8 +106,12 @@ def test_trainer_sets_patch_dropout_for_training_only() -> None:
         trainer.model.encode_image(torch.randn(2, 3, 32, 32))
     hook.remove()
     assert seen[0] == 1 + 8 and seen[-1] == 1 + 16  # 16 patches: 8 kept in training
-    with pytest.raises(ValueError, match="needs a ViT"):
-        Trainer(tiny_config(model={"name": "tiny-rn"}, train={"patch_dropout": 0.5}))
+    cliplab.save(trainer.model, tmp_path / "model")  # the saved model says how it trained
+    assert cliplab.load(tmp_path / "model")[0].config.vision.patch_dropout == 0.5
+    with pytest.raises(ValueError, match="unknown model setting 'vision.patch_dropout'"):
+        tiny_config(model={"name": "tiny-rn", "vision": {"patch_dropout": 0.5}})
+    with pytest.raises(ValueError, match="train.patch_dropout is now model.vision.patch_dropout"):
+        tiny_config(train={"patch_dropout": 0.5})
 
 
 # -- any input size, and the low-resolution phase --------------------------------------------
@@ -196,9 +203,7 @@ def test_inductor_compiled_training_equals_eager() -> None:
     batches = [fixed_batch(8, seed=20), fixed_batch(8, seed=21)]
     eager = Trainer(tiny_config(data={"batch_size": 8}))
     r_eager, g_eager = run_steps(eager, batches)
-    compiled = Trainer(
-        tiny_config(data={"batch_size": 8}, train={"compile": True, "patch_dropout": 0.0})
-    )
+    compiled = Trainer(tiny_config(data={"batch_size": 8}, train={"compile": True}))
     r_comp, g_comp = run_steps(compiled, batches)
     assert compiled.config.train.compile_backend == "inductor"
     assert max(abs(a.loss - b.loss) for a, b in zip(r_eager, r_comp)) < 1e-4

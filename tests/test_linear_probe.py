@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import refs
-from cliplab.evaluation.datasets import ClassificationSet
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.evaluation.effective_robustness import (
     Baseline,
     EvalSplit,

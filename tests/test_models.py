@@ -143,7 +143,7 @@ def test_logit_scale_initialised_to_temperature_0_07() -> None:
 def test_parity_with_openai_model_code(kind: str, half_text: bool) -> None:
     """Same weights in OpenAI's clip/model.py and in cliplab give the same features."""
     # OpenAI's code fixes the vision heads at width / 64 (one head for tiny-vit's width 64)
-    config = get_config("tiny-vit", vision_heads=1) if kind == "vit" else PRESETS["tiny-rn"]
+    config = get_config("tiny-vit", vision={"heads": 1}) if kind == "vit" else PRESETS["tiny-rn"]
     ref = refs.perturb_(refs.openai_model_module().CLIP(*openai_args(config)).eval())
     ours = CLIP(config).eval()
     ours.load_state_dict(openai.from_openai(ref.state_dict()))
@@ -167,7 +167,7 @@ def test_trim_padding_is_exact() -> None:
     tokens[0, 0], tokens[0, 1], tokens[0, 2] = 49406, 320, 49407
     with torch.no_grad():
         trimmed = model.encode_text(tokens)
-        model.text.trim_padding = False
+        model.text.length_groups = 0
         full = model.encode_text(tokens)
     assert relative_error(trimmed, full) <= 1e-6
 
@@ -225,7 +225,7 @@ def test_length_grouped_text_tower_is_exact_with_gradients() -> None:
 
     def run(grouped: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad()
-        model.text.trim_padding = grouped
+        model.text.length_groups = 4 if grouped else 0
         features = model.encode_text(tokens)
         (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
         return features.detach(), [p.grad.clone() for p in model.text.parameters()]
@@ -329,14 +329,20 @@ def test_names_and_aliases() -> None:
 
 
 def test_overrides_and_config_validation() -> None:
-    config = get_config("ViT-B/32", activation="gelu", context_length=64, vision_layers=3)
+    config = get_config("ViT-B/32", activation="gelu", context_length=64, vision={"layers": 3})
     assert config.text.activation == config.vision.activation == "gelu"
     assert config.text.context_length == 64 and config.vision.layers == 3
     assert CLIPConfig.from_dict(config.to_dict()) == config
     rn = get_config("RN50", image_size=256)
     assert CLIPConfig.from_dict(rn.to_dict()) == rn and rn.vision.image_size == 256
-    with pytest.raises(ValueError, match="unknown override 'depth'"):
+    with pytest.raises(ValueError, match="unknown model setting 'depth'"):
         get_config("RN50", depth=3)
+    with pytest.raises(ValueError, match="'vision_layers' is now 'vision.layers'"):
+        get_config("ViT-B-32", vision_layers=3)
+    with pytest.raises(ValueError, match="unknown model setting 'vision.patch_dropout'"):
+        get_config("RN50", **{"vision.patch_dropout": 0.5})  # a ViT setting
+    dotted = get_config("ViT-B-32", **{"vision.layers": 3, "text.length_groups": 1})
+    assert dotted.vision.layers == 3 and dotted.text.length_groups == 1
     with pytest.raises(ValueError, match="multiple of 32"):
         get_config("RN50", image_size=100)
     with pytest.raises(ValueError, match="multiple of patch_size"):
@@ -408,7 +414,7 @@ def with_bug(model: CLIP, bug: str) -> CLIP:
 
 def parity_errors(perturbed: bool, bug: str | None = None) -> tuple[float, float]:
     """Relative error of cliplab's image and text features against OpenAI's code."""
-    config = get_config("tiny-vit", vision_heads=1)
+    config = get_config("tiny-vit", vision={"heads": 1})
     ref = refs.openai_model_module().CLIP(*openai_args(config)).eval()
     if perturbed:
         refs.perturb_(ref)

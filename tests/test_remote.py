@@ -174,9 +174,8 @@ def test_curation_eval_sets_and_embed_read_s3(data: Path, tmp_path: Path) -> Non
 
     import cliplab
     from cliplab.cli import main
-    from cliplab.data.evalsets import EvalSetWriter, load_classification_set
+    from cliplab.data.evalsets import EvalSetWriter, load_classification
     from cliplab.encode import encode_images
-    from cliplab.evaluation.datasets import load_classification
     from cliplab.search.collection import Collection
 
     with EvalSetWriter(
@@ -198,11 +197,11 @@ def test_curation_eval_sets_and_embed_read_s3(data: Path, tmp_path: Path) -> Non
         kept = [(tmp_path / f"curate-{n}" / "kept.jsonl").read_text() for n in ("local", "s3")]
         assert kept[0] == kept[1] and kept[0].count("\n") == 20  # 5 each: red, green, blue, square
         # an evaluation set
-        remote, local = (load_classification_set(u) for u in (f"{url}/evalset", data / "evalset"))
+        remote, local = (load_classification(u) for u in (f"{url}/evalset", data / "evalset"))
         assert remote.labels == local.labels and remote.classnames == local.classnames
         assert all(str(i).startswith("s3://") for i in remote.images)
         model, preprocess = cliplab.load("random:tiny-vit")
-        a = encode_images(model, load_classification(f"{url}/evalset").images, preprocess)
+        a = encode_images(model, remote.images, preprocess)
         b = encode_images(model, local.images, preprocess)
         assert torch.equal(a, b)
         argv = ["eval", "zeroshot", "--model", "random:tiny-vit", "--no-cache", "--quiet"]

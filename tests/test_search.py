@@ -170,6 +170,46 @@ def test_embed_shards_and_manifests_with_bad_records(tmp_path: Path) -> None:
     assert Collection(tmp_path / "m").row(1)["path"] == str((tmp_path / "b.png").resolve())
 
 
+def test_embed_rejects_records_for_the_training_decoders_reasons() -> None:
+    """The search path decodes through the training decoder: a bad record gets the reason
+    training would count; images training would skip for its own rules (tiny, banners) are
+    embedded; transparency is composited on white before the model's preprocessing."""
+    import io
+    import random
+
+    from cliplab.data.decode import ImageDecoder, error_sample
+    from cliplab.data.images import rgb
+    from cliplab.data.stream import BadSample, RawSample
+    from cliplab.search.batches import decode
+
+    _, preprocess = cliplab.load(MODEL)
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    bad = {
+        "malformed-member": error_sample("a", ""),
+        "truncated-tar": error_sample("b", "truncated-tar", detail="cut"),
+        "no-image": RawSample("c", {"txt": b"words only"}),
+        "zero-bytes": RawSample("d", {"png": b""}),
+        "not-an-image": RawSample("e", {"png": b"plain text, named .png"}),
+        "truncated-image": RawSample("f", {"png": png(Image.new("RGB", (64, 64)))[:60]}),
+    }
+    for reason, record in bad.items():
+        assert decode(record, None, preprocess, captions=True).reason == reason
+        with pytest.raises(BadSample, match=reason):
+            ImageDecoder()(RawSample(record.key, {**record.members, "txt": b"x"}), random.Random(0))
+    for size in ((2, 2), (400, 20)):  # too small / too wide to train on, still searchable
+        item = decode(RawSample("g", {"png": png(Image.new("RGB", size))}), None, preprocess, False)
+        assert item.reason is None and (item.width, item.height) == size
+    clear = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    item = decode(RawSample("h", {"png": png(clear), "txt": b" red "}), None, preprocess, True)
+    assert torch.equal(item.pixels, preprocess(rgb(clear))) and item.caption == "red"
+    assert not torch.equal(item.pixels, preprocess(clear))  # not OpenAI's dropped alpha
+
+
 def synthetic_collection(path: Path, n: int, dim: int = 32, seed: int = 0) -> Collection:
     """A collection of ``n`` clustered unit vectors, written as `cliplab embed` would."""
     from cliplab.search.embed import _PartWriter

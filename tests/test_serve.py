@@ -210,6 +210,69 @@ def test_server_never_reads_outside_the_collection(server: str, collection: Path
         assert response.status_code in (404, 422) and "do not serve" not in response.text
 
 
+def test_images_of_collections_in_object_storage(tmp_path: Path) -> None:
+    """Collections embedded from WebDataset shards and from image files that sit in an
+    S3-compatible server (moto on 127.0.0.1): `/image/{id}` answers every image's original
+    bytes, read from the shard member by key or from the file; a bad id is a 4xx."""
+    pytest.importorskip("moto", reason="needs moto[server]: pip install 'cliplab[scale]'")
+    pytest.importorskip("s3fs", reason="needs s3fs: pip install 'cliplab[scale]'")
+    from fastapi.testclient import TestClient
+
+    from cliplab.data.shardwriter import ShardWriter
+    from cliplab.serve import create_app
+    from objectstore import object_store
+
+    local = tmp_path / "data"
+    (local / "images").mkdir(parents=True)
+    originals: dict[str, bytes] = {}  # shard key or file name -> bytes
+
+    def original(row: dict) -> bytes:
+        return originals[row["key"] if row["path"].endswith(".tar") else row["path"][-7:]]
+
+    rows = ["image,caption"]
+    with ShardWriter(local / "shards", max_samples=3) as writer:
+        for i in range(7):
+            name = list(COLOURS)[i % 3]
+            data = png_bytes(COLOURS[name], 32 + i)
+            writer.write(f"s{i:02d}", {"png": data, "txt": f"a {name} square"})
+            originals[f"s{i:02d}"] = data
+            (local / "images" / f"f{i:02d}.png").write_bytes(data)
+            originals[f"f{i:02d}.png"] = data
+            rows.append(f"images/f{i:02d}.png,a {name} square")
+    (local / "manifest.csv").write_text("\n".join(rows) + "\n")
+    model, preprocess = cliplab.load("random:tiny-vit")
+    with object_store() as store:
+        url = store.upload(local, "serve")
+        sources = {
+            "shards": f"{url}/shards/shard-{{000000..000002}}.tar",
+            "files": f"{url}/manifest.csv",
+        }
+        for name, source in sources.items():
+            out = tmp_path / name
+            embed(spec_for_path(source), out, model, preprocess, model_spec="random:tiny-vit",
+                  progress=False)  # fmt: skip
+            collection = Collection(out)
+            assert len(collection) == 7 and collection.from_shards == (name == "shards")
+            client = TestClient(create_app(Searcher(out, model, preprocess)))
+            for i in range(7):
+                row = collection.row(i)
+                assert row["path"].startswith("s3://cliplab/serve/"), row
+                response = client.get(f"/image/{i}")
+                assert response.status_code == 200, response.text
+                assert response.content == original(row)
+                assert response.headers["content-type"] == "image/png"
+            hit = client.get("/search", params={"q": "a red square", "k": 1}).json()["results"][0]
+            assert client.get(hit["url"]).content == original(hit)
+            for bad in ("7", "-1", "x", "..%2Fmanifest.csv", "0/../../manifest.csv"):
+                response = client.get(f"/image/{bad}")
+                assert response.status_code in (404, 422) and "Traceback" not in response.text
+        # a shard that went away: a 404, never a 500
+        store.client().delete_object(Bucket="cliplab", Key="serve/shards/shard-000000.tar")
+        gone = TestClient(create_app(Searcher(tmp_path / "shards", model, preprocess)))
+        assert gone.get("/image/0").status_code == 404
+        assert gone.get("/image/6").status_code == 200
+
+
 # --------------------------------------------------------------------------- the browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

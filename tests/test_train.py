@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_toml_config_with_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(
-        'output = "runs/x"\n[model]\nname = "tiny-rn"\n[model.overrides]\nembed_dim = 48\n'
+        'output = "runs/x"\n[model]\nname = "tiny-rn"\nembed_dim = 48\n[model.text]\nlayers = 1\n'
         '[data]\nbatch_size = 32\n[[data.sources]]\nkind = "synthetic"\nnum_samples = 100\nweight = 2\n'
         '[train]\nsteps = 10\nprecision = "bf16"\n'
     )
@@ -45,12 +45,22 @@ def test_toml_config_with_overrides(tmp_path: Path) -> None:
             "train.steps=20",
             "model.name=tiny-vit",
             f"eval.sets={sets}",
-            "activation=gelu",  # a bare key is a model setting, as in every command
+            "activation=gelu",  # a path outside the sections is a model setting, as everywhere
+            "text.heads=2",
+            "model.vision.patch_dropout=0.25",
         ],
     )
     assert config.output == "runs/x"
     assert config.model.name == "tiny-vit"
-    assert config.model.overrides == {"embed_dim": 48, "activation": "gelu"}
+    assert config.model.settings == {
+        "embed_dim": 48,
+        "text.layers": 1,
+        "activation": "gelu",
+        "text.heads": 2,
+        "vision.patch_dropout": 0.25,
+    }
+    model = config.model.model_config()
+    assert model.text.layers == 1 and model.text.heads == 2 and model.vision.patch_dropout == 0.25
     assert config.data.batch_size == 32 and config.data.sources[0].weight == 2
     assert config.optim.lr == 1e-3 and isinstance(config.optim.lr, float)
     assert config.train.steps == 20 and config.train.precision == "bf16"
@@ -69,7 +79,7 @@ def test_toml_config_with_overrides(tmp_path: Path) -> None:
         ("train.steps=ten", "train.steps must be a int"),
         ("model.name=ViT-Z", "unknown model"),
         ("=3", "--set expects KEY=VALUE"),
-        ("train", "--set expects KEY=VALUE, got .train."),
+        ("train", "--set expects KEY=VALUE .KEY a dotted path., got .train."),
         ("train=3", "name a key inside \\[train\\]"),
         ("activation=relu", "activation must be one of"),
         ('eval.sets=[{protocol = "zeroshoot", dataset = "x"}]', "unknown evaluation protocol"),
@@ -80,6 +90,12 @@ def test_toml_config_with_overrides(tmp_path: Path) -> None:
         ),
         ('data.sources=[{kind = "shards", sets = "x"}]', "did you mean 'set'"),
         ("train.accum_steps=0", "accum_steps must be >= 1"),
+        ("vision.widht=3", "did you mean 'vision.width'"),
+        ("vision_width=3", "'vision_width' is now 'vision.width'"),
+        ("model.overrides.embed_dim=3", "model.overrides is gone"),
+        ("data.crop_scale=[0.5, 1]", "data.crop_scale is now data.augment.crop_scale"),
+        ("data.augment=false", "data.augment is a table now: data.augment.crop = false"),
+        ("train..steps=3", "--set expects KEY=VALUE"),
     ],
 )
 def test_config_errors_are_clear(override: str, message: str) -> None:
@@ -234,7 +250,7 @@ def test_compile_option_runs() -> None:
     trainer = Trainer(
         tiny_config(data={"batch_size": 8}, train={"compile": True, "compile_backend": "eager"})
     )
-    assert trainer.model.text.trim_padding is False
+    assert trainer.model.text.length_groups == 0
     result = trainer.train_step(*fixed_batch(8, seed=9))
     assert math.isfinite(result.loss) and result.skipped is None
 
@@ -242,7 +258,7 @@ def test_compile_option_runs() -> None:
 def test_logit_scale_is_clamped_at_100() -> None:
     trainer = Trainer(tiny_config(data={"batch_size": 8}))
     with torch.no_grad():
-        trainer.model.logit_scale.fill_(MAX_LOGIT_SCALE + 1.0)
+        trainer.model.logit_scale.fill_(math.log(MAX_LOGIT_SCALE) + 1.0)
     trainer.train_step(*fixed_batch(8, seed=10))
     assert float(trainer.model.logit_scale.detach().exp()) <= 100.0 + 1e-4
 
@@ -420,7 +436,7 @@ def test_training_time_retrieval_is_the_retrieval_protocol() -> None:
     the same figures as the protocol on the same pairs, and the mode is restored."""
     from cliplab.encode import FeatureStore
     from cliplab.evaluation.registry import get
-    from cliplab.train.evaluation import synthetic_retrieval_evaluator
+    from cliplab.evaluation.training import synthetic_retrieval_evaluator
     from cliplab.transforms import EvalTransform
 
     evaluator = synthetic_retrieval_evaluator(24, batch_size=7)

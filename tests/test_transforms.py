@@ -466,5 +466,3 @@ def test_to_normalized_tensor() -> None:
     assert torch.equal(custom, T.Normalize([0.5] * 3, [0.5] * 3)(T.ToTensor()(image)))
     with pytest.raises(ValueError, match="RGB"):
         to_normalized_tensor(make_image("L", 6, 5))
-
-

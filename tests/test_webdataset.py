@@ -18,11 +18,18 @@ import torch
 from PIL import Image
 
 import cliplab
+from cliplab.augment import Augment
 from cliplab.data import ImageTextStream, StreamingLoader
 from cliplab.data.decode import ERROR_MEMBER, ImageDecoder
 from cliplab.data.shardwriter import ShardWriter
 from cliplab.data.sources import build_source
-from cliplab.data.webdataset import WebDatasetSource, expand_urls, stream_share
+from cliplab.data.webdataset import (
+    ShardIndex,
+    WebDatasetSource,
+    expand_urls,
+    iter_tar_records,
+    stream_share,
+)
 
 
 def jpeg(seed: int, size: tuple[int, int] = (24, 20)) -> bytes:
@@ -289,6 +296,49 @@ def test_compressed_and_piped_shards(tmp_path: Path) -> None:
         WebDatasetSource(f"pipe:cat {tmp_path / 's.tar'}").num_samples()
 
 
+def test_shard_index_reads_members_back_by_key(tmp_path: Path) -> None:
+    """A sample's members read back by key and byte range equal what streaming gives, under
+    the same key rules; a compressed shard is read through; bad shards are clear errors."""
+    members = [
+        ("dir/sub/a.JPG", jpeg(1)),
+        ("dir/sub/a.txt", b"first"),
+        ("dir/sub/a.seg.png", b"mask"),
+        ("b.jpg", jpeg(2)),
+        ("dir/sub/a.txt", b"later"),  # the key again, not consecutive: the first sample wins
+        ("c.png", jpeg(3)),
+    ]
+    write_tar(tmp_path / "s.tar", members)
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
+    index = ShardIndex(size=1)
+    for url in (str(tmp_path / "s.tar"), str(tmp_path / "s.tar.gz")):
+        streamed = {r.key: r.members for r in reversed(list(iter_tar_records(url)))}
+        for key in ("dir/sub/a", "b"):
+            ext, data = index.read_member(url, key, ("png", "jpg", "txt"))
+            assert data == streamed[key][ext] and ext == "jpg"
+        assert index.read_member(url, "dir/sub/a", ("txt",)) == ("txt", b"first")
+        assert index.read_member(url, "dir/sub/a", ("seg.png",)) == ("seg.png", b"mask")
+        assert index.read_member(url, "c", ("jpg", "png")) == ("png", jpeg(3))
+        assert index.read_member(url, "nope", ("jpg",)) is None
+        assert index.read_member(url, "b", ("txt",)) is None
+    assert set(index.table(str(tmp_path / "s.tar"))) == {"dir/sub/a", "b", "c"}
+    assert len(index._tables) == 1  # LRU of one shard
+    (tmp_path / "garbage.tar").write_bytes(bytes(range(256)) * 8)
+    for url in (tmp_path / "garbage.tar", tmp_path / "missing.tar"):
+        with pytest.raises(OSError):
+            index.read_member(str(url), "a", ("jpg",))
+    with pytest.raises(ValueError, match="pipe"):
+        index.read_member(f"pipe:cat {tmp_path / 's.tar'}", "b", ("jpg",))
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        b_at = tar.getmember("b.jpg").offset_data
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "s.tar").read_bytes()[: b_at + 100])
+    with pytest.raises(OSError, match="cut short"):
+        ShardIndex().read_member(str(tmp_path / "cut.tar"), "b", ("jpg",))
+    assert ShardIndex().read_member(str(tmp_path / "cut.tar"), "dir/sub/a", ("txt",)) == (
+        "txt",
+        b"first",
+    )
+
+
 # --------------------------------------------------------------------------- splitting
 
 
@@ -362,13 +412,6 @@ def test_build_source_webdataset(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- loader
 
 
-def to_tensor(image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image.resize((16, 16)), dtype=np.float32) / 255).permute(
-        2, 0, 1
-    )
-    return array + 0.01 * torch.rand(array.shape, generator=generator)
-
-
 def tokenize(captions: list[str]) -> torch.Tensor:
     return cliplab.tokenize(captions, context_length=16, truncate=True)
 
@@ -398,9 +441,10 @@ def make_loader(shard_dir: Path, workers: int) -> StreamingLoader:
     stream = ImageTextStream(
         [source],
         ImageDecoder(image_size=16),
-        to_tensor,
+        Augment(),
         tokenize,
         batch_size=6,
+        image_size=16,
         seed=7,
         shuffle_buffer=10,
     )

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 import cliplab
+from cliplab.data.evalsets import ClassificationSet, RetrievalSet
 from cliplab.encode import FeatureStore, encode_images, model_fingerprint
-from cliplab.evaluation.datasets import ClassificationSet, RetrievalSet
 from cliplab.evaluation.metrics import target_ranks
 from cliplab.evaluation.registry import get
 from cliplab.evaluation.training import ProtocolEvaluator

@@ -46,6 +46,10 @@ class TextConfig:
     layers: int = 12
     mlp_ratio: float = 4.0
     activation: Activation = "quick_gelu"
+    # padding cut before the (causal, so exact) tower: the batch split into at most this many
+    # groups by caption length, each cut to its own longest (models.text.length_groups);
+    # 1: the whole batch cut to its longest caption; 0: no cut (static shapes)
+    length_groups: int = 4
 
     def __post_init__(self) -> None:
         if self.kind != "transformer":
@@ -62,6 +66,12 @@ class TextConfig:
         if self.width % self.heads:
             raise ValueError(f"TextConfig.width {self.width} not divisible by heads {self.heads}")
         _check_activation(self.activation)
+        if isinstance(self.length_groups, bool) or not (
+            isinstance(self.length_groups, int) and self.length_groups >= 0
+        ):
+            raise ValueError(
+                f"TextConfig.length_groups must be an int >= 0, got {self.length_groups!r}"
+            )
 
     @property
     def mlp_width(self) -> int:
@@ -80,6 +90,8 @@ class ViTConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     activation: Activation = "quick_gelu"
+    # FLIP: the fraction of image patches dropped at random in training mode (never in eval)
+    patch_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind != "vit":
@@ -101,6 +113,8 @@ class ViTConfig:
         if self.width % self.heads:
             raise ValueError(f"ViTConfig.width {self.width} not divisible by heads {self.heads}")
         _check_activation(self.activation)
+        if not 0 <= self.patch_dropout < 1:
+            raise ValueError(f"ViTConfig.patch_dropout must be in [0, 1), got {self.patch_dropout}")
 
     @property
     def grid_size(self) -> int:
@@ -198,51 +212,82 @@ class CLIPConfig:
         text_cfg = _build(TextConfig, dict(d.pop("text", {})), "text")
         return _build(cls, {**d, "vision": vision_cfg, "text": text_cfg}, "config")
 
-    # -- overrides -----------------------------------------------------------------------
-    def replace(self, **overrides: Any) -> CLIPConfig:
-        """A copy with fields changed.
-
-        Accepts top-level fields (``embed_dim``), ``vision_<field>`` and ``text_<field>``, and
-        shortcuts: ``activation`` (both towers), ``image_size`` (vision), ``context_length``
-        and ``vocab_size`` (text).
-        """
-        shortcuts = {
-            "image_size": "vision_image_size",
-            "context_length": "text_context_length",
-            "vocab_size": "text_vocab_size",
-        }
+    # -- settings ------------------------------------------------------------------------
+    def replace(self, **settings: Any) -> CLIPConfig:
+        """A copy with settings changed, each named by its path (:func:`setting_paths`):
+        ``embed_dim``, ``logit_scale_init``, ``logit_bias_init``, ``vision.<field>`` and
+        ``text.<field>`` (or nested: ``vision={"width": 96}``), and the shortcuts
+        ``activation`` (both towers), ``image_size`` (``vision.image_size``),
+        ``context_length`` and ``vocab_size`` (``text.``). The same paths as every command's
+        ``--set`` and a training config's ``[model]`` table."""
         top: dict[str, Any] = {}
-        vision: dict[str, Any] = {}
-        text: dict[str, Any] = {}
-        vision_fields = {f.name for f in dataclasses.fields(self.vision)} - {"kind"}
-        text_fields = {f.name for f in dataclasses.fields(self.text)} - {"kind"}
-        top_fields = {"embed_dim", "logit_scale_init", "logit_bias_init"}
-        for key, value in overrides.items():
-            key = shortcuts.get(key, key)
-            if key == "activation":
-                text["activation"] = value
-                if "activation" in vision_fields:
-                    vision["activation"] = value
-            elif key in top_fields:
-                top[key] = value
-            elif key.startswith("vision_") and key[7:] in vision_fields:
-                vision[key[7:]] = value
-            elif key.startswith("text_") and key[5:] in text_fields:
-                text[key[5:]] = value
+        towers: dict[str, dict[str, Any]] = {"vision": {}, "text": {}}
+        valid = setting_paths(self)
+        for path, value in flatten_settings(settings).items():
+            path = SHORTCUTS.get(path, path)
+            if path == "activation":
+                towers["text"]["activation"] = value
+                if "vision.activation" in valid:
+                    towers["vision"]["activation"] = value
+                continue
+            if path not in valid:
+                old = path.replace("_", ".", 1) if path.startswith(("vision_", "text_")) else None
+                if old in valid:
+                    raise ValueError(f"model setting {path!r} is now {old!r}")
+                raise ValueError(unknown_message("model setting", path, sorted(valid)))
+            tower, _, name = path.partition(".")
+            if name:
+                towers[tower][name] = value
             else:
-                valid = sorted(
-                    top_fields
-                    | {"activation", *shortcuts}
-                    | {f"vision_{f}" for f in vision_fields}
-                    | {f"text_{f}" for f in text_fields}
-                )
-                raise ValueError(unknown_message("override", key, valid))
+                top[path] = value
         return dataclasses.replace(
             self,
-            vision=dataclasses.replace(self.vision, **vision),
-            text=dataclasses.replace(self.text, **text),
+            vision=dataclasses.replace(self.vision, **towers["vision"]),
+            text=dataclasses.replace(self.text, **towers["text"]),
             **top,
         )
+
+
+#: Model settings that stand for a path (``image_size`` is ``vision.image_size``).
+SHORTCUTS = {
+    "image_size": "vision.image_size",
+    "context_length": "text.context_length",
+    "vocab_size": "text.vocab_size",
+}
+
+
+def setting_paths(config: CLIPConfig) -> set[str]:
+    """Every model setting's path for this config's towers (``vision.patch_dropout`` exists
+    only for a ViT), with the shortcuts."""
+    tops = {"embed_dim", "logit_scale_init", "logit_bias_init", "activation", *SHORTCUTS}
+    vision = {f"vision.{f.name}" for f in dataclasses.fields(config.vision) if f.name != "kind"}
+    text = {f"text.{f.name}" for f in dataclasses.fields(config.text) if f.name != "kind"}
+    return tops | vision | text
+
+
+def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"vision": {"width": 96}, "text.layers": 2}`` -> ``{"vision.width": 96,
+    "text.layers": 2}``: settings by path, however they were nested."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_settings(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flatten_settings`: ``{"vision.width": 96}`` -> ``{"vision": {"width": 96}}``."""
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = nested
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -359,15 +404,21 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """One ``--set KEY=VALUE``, the same in every command: ``(path, value)`` with the path's
+    dots kept (``vision.width=96`` -> ``("vision.width", 96)``) and the value parsed by
+    :func:`parse_value`."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set expects KEY=VALUE (KEY a dotted path), got {item!r}")
+    return key, parse_value(value.strip())
+
+
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``["activation=gelu", "vision_heads=16"]`` -> ``{"activation": "gelu", ...}``."""
-    settings: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        settings[key.strip()] = parse_value(value.strip())
-    return settings
+    """Model settings from ``--set`` items: ``["activation=gelu", "vision.heads=16"]`` ->
+    ``{"activation": "gelu", "vision.heads": 16}`` (paths of :meth:`CLIPConfig.replace`)."""
+    return dict(parse_override(item) for item in items)
 
 
 def unknown_message(what: str, key: str, valid: Sequence[str]) -> str:

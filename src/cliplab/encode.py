@@ -10,7 +10,7 @@ all build on it; it imports nothing of theirs.
 - :class:`FeatureStore`: one model's features of each dataset, text list and class list,
   computed once per store and, with a ``cache_dir``, once per model across runs
   (safetensors files keyed by the model's fingerprint and the inputs);
-- :func:`progress_bar` for every long loop here.
+- progress on stderr for every long loop here (:mod:`cliplab.progress`).
 
 Why one module of ~550 lines: it is the one place where inputs become features. Zero-shot,
 every evaluation protocol, evaluation during training and search all encode through it, so
@@ -25,24 +25,21 @@ import inspect
 import json
 import math
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from cliplab.data.images import ImageLike, open_image
 from cliplab.fileio import atomic_write
+from cliplab.progress import progress_bar
 from cliplab.templates import check_templates, fill_template
 
 __all__ = [
-    "MAX_SCALE",
     "FeatureStore",
     "BadImages",
-    "ImageLike",
     "Tokenizer",
     "autocast_for",
     "encode_images",
@@ -53,8 +50,6 @@ __all__ = [
     "model_device",
     "model_dtype",
     "model_fingerprint",
-    "open_image",
-    "progress_bar",
     "save_cached",
     "tokenize_texts",
     "unwrap_model",
@@ -62,10 +57,7 @@ __all__ = [
 
 #: Anything with ``clip.tokenize``'s contract: texts -> (N, L) token ids.
 Tokenizer = Callable[..., torch.Tensor]
-#: An image as the encoders take it: a PIL image or a file path.
-ImageLike = Union[Image.Image, str, os.PathLike]  # noqa: UP007 (a runtime alias)
 #: The paper's clip of ``exp(logit_scale)``; also the scale used when a model has none.
-MAX_SCALE = 100.0
 #: Bumped when feature or classifier computation changes, which invalidates cached files.
 CACHE_VERSION = 1
 
@@ -73,34 +65,6 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- progress
-
-
-def progress_bar(
-    iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True
-) -> Iterator[T]:
-    """Iterate over ``iterable``, showing progress on stderr when ``enabled``: tqdm if it is
-    importable (not a dependency), else a line at most every 5 seconds and one at the end."""
-    if not enabled:
-        yield from iterable
-        return
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        yield from tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
-        return
-    start = last = time.monotonic()
-    count = 0
-    for item in iterable:
-        yield item
-        count += 1
-        now = time.monotonic()
-        if now - last >= 5.0:
-            last = now
-            of = f"/{total}" if total else ""
-            print(f"{desc}: {count}{of} ({now - start:.0f}s)", file=sys.stderr, flush=True)
-    print(f"{desc}: {count} done in {time.monotonic() - start:.1f}s", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -135,11 +99,14 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def logit_scale_of(model: torch.nn.Module) -> float:
-    """``exp(logit_scale)`` clipped at 100 as in training; 100 for a model without one."""
+    """``exp(logit_scale)`` capped at ``MAX_LOGIT_SCALE`` as in training; the cap for a
+    model without one."""
+    from cliplab.models import MAX_LOGIT_SCALE
+
     scale = getattr(model, "logit_scale", None)
     if scale is None:
-        return MAX_SCALE
-    return float(min(math.exp(float(torch.as_tensor(scale).detach())), MAX_SCALE))
+        return MAX_LOGIT_SCALE
+    return float(min(math.exp(float(torch.as_tensor(scale).detach())), MAX_LOGIT_SCALE))
 
 
 def autocast_for(device: torch.device) -> Any:
@@ -202,17 +169,6 @@ class BadImages(ValueError):
         shown = "; ".join(f"{name}: {reason}" for _, name, reason in failures[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
         super().__init__(f"{len(failures)} image(s) could not be read: {shown}{more}")
-
-
-def open_image(item: ImageLike) -> Image.Image:
-    """A loaded PIL image from a PIL image or a path, or ``BadSample`` with the reason
-    (``missing-file``, ``not-an-image``, ``truncated-image``, ``decompression-bomb``...).
-    The mode is kept: the model's preprocessing converts it."""
-    if isinstance(item, Image.Image):
-        return item
-    from cliplab.data.decode import read_image_file
-
-    return read_image_file(item)
 
 
 def _image_name(item: Any) -> str:

@@ -260,7 +260,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], int8: bool = Fals
     from cliplab.encode import model_fingerprint, unwrap_model
 
     model = copy.deepcopy(unwrap_model(model)).float().cpu().eval()
-    model.text.trim_padding = False  # the host trims padding instead (OnnxCLIP.encode_text)
+    model.text.length_groups = 0  # the host trims padding instead (OnnxCLIP.encode_text)
     size, length = model.image_size, model.context_length
     pixels = torch.zeros(2, 3, size, size)
     tokens = torch.zeros(2, length, dtype=torch.long)

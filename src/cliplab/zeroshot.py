@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cliplab.encode import MAX_SCALE, FeatureStore, Tokenizer, encode_images, logit_scale_of
+from cliplab.encode import FeatureStore, Tokenizer, encode_images, logit_scale_of
+from cliplab.models import MAX_LOGIT_SCALE
 from cliplab.templates import PLACEHOLDER, fill_template, list_templates, load_templates
 
 __all__ = [
     "PLACEHOLDER",
+    "ZeroShotHead",
     "build_zero_shot_classifier",
     "classify_images",
     "fill_template",
@@ -78,7 +81,7 @@ def build_zero_shot_classifier(
 
 
 def zero_shot_logits(
-    image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: float = MAX_SCALE
+    image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: float = MAX_LOGIT_SCALE
 ) -> torch.Tensor:
     """Logits (N, C): ``logit_scale * normalize(image_features) @ classifier.T``.
 
@@ -134,6 +137,44 @@ def pool_members(logits: torch.Tensor, owner: torch.Tensor, num_classes: int) ->
     return pooled.scatter_reduce(1, index, logits, "amax")
 
 
+@dataclass(frozen=True)
+class ZeroShotHead:
+    """A zero-shot classifier, the one way every caller builds and applies it: a
+    prompt-ensemble row per class name and per member name (``weights``, (M, D) unit rows),
+    the class each row belongs to (``owner``) and the model's temperature. A class's logit is
+    the largest of its names' (itself and its members': hierarchical labels, as CHiLS)."""
+
+    weights: torch.Tensor  # (M, D)
+    owner: torch.Tensor  # (M,)
+    num_classes: int
+    logit_scale: float
+
+    @classmethod
+    def build(
+        cls,
+        store: FeatureStore,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        members: Sequence[Sequence[str]] | None = None,
+    ) -> ZeroShotHead:
+        """The head of ``classnames`` (with their ``members``) in ``templates``, its text
+        features from ``store`` (cached there)."""
+        names, owner = member_names(classnames, members)
+        weights = store.classifier(names, list(templates))
+        return cls(weights, owner, len(classnames), store.logit_scale)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, C) of image features (N, D)."""
+        logits = zero_shot_logits(image_features, self.weights, self.logit_scale)  # (N, M)
+        if len(self.owner) == self.num_classes:
+            return logits
+        return pool_members(logits, self.owner, self.num_classes)
+
+    def probs(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, C): the softmax of :meth:`logits`."""
+        return self.logits(image_features).softmax(dim=-1)
+
+
 @torch.no_grad()
 def classify_images(
     model: torch.nn.Module,
@@ -153,10 +194,7 @@ def classify_images(
     Softmax over ``exp(t) * cosine similarity``, with the model's own temperature. With
     ``members`` (one list of sub-labels per label) a label scores as its best member or itself.
     """
-    names, owner = member_names(labels, members)
-    weights = build_zero_shot_classifier(
-        model, tokenizer, names, templates, device=device, cache_dir=cache_dir
-    )
+    store = FeatureStore(model, tokenizer=tokenizer, cache_dir=cache_dir, device=device)
+    head = ZeroShotHead.build(store, labels, templates, members)
     features = encode_images(model, images, preprocess, batch_size=batch_size, device=device)
-    logits = zero_shot_logits(features, weights, logit_scale_of(model))
-    return pool_members(logits, owner, len(labels)).softmax(dim=-1)
+    return head.probs(features)

@@ -62,8 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def read_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[Path, str]]]:
     """(readable images with their paths, unreadable paths with the reason): a truncated
     file, a non-image or a decompression bomb is reported, never a traceback."""
+    from cliplab.data.images import open_image
     from cliplab.data.stream import BadSample
-    from cliplab.encode import open_image
 
     good, bad = [], []
     for path in paths:

@@ -50,14 +50,22 @@ def add_model(
 
 
 def add_set(parser: argparse.ArgumentParser, sections: bool = False) -> None:
-    extra = "; section.key=value changes the config, e.g. train.steps=100" if sections else ""
+    extra = (
+        "; a path that starts with a config section changes the config, e.g. train.steps=100"
+        if sections
+        else ""
+    )
     parser.add_argument(
         "--set",
         dest="settings",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"a model setting the checkpoint cannot tell, e.g. activation=gelu{extra}; repeatable",
+        help=(
+            "a setting by its dotted path, the same in every command: a model setting the "
+            f"checkpoint cannot tell, e.g. activation=gelu or vision.patch_dropout=0.5{extra}; "
+            "repeatable"
+        ),
     )
 
 

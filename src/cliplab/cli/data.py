@@ -7,7 +7,7 @@
     cliplab data curate INPUT ... --out DIR
 
 The work is done by the library (:mod:`cliplab.data`) and the dataset recipes
-(:mod:`cliplab.datasets`); this module only parses arguments and prints.
+(:mod:`cliplab.recipes`); this module only parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def add_install(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from cliplab.datasets.install import DEFAULT_DATA_DIR, GROUPS
+    from cliplab.recipes.install import DEFAULT_DATA_DIR, GROUPS
 
     parser = subparsers.add_parser(
         "install",
@@ -148,7 +148,7 @@ def add_install(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from cliplab.datasets import install
+    from cliplab.recipes import install
 
     if args.list:
         for p in install.PACKAGES:
@@ -168,7 +168,7 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def add_build(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from cliplab.datasets.builders import BUILDERS
+    from cliplab.recipes.builders import BUILDERS
 
     parser = subparsers.add_parser(
         "build",
@@ -194,8 +194,8 @@ def add_build(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from cliplab.datasets.builders import build
     from cliplab.fileio import write_json
+    from cliplab.recipes.builders import build
 
     results = build(args.names or None, args.sources, args.out, force=args.force)
     if args.json:
@@ -297,7 +297,7 @@ def add_curate(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _installed_wordnet() -> str | None:
-    from cliplab.datasets.install import source_path
+    from cliplab.recipes.install import source_path
 
     try:
         return str(source_path("wordnet-base"))

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.cli.common import add_device, add_model, add_out, add_runtime, add_set, load_model
+from cliplab.data.evalsets import load_classification, load_retrieval
 from cliplab.encode import BadImages, FeatureStore
-from cliplab.evaluation.datasets import load_classification, load_retrieval
 from cliplab.evaluation.protocol import Input, Protocol
 from cliplab.evaluation.registry import PROTOCOLS
 from cliplab.evaluation.report import ModelRun, write_report

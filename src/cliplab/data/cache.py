@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 
 from cliplab.augment import square
-from cliplab.data.decode import IMAGE_EXTS
+from cliplab.data.images import IMAGE_EXTS
 from cliplab.data.stream import (
     MAX_CONSECUTIVE_BAD,
     BadSample,

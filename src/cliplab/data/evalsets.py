@@ -1,4 +1,11 @@
-"""Evaluation sets on disk: a small, documented directory format, its writer and its readers.
+"""Evaluation sets: the in-memory types the evaluators take, the directory format on disk,
+its readers and its writer.
+
+:class:`ClassificationSet` is images (PIL images, files, or a tensor of preprocessed pixels),
+integer labels, class names and optionally the set's own prompt templates;
+:class:`RetrievalSet` is images with one or more captions each. Both carry a ``fingerprint``
+that names their content for the feature caches. :func:`load_classification` and
+:func:`load_retrieval` read a set directory straight into them.
 
 A set is a directory; it is complete once ``meta.json`` exists (the writer builds the set
 under a temporary name and renames it at the end, so a reader never sees half a set)::
@@ -12,45 +19,49 @@ under a temporary name and renames it at the end, so a reader never sees half a 
                         classification: {"file": "images/000000.png", "label": 3, ...}
                         retrieval:      {"file": "images/000000.png", "captions": ["..."], ...}
                         (extra keys are free-form facts: the source path, a concept id...)
-      images/          the images, RGB (transparent sources already composited on white)
+      images/          the images, RGB or gray (transparent sources composited on white)
       classes.json     classification: the class names, a JSON list; label i is classes[i]
       class_info.json  classification, optional: one object per class (ids, categories...)
       class_members.json classification, optional: one list of names per class (its members
                        or sub-labels); zero-shot then scores a class by the best of its name
-                       and these (cliplab.evaluation.datasets.ClassificationSet)
+                       and these (:class:`ClassificationSet`)
       templates.json   classification: {"templates": ["a photo of a {}.", ...]}, one "{}" each
 
-Readers return plain objects whose fields match :mod:`cliplab.evaluation.datasets`
-(``images``, ``labels``, ``classnames``, ``templates``, ``name``, ``meta``, ``captions``), so
-the evaluators can wrap them without this module importing theirs.
+Why one module of ~630 lines: the types, the format and its writer are one contract. What
+the writer stores is exactly what the readers check and what the types hold (labels in
+range, one list of members per class, captions per image); apart, the three drift apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import posixpath
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from cliplab.data import storage
+from cliplab.data.images import ImageLike, open_rgb, rgb
 from cliplab.fileio import AtomicDirectory, write_json
 
 __all__ = [
     "FORMAT",
     "VERSION",
-    "ClassificationFiles",
+    "ClassificationSet",
     "EvalSetWriter",
-    "RetrievalFiles",
+    "RetrievalSet",
+    "images_fingerprint",
     "is_evalset",
-    "load_classification_set",
-    "load_retrieval_set",
+    "load_classification",
+    "load_retrieval",
     "read_meta",
     "write_classification_set",
     "write_retrieval_set",
@@ -60,20 +71,109 @@ FORMAT = "cliplab-evalset"
 VERSION = 1
 PLACEHOLDER = "{}"
 
+Images = Sequence[ImageLike] | torch.Tensor
+
+
+# --------------------------------------------------------------------------- the types
+
+
+def images_fingerprint(images: Images) -> str:
+    """Hex digest of a list of images: paths by (absolute path, size, mtime), URLs by URL, PIL
+    images by mode, size and pixel bytes, a tensor of preprocessed pixels by its bytes. Cheap
+    for files (no reads), exact for in-memory images."""
+    h = hashlib.sha256()
+    if isinstance(images, torch.Tensor):
+        h.update(f"pixels:{tuple(images.shape)}:{images.dtype}".encode())
+        h.update(images.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+    for item in images:
+        if isinstance(item, Image.Image):
+            h.update(f"pil:{item.mode}:{item.size}:".encode())
+            h.update(item.tobytes())
+        elif storage.is_remote(item):  # object storage: by URL (no request per image)
+            h.update(f"url:{item}".encode())
+        else:
+            path = Path(item).resolve()
+            try:
+                st = path.stat()
+                h.update(f"file:{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"missing:{path}".encode())
+    return h.hexdigest()
+
+
+def _take(images: Images, indices: list[int]) -> Any:
+    if isinstance(images, torch.Tensor):
+        return images[indices]
+    return [images[i] for i in indices]
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _rgb_image(images: Images, i: int) -> Image.Image:
+    if isinstance(images, torch.Tensor):
+        raise TypeError("this set holds preprocessed pixels, not images")
+    return open_rgb(images[i])
+
+
+def _check_rows(name: str, rows: Sequence[Mapping[str, Any]], n: int) -> None:
+    if rows and len(rows) != n:
+        raise ValueError(f"{name}: {len(rows)} index rows but {n} images")
+
 
 @dataclass(frozen=True)
-class ClassificationFiles:
-    """A classification set as read from disk: image paths, labels, names, templates."""
+class ClassificationSet:
+    """Images with one label each, the class names and (optionally) the set's own templates.
 
-    images: list[Path | str]  # local paths, or URLs for a set in object storage
-    labels: list[int]
-    classnames: list[str]
-    templates: list[str]
-    name: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)  # index.jsonl, extra keys included
-    class_info: list[dict[str, Any]] | None = None
-    class_members: list[list[str]] | None = None
+    ``fingerprint`` is computed from the images, labels and class names when not given.
+    ``meta`` carries free-form facts from the set's source (its ``meta.json``), ``rows`` the
+    set's ``index.jsonl`` lines (one per image, extra keys included); ``class_info`` one
+    mapping per class where the set has them (``class_info.json``: an emoji's category and
+    subcategory, ...), which :mod:`cliplab.evaluation.groups` regroups by.
+    ``class_members``, where given, lists more names for each class (its members or sub-labels:
+    "cat face", "dog", ... for "animals & nature"): zero-shot then scores a class by the best of
+    its own name and these (hierarchical label sets, as in CHiLS, Novack et al. 2023).
+    """
+
+    images: Images
+    labels: Sequence[int]
+    classnames: Sequence[str]
+    templates: Sequence[str] | None = None
+    name: str = "dataset"
+    fingerprint: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    class_info: Sequence[Mapping[str, Any]] | None = field(default=None, compare=False)
+    class_members: Sequence[Sequence[str]] | None = None
+    rows: Sequence[Mapping[str, Any]] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but {len(self.labels)} labels"
+            )
+        _check_rows(self.name, self.rows, len(self.labels))
+        n = len(self.classnames)
+        bad = [y for y in self.labels if not 0 <= int(y) < n]
+        if bad:
+            raise ValueError(f"{self.name}: labels outside 0..{n - 1}: {bad[:5]}")
+        object.__setattr__(self, "labels", [int(y) for y in self.labels])
+        object.__setattr__(self, "classnames", list(self.classnames))
+        if self.templates is not None:
+            object.__setattr__(self, "templates", list(self.templates))
+        if self.class_info is not None and len(self.class_info) != n:
+            raise ValueError(f"{self.name}: {len(self.class_info)} class_info entries, {n} classes")
+        if self.class_members is not None:
+            if len(self.class_members) != n:
+                raise ValueError(
+                    f"{self.name}: {len(self.class_members)} class_members lists, {n} classes"
+                )
+            members = tuple(tuple(str(m) for m in ms) for ms in self.class_members)
+            object.__setattr__(self, "class_members", members)
+        if not self.fingerprint:
+            fp = _digest(images_fingerprint(self.images), self.labels, self.classnames)
+            object.__setattr__(self, "fingerprint", fp)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -83,22 +183,100 @@ class ClassificationFiles:
         return len(self.classnames)
 
     def image(self, i: int) -> Image.Image:
-        """Image ``i`` as RGB (loaded now; the file is closed)."""
-        return _open_rgb(self.images[i])
+        """Image ``i`` as RGB, transparency on white (loaded now; the file is closed)."""
+        return _rgb_image(self.images, i)
+
+    def with_images(self, images: Images) -> ClassificationSet:
+        """The same set (same fingerprint) with its images replaced, e.g. by their pixels."""
+        return replace(self, images=images)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ClassificationSet:
+        """The examples at ``indices`` (same classes and templates)."""
+        indices = [int(i) for i in indices]
+        return replace(
+            self,
+            images=_take(self.images, indices),
+            labels=[self.labels[i] for i in indices],
+            rows=[self.rows[i] for i in indices] if self.rows else (),
+            name=name or self.name,
+            fingerprint=_digest(self.fingerprint, indices),
+        )
+
+    def only_classes(self, names: Collection[str], name: str | None = None) -> ClassificationSet:
+        """The examples of the classes named in ``names`` (case-insensitive), classified among
+        those classes alone: class indices renumbered in this set's order, templates kept
+        (a held-out slice of concepts, scored as its own task). A name this set lacks is
+        an error, not a silently smaller task."""
+        wanted = {n.strip().casefold() for n in names}
+        keep = [c for c, n in enumerate(self.classnames) if n.strip().casefold() in wanted]
+        missing = wanted - {self.classnames[c].strip().casefold() for c in keep}
+        if missing:
+            raise ValueError(f"{self.name}: no class named {sorted(missing)[:5]}")
+        new = {c: i for i, c in enumerate(keep)}
+        indices = [i for i, y in enumerate(self.labels) if y in new]
+        info = self.class_info
+        members = self.class_members
+        return replace(
+            self,
+            images=_take(self.images, indices),
+            labels=[new[self.labels[i]] for i in indices],
+            rows=[self.rows[i] for i in indices] if self.rows else (),
+            classnames=[self.classnames[c] for c in keep],
+            class_info=None if info is None else [info[c] for c in keep],
+            class_members=None if members is None else [members[c] for c in keep],
+            name=name or self.name,
+            fingerprint=_digest(self.fingerprint, "classes", keep),
+        )
 
 
 @dataclass(frozen=True)
-class RetrievalFiles:
-    """A retrieval set as read from disk: image paths, each with one or more captions."""
+class RetrievalSet:
+    """Images, each with one or more captions (a hit is any of its captions); ``meta`` and
+    ``rows`` as in :class:`ClassificationSet`."""
 
-    images: list[Path | str]  # local paths, or URLs for a set in object storage
-    captions: list[list[str]]
-    name: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    images: Images
+    captions: Sequence[Sequence[str]]
+    name: str = "retrieval"
+    fingerprint: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    rows: Sequence[Mapping[str, Any]] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.captions):
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but {len(self.captions)} caption lists"
+            )
+        _check_rows(self.name, self.rows, len(self.captions))
+        empty = [i for i, c in enumerate(self.captions) if not c]
+        if empty:
+            raise ValueError(f"{self.name}: images without captions at {empty[:5]}")
+        object.__setattr__(self, "captions", [list(c) for c in self.captions])
+        if not self.fingerprint:
+            fp = _digest(images_fingerprint(self.images), self.captions)
+            object.__setattr__(self, "fingerprint", fp)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def image(self, i: int) -> Image.Image:
+        """Image ``i`` as RGB, transparency on white (loaded now; the file is closed)."""
+        return _rgb_image(self.images, i)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> RetrievalSet:
+        """The images at ``indices`` with their captions."""
+        indices = [int(i) for i in indices]
+        return replace(
+            self,
+            images=_take(self.images, indices),
+            captions=[self.captions[i] for i in indices],
+            rows=[self.rows[i] for i in indices] if self.rows else (),
+            name=name or self.name,
+            fingerprint=_digest(self.fingerprint, indices),
+        )
+
+    def with_images(self, images: Images) -> RetrievalSet:
+        """The same set (same fingerprint) with its images replaced, e.g. by their pixels."""
+        return replace(self, images=images)
 
     @property
     def texts(self) -> list[str]:
@@ -109,21 +287,6 @@ class RetrievalFiles:
     def text_to_image(self) -> list[int]:
         """For each caption of :attr:`texts`, the index of its image."""
         return [i for i, caps in enumerate(self.captions) for _ in caps]
-
-    def image(self, i: int) -> Image.Image:
-        return _open_rgb(self.images[i])
-
-
-def _open_rgb(path: Path | str) -> Image.Image:
-    source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
-    with Image.open(source) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            rgba = im.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            background.alpha_composite(rgba)
-            return background.convert("RGB")
-        return im.convert("RGB")
 
 
 # --------------------------------------------------------------------------- reading
@@ -187,8 +350,8 @@ def _load(
     return root, meta, _read_index(root)
 
 
-def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles:
-    """Read a classification set directory (see the module docstring); checks labels."""
+def load_classification(path: str | os.PathLike[str]) -> ClassificationSet:
+    """A classification set from its directory (local or a URL; see the module docstring)."""
     root, meta, rows = _load(path, "classification")
     classnames = json.loads(storage.read_text(storage.join(root, "classes.json")))
     if not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames):
@@ -201,10 +364,7 @@ def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles
         isinstance(t, str) and t.count(PLACEHOLDER) == 1 for t in templates
     ):
         raise ValueError(f"{root}/templates.json: each template needs exactly one '{{}}'")
-    labels = [int(r["label"]) for r in rows]
-    bad = [y for y in labels if not 0 <= y < len(classnames)]
-    if bad:
-        raise ValueError(f"{root}: labels outside 0..{len(classnames) - 1}: {bad[:5]}")
+    labels = [int(r["label"]) for r in rows]  # the set checks they are in range
     info_path = storage.join(root, "class_info.json")
     class_info = json.loads(storage.read_text(info_path)) if storage.exists(info_path) else None
     members_path = storage.join(root, "class_members.json")
@@ -220,7 +380,7 @@ def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles
                 f"{root}/class_members.json must hold one list of names per class "
                 f"({len(classnames)} lists)"
             )
-    return ClassificationFiles(
+    return ClassificationSet(
         images=[_check_file(root, r["file"]) for r in rows],
         labels=labels,
         classnames=classnames,
@@ -233,8 +393,8 @@ def load_classification_set(path: str | os.PathLike[str]) -> ClassificationFiles
     )
 
 
-def load_retrieval_set(path: str | os.PathLike[str]) -> RetrievalFiles:
-    """Read a retrieval set directory (see the module docstring)."""
+def load_retrieval(path: str | os.PathLike[str]) -> RetrievalSet:
+    """A retrieval set from its directory (local or a URL; see the module docstring)."""
     root, meta, rows = _load(path, "retrieval")
     captions = []
     for r in rows:
@@ -246,7 +406,7 @@ def load_retrieval_set(path: str | os.PathLike[str]) -> RetrievalFiles:
         ):
             raise ValueError(f"{root}: {r['file']} needs a non-empty list of captions")
         captions.append(list(caps))
-    return RetrievalFiles(
+    return RetrievalSet(
         images=[_check_file(root, r["file"]) for r in rows],
         captions=captions,
         name=str(meta.get("name", posixpath.basename(os.fspath(root)))),
@@ -259,16 +419,12 @@ def load_retrieval_set(path: str | os.PathLike[str]) -> RetrievalFiles:
 
 
 def _png_bytes(image: Image.Image | bytes) -> tuple[bytes, str]:
-    """Encode as PNG (RGB, alpha composited on white); bytes are stored as given."""
+    """Encode as PNG: gray stays gray, anything else becomes :func:`~cliplab.data.images.rgb`
+    (alpha composited on white, upright); bytes are stored as given."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image), "png"
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        background.alpha_composite(rgba)
-        image = background.convert("RGB")
-    elif image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
+    if image.mode != "L" or "transparency" in image.info:
+        image = rgb(image)
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue(), "png"
@@ -281,9 +437,10 @@ class EvalSetWriter:
                            templates=..., license=..., source=...) as w:
             w.add(image, label=3, extra={"index": 17})
 
-    Images are PIL images (stored as RGB PNG, transparency composited on white) or PNG bytes
-    (stored as they are: the caller vouches they are RGB PNG). The set appears at ``path``
-    only when the block ends without an error.
+    Images are PIL images of any mode (stored as PNG after :func:`cliplab.data.images.rgb`:
+    upright, transparency composited on white; gray stays gray) or PNG bytes (stored as they
+    are: the caller vouches they are RGB PNG). The set appears at ``path`` only when the block
+    ends without an error.
     """
 
     def __init__(

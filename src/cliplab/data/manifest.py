@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.data import storage
-from cliplab.data.decode import IMAGE_EXTS, error_sample
+from cliplab.data.decode import error_sample
+from cliplab.data.images import IMAGE_EXTS
 from cliplab.data.stream import RawSample, stable_seed
 from cliplab.data.webdataset import iter_units, stream_share
 

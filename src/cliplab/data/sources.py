@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from cliplab.config import unknown_message
 from cliplab.data import storage
-from cliplab.data.decode import IMAGE_EXTS
+from cliplab.data.images import IMAGE_EXTS
 from cliplab.data.manifest import CsvSource, FolderSource, ParquetSource
 from cliplab.data.stream import Source
 from cliplab.data.synthetic import SyntheticSource
@@ -71,6 +71,8 @@ def resolve_caption_fn(name: str, trusted: bool = True) -> CaptionFn:
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"caption_fn must look like 'package.module:function', got {name!r}")
+    if module_name.startswith("cliplab.datasets."):  # shard sets built before the rename
+        module_name = "cliplab.recipes." + module_name.removeprefix("cliplab.datasets.")
     if not trusted and not (module_name == "cliplab" or module_name.startswith("cliplab.")):
         raise ValueError(f"refusing caption_fn {name!r} from a data file: not in cliplab")
     try:

@@ -46,6 +46,7 @@ __all__ = [
     "open_text",
     "parent",
     "read_bytes",
+    "read_range",
     "read_text",
     "retry_policy",
 ]
@@ -241,6 +242,24 @@ def read_bytes(location: str | os.PathLike[str]) -> bytes:
         return Path(_local(text)).read_bytes()
     with open_binary(text) as f:
         return f.read()
+
+
+def read_range(location: str | os.PathLike[str], start: int, size: int) -> bytes:
+    """``size`` bytes from byte ``start`` (fewer where the file ends first): a seek for a
+    local file, one ranged request for a URL (retried), so one tar member costs its own bytes
+    and no more. A ``pipe:`` cannot be read by range (``ValueError``)."""
+    text = os.fspath(location)
+    if text.startswith("pipe:"):
+        raise ValueError(f"{text}: a pipe: location cannot be read by byte range")
+    if start < 0 or size < 0:
+        raise ValueError(f"byte range must be non-negative, got start={start}, size={size}")
+    if not is_remote(text):
+        with open(_local(text), "rb") as f:
+            f.seek(start)
+            return f.read(size)
+    fs, path = fs_and_path(text)
+    what = f"reading {text} bytes {start}..{start + size}"
+    return bytes(_retry(what, lambda: fs.cat_file(path, start=start, end=start + size)))
 
 
 def read_text(location: str | os.PathLike[str]) -> str:

@@ -1,5 +1,11 @@
-"""WebDataset tar shards, reading: expand their names, stream their samples, count them, survey
-them. Writing is :mod:`cliplab.data.shardwriter`.
+"""WebDataset tar shards, reading: expand their names, stream their samples, read one sample's
+members back by key (:class:`ShardIndex`), count them, survey them. Writing is
+:mod:`cliplab.data.shardwriter`.
+
+Why one module of ~560 lines: every reader of a shard here applies the same key rule
+(:func:`split_key`) and goes through :mod:`cliplab.data.storage`; a sample streamed for
+training and the same sample read back by key for a search hit must agree on what its key
+and its members are.
 
 A shard is a plain tar whose members are grouped into samples by key, the way ``webdataset``
 does: the key is the member path up to the first dot of its basename, the rest is the
@@ -31,15 +37,18 @@ import random
 import re
 import statistics
 import tarfile
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from cliplab.data import storage
-from cliplab.data.decode import ERROR_MEMBER, ImageDecoder, error_sample, image_member, probe_image
+from cliplab.data.decode import ERROR_MEMBER, ImageDecoder, error_sample, image_member
+from cliplab.data.images import probe_image
 from cliplab.data.stream import BadSample, RawSample, stable_seed
 
 __all__ = [
+    "ShardIndex",
     "WebDatasetSource",
     "expand_urls",
     "iter_tar_records",
@@ -309,6 +318,91 @@ def _count_by_scan(url: str) -> int:
     except (tarfile.TarError, OSError, EOFError, ImportError):
         pass  # a broken shard counts what could be read; reading it reports the rest
     return count
+
+
+# --------------------------------------------------------------------------- members by key
+
+
+def _table_of_contents(url: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """``key -> {ext: (data offset, size)}`` from an uncompressed shard's headers (member data
+    is skipped, not read). Keys and extensions as :func:`iter_tar_records` groups them; a key
+    that comes back later in the shard keeps its first sample. A truncated shard lists the
+    members before the break."""
+    table: dict[str, dict[str, tuple[int, int]]] = {}
+    last: str | None = None
+    listing = False
+    try:
+        with storage.open_binary(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                tar.members = []
+                if info.isdir():
+                    continue
+                parts = split_key(info.name) if info.isfile() else None
+                if parts is None:  # a malformed member ends the sample, as when reading
+                    last = None
+                    continue
+                key, ext = parts
+                if key != last:
+                    last, listing = key, key not in table
+                    if listing:
+                        table[key] = {}
+                if listing:
+                    table[key].setdefault(ext, (info.offset_data, info.size))
+    except (tarfile.TarError, EOFError) as e:
+        if not table:
+            raise OSError(f"{url}: not a readable tar shard ({e})") from None
+    return table
+
+
+class ShardIndex:
+    """Members of tar shards read back by sample key (what a search hit or an embedded
+    collection records: the shard and the key).
+
+    Each shard's table of contents (key -> extension -> byte offset and size, keys as
+    :func:`split_key` makes them) is built once from its headers and kept for the ``size``
+    shards used last; a member is then one byte-range read through
+    :func:`cliplab.data.storage.read_range`, so shards in object storage (``s3://``...) work
+    like local ones. Compressed shards have no byte offsets: they are read through until the
+    key. Safe to share between threads.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._tables: OrderedDict[str, dict[str, dict[str, tuple[int, int]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def table(self, url: str) -> dict[str, dict[str, tuple[int, int]]]:
+        """The table of contents of an uncompressed shard (``OSError`` if unreadable)."""
+        with self._lock:
+            if url in self._tables:
+                self._tables.move_to_end(url)
+                return self._tables[url]
+        table = _table_of_contents(url)  # unlocked: a remote shard takes a while
+        with self._lock:
+            self._tables[url] = table
+            while len(self._tables) > self.size:
+                self._tables.popitem(last=False)
+        return table
+
+    def read_member(self, url: str, key: str, exts: Sequence[str]) -> tuple[str, bytes] | None:
+        """``(ext, data)`` of the first of ``exts`` that sample ``key`` of shard ``url`` holds;
+        None when the shard has no such sample or member. ``OSError`` when the shard cannot be
+        read, ``ValueError`` for a ``pipe:`` shard (it would run a command)."""
+        if url.startswith("pipe:"):
+            raise ValueError(f"{url}: members of a pipe: shard cannot be read by key")
+        if url.endswith(_COMPRESSED):
+            sample = next((r.members for r in iter_tar_records(url) if r.key == key), {})
+            ext = next((e for e in exts if e in sample), None)
+            return None if ext is None or ERROR_MEMBER in sample else (ext, sample[ext])
+        found = self.table(url).get(key, {})
+        ext = next((e for e in exts if e in found), None)
+        if ext is None:
+            return None
+        offset, size = found[ext]
+        data = storage.read_range(url, offset, size)
+        if len(data) != size:
+            raise OSError(f"{url}: member {key}.{ext} is cut short ({len(data)} of {size} bytes)")
+        return ext, data
 
 
 class WebDatasetSource:

@@ -2,7 +2,7 @@
 scale (``cliplab reproduce``, ``make reproduce``).
 
 An application package like :mod:`cliplab.train`: it ties the library (evaluation, data) and
-the dataset recipes (:mod:`cliplab.datasets`) to the trainer, so the library never imports
+the dataset recipes (:mod:`cliplab.recipes`) to the trainer, so the library never imports
 it. One module per step: :mod:`~cliplab.demo.plan`, :mod:`~cliplab.demo.train`,
 :mod:`~cliplab.demo.evaluate`, :mod:`~cliplab.demo.report`; :mod:`~cliplab.demo.pipeline`
 runs them in order.

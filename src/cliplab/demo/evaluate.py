@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cliplab.data.evalsets import ClassificationSet, load_classification, load_retrieval
 from cliplab.demo.plan import OPTIONAL_ZEROSHOT_SETS, RETRIEVAL_TESTS, ZEROSHOT_SETS, Log, suite
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet, load_classification, load_retrieval
 from cliplab.evaluation.protocol import Result
 from cliplab.evaluation.registry import get
 

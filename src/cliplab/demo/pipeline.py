@@ -68,10 +68,12 @@ def run_demo(
     progress: bool = True,
     embed_for_search: bool = True,
     minutes: float = 0.0,
+    deadline: float | None = None,
 ) -> DemoResult:
     """The whole demo (see the module docstring); returns its summary. ``minutes`` > 0 fits
     the recipe's step count to that training budget on this machine
-    (:func:`~cliplab.demo.train.fit_steps`)."""
+    (:func:`~cliplab.demo.train.fit_steps`); ``deadline`` (``time.time()`` seconds) lowers the
+    budget to what is left before it, less what evaluation and search take."""
     from cliplab.evaluation.protocols.fewshot import plot_fewshot
 
     data_dir, out = Path(data_dir), Path(out)
@@ -91,7 +93,7 @@ def run_demo(
     seconds["data"] = time.perf_counter() - start
 
     t0 = time.perf_counter()
-    config = fit_steps(config, minutes, overrides, log)
+    config = fit_steps(config, minutes, overrides, log, deadline=deadline)
     summary = train(config, log)
     seconds["train"] = time.perf_counter() - t0
 
@@ -123,7 +125,7 @@ def run_demo(
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "model": str(model_dir),
-        "config": {"model": config.model.name, **config.model.overrides},
+        "config": config.model.to_table(),
         "parameters": f"{sum(p.numel() for p in store.model.parameters()) / 1e6:.1f}M",
         "steps": summary.get("step"),
         "batch_size": config.data.batch_size,

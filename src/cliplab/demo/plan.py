@@ -3,7 +3,7 @@ the data both need, installed and built from the builders' own declarations.
 
 The recipe names its training data as ``kind = "shards"`` sources and its tracking set in
 ``[[eval.sets]]``; the evaluation suite names its sets. :func:`needed_outputs` collects them,
-:func:`cliplab.datasets.builders.plan` turns them into builders and packages, and
+:func:`cliplab.recipes.builders.plan` turns them into builders and packages, and
 :func:`prepare_data` installs and builds exactly those.
 """
 
@@ -125,8 +125,8 @@ def prepare_data(
     """Install the packages ``outputs`` and ``optional`` need (skipped when present), then
     build them. A missing required output is an error; a missing optional one (Apple and
     Facebook emoji, which need their own packages) is left out. Returns what was built."""
-    from cliplab.datasets import builders
-    from cliplab.datasets import install as installer
+    from cliplab.recipes import builders
+    from cliplab.recipes import install as installer
 
     everything = [*outputs, *(o for o in optional if o not in outputs)]
     wanted, packages = builders.plan(everything)

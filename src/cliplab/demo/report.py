@@ -71,7 +71,6 @@ def plot_predictions(
 ) -> Path:
     """A grid of test images (``per_set`` from each set) with their top zero-shot predictions
     (green: the right class)."""
-    from cliplab.encode import open_image
     from cliplab.evaluation.protocols.zeroshot import zero_shot_features
 
     plt = pyplot()
@@ -84,7 +83,7 @@ def plot_predictions(
         logits, _ = zero_shot_features(store, dataset, None, store.dataset(dataset)[picks])
         probs = logits.float().softmax(-1)
         for ax, i, p in zip(row, picks, probs, strict=False):
-            ax.imshow(open_image(dataset.images[i]).convert("RGB"))
+            ax.imshow(dataset.image(i))
             ax.set_xticks([])
             ax.set_yticks([])
             values, idx = p.topk(min(top, p.numel()))

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from cliplab.config import flatten_settings
 from cliplab.demo import plan
 from cliplab.demo.plan import Log
 from cliplab.demo.report import machine
@@ -56,12 +57,12 @@ from cliplab.fileio import write_json
 #: (Trained instead for the same 700 steps each, four sizes from 3.4M to 7.8M parameters gave
 #: no trend: the larger ones were under-trained; the run of 2026-11-30.)
 SIZES: dict[str, dict[str, Any]] = {
-    "xxs": {"embed_dim": 48, "vision_width": 48, "vision_layers": 2, "vision_heads": 2,
-            "text_width": 48, "text_layers": 1, "text_heads": 2},
-    "xs": {"embed_dim": 64, "vision_width": 64, "vision_layers": 2, "vision_heads": 2,
-           "text_width": 64, "text_layers": 2, "text_heads": 2},
-    "s-": {"embed_dim": 96, "vision_width": 96, "vision_layers": 2, "vision_heads": 3,
-           "text_width": 96, "text_layers": 1, "text_heads": 3},
+    "xxs": {"embed_dim": 48, "vision": {"width": 48, "layers": 2, "heads": 2},
+            "text": {"width": 48, "layers": 1, "heads": 2}},
+    "xs": {"embed_dim": 64, "vision": {"width": 64, "layers": 2, "heads": 2},
+           "text": {"width": 64, "layers": 2, "heads": 2}},
+    "s-": {"embed_dim": 96, "vision": {"width": 96, "layers": 2, "heads": 3},
+           "text": {"width": 96, "layers": 1, "heads": 3}},
     "s": {},
 }  # fmt: skip
 FRACTIONS = (0.25, 0.5)
@@ -78,7 +79,7 @@ PROMPT_VALIDATION = {
     "fashion-mnist-test": "half",
 }
 #: the prompt study's second model: the demo recipe with captions that never are the label
-NO_BARE_CAPTIONS = "cliplab.datasets.captions:draw_caption_no_bare_label"
+NO_BARE_CAPTIONS = "cliplab.recipes.captions:draw_caption_no_bare_label"
 TARGET = "emoji-google"
 #: the few-shot study's emoji-group tasks: (class_info field, fewest test images per group)
 GROUP_LEVELS = (("subcategory", 60), ("category", 60))
@@ -133,8 +134,8 @@ def _train_variant(
 
     config = plan.training_config(recipe, data_dir, out / name, overrides)
     if model_overrides:
-        merged = {**config.model.overrides, **model_overrides}
-        config = config.replace(model=dataclasses.replace(config.model, overrides=merged))
+        merged = {**config.model.settings, **flatten_settings(model_overrides)}
+        config = config.replace(model=dataclasses.replace(config.model, settings=merged))
 
     def source(s: Any) -> Any:
         if fraction < 1.0 and isinstance(s, ShardsSpec):
@@ -161,7 +162,7 @@ def _variant_model(config: Any, model_overrides: dict[str, Any]) -> torch.nn.Mod
     """An untrained model of the recipe with ``model_overrides`` (for counting its FLOPs)."""
     from cliplab.factory import create_model
 
-    return create_model(config.model.name, **{**config.model.overrides, **model_overrides})
+    return create_model(config.model.model_config().replace(**model_overrides))
 
 
 def group_fewshot(
@@ -175,7 +176,7 @@ def group_fewshot(
     images per group) across the held-out styles that are installed; the zero-shot set-up
     (prompt set, group names alone or with their members) is chosen on the validation style.
     One JSON-ready entry per task; tasks that cannot be built are logged and left out."""
-    from cliplab.evaluation.datasets import load_classification
+    from cliplab.data.evalsets import load_classification
     from cliplab.evaluation.groups import class_info_by_name, regroup, zero_shot_candidates
     from cliplab.evaluation.protocols.zeroshot import choose_zero_shot
 
@@ -227,7 +228,7 @@ def prompt_sets(eval_dir: Path, log: Log) -> list[tuple[Any, Any]]:
     """(test, validation) for each installed :data:`PROMPT_SETS` set, its validation set from
     :data:`PROMPT_VALIDATION` (a set is left out when that is not installed); loaded once for
     every model of the study."""
-    from cliplab.evaluation.datasets import load_classification
+    from cliplab.data.evalsets import load_classification
     from cliplab.evaluation.probe import stratified_split
 
     out = []
@@ -320,8 +321,8 @@ def run_reproduce(
 ) -> Path:
     """Every study (see the module docstring); returns the report's path."""
     import cliplab
+    from cliplab.data.evalsets import load_classification
     from cliplab.encode import FeatureStore
-    from cliplab.evaluation.datasets import load_classification
     from cliplab.evaluation.protocols.fewshot import plot_fewshot
     from cliplab.evaluation.protocols.prompts import plot_prompts
     from cliplab.evaluation.protocols.robustness import plot_robustness

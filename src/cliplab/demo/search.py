@@ -12,9 +12,9 @@ import csv
 import shutil
 from pathlib import Path
 
+from cliplab.data.evalsets import load_classification, load_retrieval
 from cliplab.data.sources import ShardsSpec, spec_for_path
 from cliplab.demo.plan import Log
-from cliplab.evaluation.datasets import load_classification, load_retrieval
 from cliplab.fileio import AtomicFile
 
 #: (collection name, how to read it): a built shard set, or an evaluation set.

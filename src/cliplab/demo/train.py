@@ -26,6 +26,10 @@ from cliplab.demo.plan import Log
 DEFAULT_MINUTES = 8.5
 #: Runs of at most this many steps are not timed (the timing would cost more than the run).
 UNTIMED_STEPS = 100
+#: What comes after the timed steps when a deadline is set: the training run's start (the
+#: cache decodes every image), evaluation, the report and the search collections (0.8 min
+#: after training on the slowest machine seen, an AVX2-only AMD EPYC), with a margin.
+AFTER_TIMING_MINUTES = 1.6
 
 
 def train(config: Any, log: Log = print, threads: int | None = None) -> dict[str, Any]:
@@ -71,12 +75,22 @@ def run_steps(run_dir: str | Path) -> int | None:
         return None
 
 
-def fit_steps(config: Any, minutes: float, overrides: Sequence[str] = (), log: Log = print) -> Any:
+def fit_steps(
+    config: Any,
+    minutes: float,
+    overrides: Sequence[str] = (),
+    log: Log = print,
+    deadline: float | None = None,
+) -> Any:
     """``config`` with ``train.steps`` lowered (to a multiple of 10) so that training takes
-    about ``minutes`` here; unchanged when the recipe already fits, when ``overrides`` set
-    ``train.steps``, when the run is short, or when ``config.output`` holds a run to resume
-    (its own count is kept, so a resumed run ends where it would have)."""
+    about ``minutes`` here, or less where ``deadline`` (``time.time()`` seconds by which the
+    whole run should end) leaves less after the timing and :data:`AFTER_TIMING_MINUTES`;
+    unchanged when the recipe already fits, when ``overrides`` set ``train.steps``, when the
+    run is short, or when ``config.output`` holds a run to resume (its own count is kept, so
+    a resumed run ends where it would have)."""
     steps = config.train.steps
+    if deadline is not None:
+        minutes = minutes if minutes > 0 else float("inf")
     if minutes <= 0 or steps <= UNTIMED_STEPS or config.train.epochs > 0:
         return config
     if any(o.replace(" ", "").startswith("train.steps=") for o in overrides):
@@ -91,16 +105,21 @@ def fit_steps(config: Any, minutes: float, overrides: Sequence[str] = (), log: L
         until = config.train.low_res_until
         full = time_steps(config.replace(train=dataclasses.replace(config.train, low_res_size=0)))
         rate = 1 / (until / rate + (1 - until) / full)
+    if deadline is not None:
+        left = (deadline - time.time()) / 60 - AFTER_TIMING_MINUTES
+        if left < minutes:
+            log(f"== {left:.1f} min left for training before the deadline")
+            minutes = max(left, 0.1)
     # ~10% of the time goes to the tracking evaluations, checkpoints and logging (measured:
     # 735 pairs/s over a whole demo run whose steps ran at a median of 804)
     # a multiple of 10 (of 100 it lost up to a tenth of the minutes at big batches)
     fitted = int(minutes * 60 * rate * 0.9 / config.data.batch_size) // 10 * 10
     fitted = max(100, fitted)
     if fitted >= steps:
-        log(f"== this machine trains {rate:,.0f} pairs/s: {steps} steps fit in {minutes:g} min")
+        log(f"== this machine trains {rate:,.0f} pairs/s: {steps} steps fit in {minutes:.3g} min")
         return config
     log(
         f"== this machine trains {rate:,.0f} pairs/s: {fitted} of the recipe's {steps} steps fit "
-        f"in {minutes:g} min (--minutes 0: all of them)"
+        f"in {minutes:.3g} min (--minutes 0: all of them)"
     )
     return config.replace(train=dataclasses.replace(config.train, steps=fitted))

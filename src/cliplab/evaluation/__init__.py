@@ -3,7 +3,7 @@
 - :mod:`~cliplab.evaluation.registry`: every protocol by name (zero-shot, prompts, linear
   probe, few-shot, retrieval, robustness), each a module of ``protocols/`` following
   :mod:`~cliplab.evaluation.protocol`: options, a typed result, ``run``;
-- :mod:`~cliplab.evaluation.datasets`: classification and retrieval sets;
+- :mod:`cliplab.data.evalsets`: classification and retrieval sets (re-exported here);
 - :mod:`~cliplab.evaluation.metrics`: ranks with one tie rule, top-k, confusion matrices;
 - :mod:`~cliplab.evaluation.probe`: L-BFGS logistic regression and the paper's C search;
 - :mod:`~cliplab.evaluation.effective_robustness`: baselines and effective robustness;
@@ -18,13 +18,13 @@ classification itself is :mod:`cliplab.zeroshot`::
     print(result.summary())
 """
 
-from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import (
+from cliplab.data.evalsets import (
     ClassificationSet,
     RetrievalSet,
     load_classification,
     load_retrieval,
 )
+from cliplab.encode import FeatureStore
 from cliplab.evaluation.protocol import Input, Protocol, Result, Row
 from cliplab.evaluation.registry import PROTOCOLS, get, result_from_dict
 from cliplab.evaluation.report import ModelRun, write_report

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from cliplab.evaluation.datasets import ClassificationSet
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.evaluation.metrics import target_ranks
 from cliplab.evaluation.probe import (
     Backend,

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from cliplab.evaluation.datasets import ClassificationSet
+from cliplab.data.evalsets import ClassificationSet
 
 #: Candidate prompt sets for emoji-group zero-shot, chosen between on a validation style only.
 EMOJI_GROUP_TEMPLATES: dict[str, list[str]] = {

@@ -25,8 +25,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.metrics import classification_metrics, target_ranks
 from cliplab.evaluation.protocol import option
 

@@ -1,6 +1,10 @@
 """Evaluation during training: any protocol of the registry on the current weights.
 
-The trainer calls each evaluator every ``eval.interval`` steps with the model;
+An evaluator is any callable ``(model, step) -> {"name": value, ...}``. The trainer calls
+each one every ``eval.interval`` steps and at the end, on rank 0, with the bare model, and
+logs the results as ``kind="eval"`` records; :func:`build_evaluators` makes the ones a
+training config asks for (``[[eval.sets]]`` tables and ``eval.synthetic_pairs``), and
+``Trainer(evaluators=...)`` takes more.
 :class:`ProtocolEvaluator` runs a protocol exactly as ``cliplab eval`` does (same code, same
 metrics, same tie rule) on a store that holds no disk cache, since the weights change between
 calls. Images are preprocessed once per image size and kept in memory (up to
@@ -18,24 +22,33 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cliplab.data.stream import BadSample
-from cliplab.encode import FeatureStore, Tokenizer, open_image, unwrap_model
-from cliplab.evaluation.datasets import (
+from cliplab.data.evalsets import (
     ClassificationSet,
     RetrievalSet,
     load_classification,
     load_retrieval,
 )
+from cliplab.data.images import open_image
+from cliplab.data.stream import BadSample
+from cliplab.encode import FeatureStore, Tokenizer, unwrap_model
 from cliplab.evaluation.protocol import Protocol
 from cliplab.evaluation.registry import get
 
-__all__ = ["PIXEL_CACHE_BYTES", "ProtocolEvaluator", "evaluator_from_spec", "resolve_evalset"]
+__all__ = [
+    "PIXEL_CACHE_BYTES",
+    "Evaluator",
+    "ProtocolEvaluator",
+    "build_evaluators",
+    "evaluator_from_spec",
+    "resolve_evalset",
+    "synthetic_retrieval_evaluator",
+]
 
 log = logging.getLogger("cliplab.evaluation")
 
@@ -44,6 +57,7 @@ PIXEL_CACHE_BYTES = 512 * 2**20
 #: Keys of an ``[[eval.sets]]`` table that are not the protocol's inputs or options.
 SPEC_KEYS = ("protocol", "max_images", "seed", "prefix")
 
+#: ``(model, step) -> metrics``; called on rank 0.
 Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
 EvalSet = ClassificationSet | RetrievalSet
 
@@ -219,3 +233,43 @@ def evaluator_from_spec(
         prefix=extra.get("prefix"),
         batch_size=batch_size,
     )
+
+
+def synthetic_retrieval_evaluator(
+    num_pairs: int, batch_size: int = 256, source_image_size: int = 64
+) -> ProtocolEvaluator:
+    """Retrieval over the first ``num_pairs`` scenes of the synthetic set's ``val`` split
+    (never seen in training: the split picks disjoint scenes), as ``synthetic_<metric>``."""
+    from cliplab.data import SyntheticSource
+
+    source = SyntheticSource(num_pairs, split="val", image_size=source_image_size)
+    pairs = source.pairs(num_pairs)
+    dataset = RetrievalSet(
+        images=[image for image, _ in pairs],
+        captions=[[caption] for _, caption in pairs],
+        name="synthetic",
+    )
+    return ProtocolEvaluator(
+        "retrieval", {"dataset": dataset}, batch_size=batch_size, prefix="synthetic_"
+    )
+
+
+def build_evaluators(
+    sets: Sequence[Mapping[str, Any]],
+    data_dir: str | os.PathLike[str] = "data",
+    batch_size: int = 256,
+    *,
+    synthetic_pairs: int = 0,
+    synthetic_image_size: int = 64,
+) -> list[Evaluator]:
+    """The evaluators of a training config (``[eval]``): retrieval on ``synthetic_pairs``
+    held-out synthetic pairs (drawn at ``synthetic_image_size``), then one per ``[[eval.sets]]``
+    table (sets by name under ``data_dir/eval`` or by path). Sets load now, so a missing one
+    fails before training starts."""
+    evaluators: list[Evaluator] = []
+    if synthetic_pairs:
+        evaluators.append(
+            synthetic_retrieval_evaluator(synthetic_pairs, batch_size, synthetic_image_size)
+        )
+    evaluators += [evaluator_from_spec(table, data_dir, batch_size) for table in sets]
+    return evaluators

@@ -6,8 +6,6 @@ keeps it at the root; ``cliplab.checkpoints`` renames between the two).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,8 +15,9 @@ from cliplab.models.resnet import ModifiedResNet
 from cliplab.models.text import TextTransformer
 from cliplab.models.vit import VisionTransformer
 
-#: ``exp(logit_scale)`` is clipped at this value during training (the paper's 100).
-MAX_LOGIT_SCALE = math.log(100.0)
+#: The cap on the logits' scale ``exp(t)`` (the paper's 100): training clamps the learnt
+#: ``logit_scale`` (which is ``t``) at ``log(MAX_LOGIT_SCALE)``, inference never scales above it.
+MAX_LOGIT_SCALE = 100.0
 
 
 def build_vision_tower(config: ViTConfig | ResNetConfig, embed_dim: int) -> nn.Module:

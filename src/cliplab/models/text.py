@@ -90,12 +90,13 @@ class TextTransformer(nn.Module):
         self.ln_final = LayerNorm(config.width)
         self.text_projection = nn.Parameter(torch.empty(config.width, embed_dim))
         # Causal attention means positions after a row's EOT never influence its feature, so
-        # padding is cut before the transformer: the batch is split into a few groups by
-        # caption length, each cut to its own longest (``length_groups``; exact, and 3-5x
-        # less work for typical captions). Set False for static shapes (CUDA graphs, some
-        # compilers). ``max_length_groups = 1`` cuts the whole batch to its longest caption.
-        self.trim_padding = True
-        self.max_length_groups = 4
+        # padding is cut before the transformer: the batch is split into at most
+        # ``config.length_groups`` groups by caption length, each cut to its own longest
+        # (``length_groups``; exact, and 3-5x less work for typical captions); 1 cuts the
+        # whole batch to its longest caption, 0 keeps static shapes. The setting is the
+        # model's; code that needs static shapes on a built model (ONNX export, a compiled
+        # training step) sets this attribute from outside.
+        self.length_groups = config.length_groups
         self.init_weights()
 
     @torch.no_grad()
@@ -118,9 +119,9 @@ class TextTransformer(nn.Module):
                 f"{self.context_length}"
             )
         groups = []
-        if self.trim_padding and text.shape[0] > 0:
+        if self.length_groups > 0 and text.shape[0] > 0:
             lengths = (text.argmax(dim=-1) + 1).tolist()
-            groups = length_groups(lengths, max_groups=self.max_length_groups)
+            groups = length_groups(lengths, max_groups=self.length_groups)
         if len(groups) > 1:
             index = [torch.tensor(rows, device=text.device) for rows, _ in groups]
             parts = [self._eot_features(text[i, :n]) for i, (_, n) in zip(index, groups)]

@@ -8,7 +8,8 @@ Two training levers live here because they change what the blocks see, not the w
 - **patch dropout** (FLIP): in training mode, ``patch_dropout`` of the patches of each image
   are dropped at random (the class token is always kept) after the positional embeddings,
   so the blocks see fewer tokens. Off in ``eval()`` and when ``patch_dropout == 0``; drawn
-  from torch's RNG, so deterministic for a seed. The trainer sets it (``train.patch_dropout``).
+  from torch's RNG, so deterministic for a seed. A model setting (``vision.patch_dropout``),
+  saved with the model.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.image_size = config.image_size
-        self.patch_dropout = 0.0  # the fraction of patches dropped in training mode
         w = config.width
         self.conv1 = nn.Conv2d(
             3, w, kernel_size=config.patch_size, stride=config.patch_size, bias=False
@@ -100,8 +100,8 @@ class VisionTransformer(nn.Module):
         x = x + resample_positions(self.positional_embedding, self.config.grid_size, grid).to(
             x.dtype
         )
-        if self.training and self.patch_dropout > 0:
-            x = drop_patches(x, self.patch_dropout)  # (B, 1 + K, width)
+        if self.training and self.config.patch_dropout > 0:
+            x = drop_patches(x, self.config.patch_dropout)  # (B, 1 + K, width)
         x = self.ln_pre(x)
         x = self.transformer(x)  # (B, tokens, width)
         x = self.ln_post(x[:, 0])  # (B, width)

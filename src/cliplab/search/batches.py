@@ -6,7 +6,6 @@ features."""
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cliplab.data.decode import ERROR_MEMBER, decode_caption, image_member, load_image
+from cliplab.data.decode import ImageDecoder
 from cliplab.data.stream import BadSample, RawSample, scan
 from cliplab.encode import autocast_for, encode_texts, model_device, model_dtype
 
@@ -63,28 +62,27 @@ def records(
             yield record, None
 
 
+#: The training decoder without its training-only rules (aspect ratio, minimum size): every
+#: image of a collection is searchable, and a bad record is rejected for the same reason.
+DECODER = ImageDecoder(max_aspect=None, min_size=1)
+
+
 def decode(
     record: RawSample, path: str | None, preprocess: Callable[[Any], torch.Tensor], captions: bool
 ) -> Item:
+    """One record -> its pixels (the RGB picture, :func:`cliplab.data.images.rgb`, through
+    the model's ``preprocess``) and caption, or the reason it cannot be embedded."""
     item = Item(record.key, path, None)
     try:
-        marker = record.members.get(ERROR_MEMBER)
-        if marker is not None:
-            raise BadSample(marker.decode("utf-8", "replace").partition("\n")[0] or "malformed")
-        ext = image_member(record.members)
-        if ext is None:
-            raise BadSample("no-image")
-        image = load_image(record.members[ext])
-        item.width, item.height = image.size
-        with warnings.catch_warnings():  # Pillow on palette transparency: converted anyway
-            warnings.simplefilter("ignore", UserWarning)
-            item.pixels = preprocess(image)
+        image = DECODER.image(record)
     except BadSample as e:
         item.reason = e.reason
         return item
+    item.width, item.height = image.size
+    item.pixels = preprocess(image)
     if captions:
         try:
-            item.caption = decode_caption(record, random.Random(0))
+            item.caption = DECODER.caption(record, random.Random(0))
         except BadSample:
             item.caption = None
     return item

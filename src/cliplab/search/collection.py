@@ -7,6 +7,8 @@ Layout of a collection directory::
     texts/000000.npy       (n, D) caption embeddings, rows aligned with images (zeros where an
                            image has no caption), when captions were embedded
     meta/000000.parquet    id, key, path, caption, width, height of each embedded image
+                           (path: the image file, or for shard sources the shard, the key
+                           naming the sample in it; local paths or URLs)
     parts/000000.json      written last: the part is complete (records read, images, failures)
     failures.jsonl         key and reason of every record that could not be embedded
     index/                 what ``cliplab index`` builds (see :mod:`cliplab.search.index`)
@@ -27,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cliplab.data import storage
+from cliplab.data.images import IMAGE_EXTS
+from cliplab.data.webdataset import ShardIndex
 
 __all__ = ["FORMAT", "META_COLUMNS", "Collection", "Part"]
 
@@ -158,3 +164,31 @@ class Collection:
     def rows(self, indices: list[int]) -> list[dict[str, Any]]:
         table = self.metadata.take(indices)
         return table.to_pylist()
+
+    @property
+    def from_shards(self) -> bool:
+        """Whether the source was tar shards: then a row's ``path`` is its shard, its ``key``
+        the sample in it; otherwise ``path`` is the image file."""
+        return (self.info.get("source") or {}).get("kind") in ("webdataset", "shards")
+
+    def image_bytes(self, index: int) -> bytes | None:
+        """The bytes of image ``index`` as its source holds them: the file the row records, or
+        its member of the shard the row records (read by key and byte range), local or in
+        object storage alike (:mod:`cliplab.data.storage`). None when the row records no
+        location or the file or member is gone or unreadable; ``IndexError`` outside the
+        collection. Only the collection's own records are read: no caller-given path."""
+        row = self.row(index)
+        path = row.get("path")
+        if not path:
+            return None
+        try:
+            if self.from_shards:
+                found = self._shards.read_member(path, row["key"], IMAGE_EXTS)
+                return None if found is None else found[1]
+            return storage.read_bytes(path)
+        except (OSError, ImportError, ValueError):
+            return None
+
+    @cached_property
+    def _shards(self) -> ShardIndex:
+        return ShardIndex()

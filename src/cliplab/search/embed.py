@@ -2,19 +2,18 @@
 
 Any source the data layer opens (a folder of images, recursively; CSV/Parquet manifests;
 WebDataset shards) is read in order; worker processes read and decode images while the main
-process runs the model, so decoding overlaps encoding. Every image goes through the model's
-own preprocessing (the same pixels ``cliplab.load``'s transform gives), embeddings are
-L2-normalised and written in parts (see :mod:`cliplab.search.collection`). A bad record
-(missing file, truncated or non-image data, a decompression bomb, a malformed shard member)
-is skipped and counted by its reason; a killed run resumes after its last complete part and
-embeds nothing twice.
+process runs the model, so decoding overlaps encoding. Images are decoded by the training
+decoder (:meth:`cliplab.data.decode.ImageDecoder.image`: upright, transparency on white) and
+go through the model's own preprocessing; embeddings are L2-normalised and written in parts
+(see :mod:`cliplab.search.collection`). A bad record (missing file, truncated or non-image
+data, a decompression bomb, a malformed shard member) is skipped and counted by the
+decoder's reason; a killed run resumes after its last complete part and embeds nothing twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from cliplab.encode import (
     model_fingerprint,
 )
 from cliplab.fileio import atomic_write, write_json
+from cliplab.progress import Progress
 from cliplab.search.batches import Batch, decode_batch, encode_batch, records
 from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
 
@@ -240,7 +240,12 @@ def embed(
             f"resuming after {done.records} records ({len(done)} images in {len(done.parts)} parts)"
         )
     start = time.perf_counter()
-    meter = _Meter(None if total is None else total - done.records, progress)
+    meter = Progress(
+        None if total is None else total - done.records,
+        desc="embedding",
+        unit="img",
+        enabled=progress,
+    )
     if engine == "ray":
         from cliplab.search import ray_embed
 
@@ -299,41 +304,6 @@ def embed(
          "failures": dict(final.failures())},
     )  # fmt: skip
     return result
-
-
-class _Meter:
-    """Progress in images per second on stderr: a tqdm bar when tqdm is installed, else a
-    line every 5 seconds."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.enabled, self.total, self.count = enabled, total, 0
-        self.start = self.last = time.monotonic()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc="embedding", unit="img", file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def update(self, n: int) -> None:
-        self.count += n
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.last >= 5:
-            self.last = now
-            rate = self.count / (now - self.start)
-            of = f"/{self.total}" if self.total else ""
-            print(f"embedding: {self.count}{of} records, {rate:.0f} images/s", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _as_is(batch: Batch) -> Batch:

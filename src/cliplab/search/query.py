@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cliplab.encode import FeatureStore, encode_texts, model_fingerprint, open_image
+from cliplab.data.images import open_rgb
+from cliplab.encode import FeatureStore, encode_texts, model_fingerprint
 from cliplab.search.collection import Collection
 from cliplab.search.index import SearchIndex
 
@@ -107,9 +108,10 @@ class Searcher:
 
     @torch.no_grad()
     def embed_image(self, image: Any) -> np.ndarray:
-        """(D,) unit vector of an image query (a PIL image or a path; ``BadSample`` for an
-        unreadable one)."""
-        pixels = self.preprocess(open_image(image))[None]
+        """(D,) unit vector of an image query (a PIL image, image bytes or a file; ``BadSample``
+        for an unreadable one), seen as ``cliplab embed`` saw the collection's images: through
+        :func:`cliplab.data.images.rgb` (upright, transparency on white)."""
+        pixels = self.preprocess(open_rgb(image))[None]
         device = next(self.model.parameters()).device
         features = self.model.encode_image(pixels.to(device, self.model.dtype))
         return F.normalize(features.float(), dim=-1)[0].cpu().numpy()
@@ -168,12 +170,9 @@ class Searcher:
     ) -> list[tuple[str, float]]:
         """Zero-shot probabilities of ``labels`` for an image, best first (prompt ensembles
         are cached per label list); ``members``: sub-labels a label may score by."""
-        from cliplab.zeroshot import member_names, pool_members, zero_shot_logits
+        from cliplab.zeroshot import ZeroShotHead
 
-        names, owner = member_names(labels, members)
-        weights = self._classifiers.classifier(names, list(templates))
-        query = torch.from_numpy(self.embed_image(image))[None]
-        logits = zero_shot_logits(query, weights, self._classifiers.logit_scale)
-        probs = pool_members(logits, owner, len(labels)).softmax(-1)[0]
+        head = ZeroShotHead.build(self._classifiers, labels, templates, members)
+        probs = head.probs(torch.from_numpy(self.embed_image(image))[None])[0]
         order = probs.argsort(descending=True).tolist()
         return [(labels[i], float(probs[i])) for i in order]

@@ -13,24 +13,22 @@
 Bad input is a 4xx with a one-line ``detail``, never a 500: empty or over-long queries, k
 out of range, uploads over ``max_upload_bytes`` (413, checked while the body streams in),
 non-images (415), truncated images (400), decompression bombs (413), unknown ids (404). The
-server reads files only through the collection's own metadata, by id: no path from a
-request ever reaches the file system.
+server reads images only through the collection's own metadata, by id
+(:meth:`cliplab.search.collection.Collection.image_bytes`: files and shard members, local or
+in object storage): no path from a request ever reaches the file system.
 """
 
 from __future__ import annotations
 
 import logging
-import tarfile
 import threading
-from collections import OrderedDict
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from cliplab.data.decode import probe_image
+from cliplab.data.images import MEDIA_TYPES, open_rgb, probe_image
 from cliplab.data.stream import BadSample
 from cliplab.search.query import MAX_QUERY_CHARS, Searcher
 from cliplab.zeroshot import parse_labels
@@ -40,17 +38,6 @@ log = logging.getLogger("cliplab.serve")
 MAX_K = 200
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 100
-CONTENT_TYPES = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "GIF": "image/gif",
-    "WEBP": "image/webp",
-    "BMP": "image/bmp",
-    "TIFF": "image/tiff",
-    "PPM": "image/x-portable-pixmap",
-    "ICO": "image/x-icon",
-    "AVIF": "image/avif",
-}
 #: BadSample reasons of an upload -> HTTP status.
 UPLOAD_STATUS = {"decompression-bomb": 413, "not-an-image": 415, "zero-bytes": 400}
 
@@ -117,38 +104,6 @@ async def _plain(send: Any, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _Shards:
-    """Members of tar shards by key, each shard's table of contents read once (LRU)."""
-
-    def __init__(self, size: int = 16) -> None:
-        self.tables: OrderedDict[str, dict[str, tuple[str, int, int]]] = OrderedDict()
-        self.size = size
-        self.lock = threading.Lock()
-
-    def read(self, shard: str, key: str) -> bytes | None:
-        from cliplab.data.decode import IMAGE_EXTS
-
-        with self.lock:
-            table = self.tables.get(shard)
-            if table is None:
-                table = {}
-                with tarfile.open(shard, "r:") as tar:
-                    for info in tar:
-                        stem, _, ext = info.name.partition(".")
-                        if info.isfile() and ext.lower() in IMAGE_EXTS:
-                            table.setdefault(stem, (ext, info.offset_data, info.size))
-                self.tables[shard] = table
-                while len(self.tables) > self.size:
-                    self.tables.popitem(last=False)
-            self.tables.move_to_end(shard)
-        if key not in table:
-            return None
-        _, offset, size = table[key]
-        with open(shard, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
-
-
 def create_app(
     searcher: Searcher,
     *,
@@ -164,7 +119,6 @@ def create_app(
 
     app = FastAPI(title="cliplab search", docs_url=None, redoc_url=None)
     lock = threading.Lock()  # one query at a time on the model: steady latency on a CPU
-    shards = _Shards()
     collection = searcher.collection
     page = resources.files("cliplab.serve").joinpath("static", "index.html").read_text("utf-8")
 
@@ -184,10 +138,8 @@ def create_app(
             raise HTTPException(413, f"image over {max_upload_bytes} bytes")
         if not data:
             raise HTTPException(400, "empty upload")
-        from cliplab.data.decode import load_image
-
         try:
-            return load_image(data)
+            return open_rgb(data)
         except BadSample as e:
             raise HTTPException(
                 UPLOAD_STATUS.get(e.reason, 400), f"unusable image: {e.reason}"
@@ -264,29 +216,15 @@ def create_app(
 
     @app.get("/image/{image_id}")
     def image(image_id: int) -> Response:
-        try:
-            row = collection.row(image_id)
-        except IndexError:
-            raise HTTPException(404, f"no image with id {image_id}") from None
-        data = _image_bytes(row, shards)
+        if not 0 <= image_id < len(collection):
+            raise HTTPException(404, f"no image with id {image_id}")
+        data = collection.image_bytes(image_id)
         if data is None:
             raise HTTPException(404, f"image {image_id} is not available")
         try:
             fmt, _, _ = probe_image(data, max_aspect=None, min_size=1)
         except BadSample:
             raise HTTPException(404, f"image {image_id} is no longer readable") from None
-        return Response(data, media_type=CONTENT_TYPES.get(fmt, "application/octet-stream"))
+        return Response(data, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
     return LimitBody(app, max_upload_bytes + 64 * 1024)
-
-
-def _image_bytes(row: dict[str, Any], shards: _Shards) -> bytes | None:
-    path = row.get("path")
-    if not path:
-        return None
-    try:
-        if path.endswith((".tar", ".TAR")):
-            return shards.read(path, row["key"])
-        return Path(path).read_bytes()
-    except (OSError, tarfile.TarError):
-        return None

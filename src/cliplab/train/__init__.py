@@ -5,8 +5,8 @@
 CLI) never imports it.
 """
 
+from cliplab.evaluation.training import Evaluator
 from cliplab.train.config import Config, load_config
-from cliplab.train.evaluation import Evaluator
 from cliplab.train.trainer import INTERRUPTED_EXIT, NonFiniteError, StepResult, Trainer
 
 __all__ = [

@@ -103,7 +103,7 @@ def non_finite_entries(
     return bad
 
 
-def save_checkpoint(output: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+def save_train_state(output: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` atomically as the checkpoint of ``step`` and keep the last ``keep``.
 
     Refuses (``NonFiniteCheckpointError``) when the model or optimiser holds a non-finite
@@ -130,7 +130,7 @@ def prune(output: Path, keep: int) -> None:
             old.unlink(missing_ok=True)
 
 
-def save_sharded_checkpoint(
+def save_sharded_train_state(
     output: Path,
     step: int,
     model: torch.nn.Module,
@@ -182,7 +182,7 @@ def save_sharded_checkpoint(
     return final
 
 
-def load_sharded_checkpoint(
+def load_sharded_train_state(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> None:
     """Load a sharded checkpoint's model (and optimiser) into ``model``: sharded with FSDP on
@@ -209,10 +209,10 @@ def load_sharded_checkpoint(
     )
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_train_state(path: Path) -> dict[str, Any]:
     """Read one checkpoint (tensors on the CPU); raises on a damaged or foreign file. For a
     sharded checkpoint this is its ``extra.pt`` (``"sharded": True``, ``"path"``): the model
-    and optimiser are loaded with :func:`load_sharded_checkpoint`."""
+    and optimiser are loaded with :func:`load_sharded_train_state`."""
     if Path(path).is_dir():
         state = torch.load(Path(path) / EXTRA, map_location="cpu", weights_only=True)
         if isinstance(state, dict):
@@ -233,7 +233,7 @@ def load_latest(output: Path) -> dict[str, Any] | None:
     warning), or None when there is none."""
     for step, path in reversed(list_checkpoints(output)):
         try:
-            return load_checkpoint(path)
+            return load_train_state(path)
         except Exception as e:  # a truncated file, a foreign file: fall back to the previous one
             warnings.warn(f"skipping unreadable checkpoint {path} (step {step}): {e}", stacklevel=2)
     return None

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cliplab.augment import AugmentConfig
-from cliplab.config import parse_value, unknown_message
+from cliplab.config import (
+    CLIPConfig,
+    flatten_settings,
+    get_config,
+    nest_settings,
+    parse_override,
+    unknown_message,
+)
 from cliplab.data.sources import ShardsSpec, SourceSpec, SyntheticSpec, spec_from_dict
 
 try:
@@ -57,15 +64,44 @@ def _at_least(owner: str, minimum: float, **values: float) -> None:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """A preset from ``cliplab.list_models()`` plus ``create_model`` overrides."""
+    """``[model]``: a preset from ``cliplab.list_models()`` (``name``) and model settings by
+    path, the paths every command's ``--set`` takes (``cliplab.config.CLIPConfig.replace``)::
+
+        [model]
+        name = "tiny-vit"
+        embed_dim = 96
+        activation = "gelu"
+        vision = { width = 96, layers = 3, patch_dropout = 0.5 }
+        text = { width = 96, layers = 2 }
+
+    ``settings`` holds them flat (``{"vision.width": 96}``); they are saved with the model."""
 
     name: str = "tiny-vit"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from cliplab.config import get_config
+        object.__setattr__(self, "settings", flatten_settings(dict(self.settings)))
+        self.model_config()  # unknown names and settings fail here
 
-        get_config(self.name, **self.overrides)  # unknown names and overrides fail here
+    def model_config(self) -> CLIPConfig:
+        """The model this section describes."""
+        return get_config(self.name, **self.settings)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> ModelSection:
+        table = dict(table)
+        if "overrides" in table:
+            raise ValueError(
+                "model.overrides is gone: write the settings in [model] itself "
+                '(embed_dim = 96, vision = { width = 96 }, activation = "gelu")'
+            )
+        name = table.pop("name", cls.name)
+        if not isinstance(name, str):
+            raise ValueError(f"model.name must be a string, got {name!r}")
+        return cls(name=name, settings=table)
+
+    def to_table(self) -> dict[str, Any]:
+        return {"name": self.name, **nest_settings(self.settings)}
 
 
 @dataclass(frozen=True)
@@ -143,7 +179,6 @@ class TrainSection:
     parallelism: str = "ddp"
     loss: str = "plain"  # "chunked": the same, in O(N) memory; "siglip": the sigmoid loss
     loss_chunk_size: int = 4096
-    patch_dropout: float = 0.0  # FLIP: fraction of image patches dropped in training (ViT)
     low_res_size: int = 0  # CLIPA: train at this image size (ViT; 0: off) ...
     low_res_until: float = 0.8  # ... for this fraction of the steps, then at full size
     # a second caption per image, drawn independently by the caption function (in another
@@ -171,8 +206,6 @@ class TrainSection:
                 'train.parallelism = "fsdp" does not yet combine with train.compile or '
                 "train.accum_steps > 1 (use ddp for those)"
             )
-        if not 0 <= self.patch_dropout < 1:
-            raise ValueError(f"train.patch_dropout must be in [0, 1), got {self.patch_dropout}")
         _at_least("train", 0, low_res_size=self.low_res_size)
         if not 0 <= self.low_res_until <= 1:
             raise ValueError(f"train.low_res_until must be in [0, 1], got {self.low_res_until}")
@@ -259,17 +292,12 @@ class Config:
     output: str = ""
 
     def __post_init__(self) -> None:
+        if self.train.loss == "siglip":  # the sigmoid loss's initial t = log 10, b = -10
+            settings = {"logit_scale_init": math.log(10.0), "logit_bias_init": -10.0}
+            settings.update(self.model.settings)
+            object.__setattr__(self, "model", dataclasses.replace(self.model, settings=settings))
         if self.train.second_caption and self.train.accum_steps > 1:
             raise ValueError("train.second_caption does not combine with train.accum_steps > 1")
-
-    def model_settings(self) -> dict[str, Any]:
-        """The model settings of the run: ``model.overrides``, plus SigLIP's initial
-        temperature and bias (t = log 10, b = -10, as the paper) when ``train.loss = "siglip"``."""
-        overrides = dict(self.model.overrides)
-        if self.train.loss == "siglip":
-            overrides.setdefault("logit_scale_init", math.log(10.0))
-            overrides.setdefault("logit_bias_init", -10.0)
-        return overrides
 
     def batch_split(self, world_size: int) -> tuple[int, int]:
         """(per-rank batch, micro-batch) from the global batch; clear errors when uneven."""
@@ -286,6 +314,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); ``Config.from_dict`` inverts it."""
         d = _lists(dataclasses.asdict(self))
+        d["model"] = _lists(self.model.to_table())
         d["data"]["sources"] = [s.to_dict() for s in self.data.sources]
         d["eval"]["sets"] = [dict(t) for t in self.eval.sets]
         return d
@@ -300,7 +329,10 @@ class Config:
             values = d.get(name, {})
             if not isinstance(values, dict):
                 raise ValueError(f"[{name}] must be a table, got {values!r}")
-            sections[name] = _build_section(name, section_cls, values)
+            if section_cls is ModelSection:
+                sections[name] = ModelSection.from_table(values)
+            else:
+                sections[name] = _build_section(name, section_cls, values)
         output = d.get("output", "")
         if not isinstance(output, str):
             raise ValueError(f"output must be a path string, got {output!r}")
@@ -343,6 +375,7 @@ MOVED = {
     "data.grayscale": "data.augment.grayscale",
     "data.blur": "data.augment.blur",
     "data.invert": "data.augment.invert",
+    "train.patch_dropout": "model.vision.patch_dropout",
 }
 
 
@@ -402,25 +435,23 @@ def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
 
 
 def apply_override(d: dict[str, Any], item: str) -> None:
-    """Apply one ``--set`` to a config dict: ``section.key=value`` (or
-    ``section.table.key=value``), or a bare ``key=value``, which is a model setting
-    (``activation=gelu`` is ``model.overrides.activation``), as in every command."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    """Apply one ``--set PATH=VALUE`` to a config dict (:func:`cliplab.config.parse_override`,
+    the one grammar of every command). A path that starts with a section names a key of the
+    config (``train.steps=300``, ``data.augment.blur=0.3``, ``model.vision.width=96``); any
+    other path is a model setting, as in every command (``activation=gelu`` is
+    ``model.activation``, ``vision.width=96`` is ``model.vision.width``)."""
+    key, value = parse_override(item)
     parts = key.split(".")
-    if len(parts) == 1 and key in SECTIONS:
-        raise ValueError(f"--set {item}: name a key inside [{key}], e.g. {key}.<key>=...")
-    if len(parts) == 1 and key != "output":  # a model setting, as for every other command
-        parts = ["model", "overrides", key]
     if parts[0] not in SECTIONS and parts != ["output"]:
-        raise ValueError(
-            unknown_message("section", parts[0], [*SECTIONS, "output"]) + f" (in --set {item})"
-        )
+        if len(parts) > 1 and parts[0] not in ("vision", "text"):  # neither config nor model
+            valid = [*SECTIONS, "output", "vision", "text"]
+            raise ValueError(unknown_message("section", parts[0], valid) + f" (in --set {item})")
+        parts = ["model", *parts]
     if parts[0] in SECTIONS and len(parts) < 2:
         raise ValueError(f"--set {item}: name a key inside [{parts[0]}], e.g. {parts[0]}.<key>=...")
-    if len(parts) >= 2:
+    if key in MOVED:
+        raise ValueError(f"--set {item}: {key} is now {MOVED[key]}")
+    if parts[0] != "model" and len(parts) >= 2:
         fields = {f.name for f in dataclasses.fields(SECTIONS[parts[0]])}
         if parts[1] not in fields:
             raise ValueError(
@@ -433,7 +464,7 @@ def apply_override(d: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ValueError(f"--set {item}: {part!r} is not a table")
         node = child
-    node[parts[-1]] = parse_value(text.strip())
+    node[parts[-1]] = value
 
 
 def load_config(
@@ -461,7 +492,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     for k in keys:
         a, b = old.get(k), new.get(k)
         name = f"{prefix}{k}"
-        if isinstance(a, dict) and isinstance(b, dict) and name != "model.overrides":
+        if isinstance(a, dict) and isinstance(b, dict):
             diffs += config_differences(a, b, name + ".")
         elif a != b:
             diffs.append(name)

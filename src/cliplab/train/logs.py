@@ -103,44 +103,6 @@ class MetricsLogger:
             self._writer = None
 
 
-class Progress:
-    """A tqdm bar on a terminal; otherwise a one-line summary about every 10% of the run."""
-
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True) -> None:
-        self.total = total
-        self.enabled = enabled
-        self._bar = None
-        self._every = max(1, total // 10)
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        summary = {k: metrics[k] for k in ("loss", "lr", "samples_per_s") if k in metrics}
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in summary.items()}, refresh=False)
-        elif step % self._every == 0 or step == self.total:
-            text = "  ".join(f"{k} {v:.4g}" for k, v in summary.items())
-            print(f"step {step}/{self.total}  {text}", file=sys.stderr, flush=True)
-
-    def write(self, message: str) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
 _PANELS = (
     ("loss", "loss", False),
     ("temperature", "temperature (1 / exp(t))", False),

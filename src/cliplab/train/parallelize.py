@@ -78,7 +78,7 @@ def compile_towers(towers: nn.Module, model: CLIP, backend: str = "inductor") ->
     """``torch.compile`` the encoders. The text tower's own padding trim (a data-dependent
     length) is turned off inside the graph; the trainer trims each batch's tokens before the
     call instead, and the text length is compiled as a dynamic dimension."""
-    model.text.trim_padding = False
+    model.text.length_groups = 0  # static shapes for the compiler; trim_tokens cuts the batch
     return torch.compile(towers, backend=backend)
 
 

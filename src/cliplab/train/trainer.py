@@ -8,8 +8,8 @@
   hand), checks the loss and gradient norm, and steps AdamW, then clamps ``exp(t)`` at 100;
 - fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling; ``auto`` picks bf16 where
   the device has bf16 instructions;
-- the CLIP loss (plain or chunked) or SigLIP's sigmoid loss with its learnt bias; patch
-  dropout (FLIP) and a low-resolution phase (CLIPA) for ViTs; a second caption per image
+- the CLIP loss (plain or chunked) or SigLIP's sigmoid loss with its learnt bias; a
+  low-resolution phase (CLIPA) for ViTs (patch dropout, FLIP, is the model's own setting); a second caption per image
   (``train.second_caption``) contrasted with the image or with the first caption;
 - a non-finite loss or gradient skips the step (counted); ``train.max_nonfinite`` in a row
   stop the run with ``NonFiniteError``;
@@ -42,10 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from cliplab.checkpoints.api import save as save_model
+from cliplab.evaluation.training import Evaluator, build_evaluators
 from cliplab.factory import create_model
 from cliplab.fileio import write_json
 from cliplab.loss import chunked_clip_loss, distributed_clip_loss, distributed_siglip_loss
 from cliplab.models import MAX_LOGIT_SCALE, VisionTransformer
+from cliplab.progress import Progress
 from cliplab.runtime import cpu_has_bf16
 from cliplab.train import checkpoint as ckpt
 from cliplab.train.config import Config, check_resume_compatible
@@ -61,9 +63,8 @@ from cliplab.train.distributed import (
     set_determinism,
     set_rng_state,
 )
-from cliplab.train.evaluation import Evaluator, build_evaluators
 from cliplab.train.gradcache import gradcache_backward
-from cliplab.train.logs import MetricsLogger, Progress, peak_memory_mb, plot_curves
+from cliplab.train.logs import MetricsLogger, peak_memory_mb, plot_curves
 from cliplab.train.optim import build_optimizer, build_scheduler
 from cliplab.train.parallelize import full_state_dict, parallelize, sharded_grad_norm, trim_tokens
 
@@ -102,10 +103,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
     tc = config.train
     visual = model.visual
-    wanted = [k for k in ("patch_dropout", "low_res_size") if getattr(tc, k)]
-    if wanted and not isinstance(visual, VisionTransformer):
+    if tc.low_res_size and not isinstance(visual, VisionTransformer):
         raise ValueError(
-            f"train.{wanted[0]} needs a ViT image tower; {config.model.name} has a ResNet"
+            f"train.low_res_size needs a ViT image tower; {config.model.name} has a ResNet"
         )
     if tc.low_res_size:
         patch, size = visual.config.patch_size, visual.image_size
@@ -114,6 +114,21 @@ def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
                 f"train.low_res_size must be a multiple of the patch size {patch} below the "
                 f"model's image size {size}; got {tc.low_res_size}"
             )
+
+
+def _config_evaluators(config: Config) -> list[Evaluator]:
+    """The evaluators ``[eval]`` asks for (the synthetic pairs drawn at the synthetic
+    source's image size)."""
+    from cliplab.data.sources import SyntheticSpec
+
+    synthetic = [s for s in config.data.sources if isinstance(s, SyntheticSpec)]
+    return build_evaluators(
+        config.eval.sets,
+        config.data.dir,
+        config.eval.batch_size,
+        synthetic_pairs=config.eval.synthetic_pairs,
+        synthetic_image_size=synthetic[0].image_size if synthetic else 64,
+    )
 
 
 class Trainer:
@@ -136,12 +151,10 @@ class Trainer:
 
         self.precision = resolve_precision(tc.precision, device)
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
-        self.model = create_model(config.model.name, **config.model_settings()).to(device)
+        self.model = create_model(config.model.model_config()).to(device)
         if tc.loss == "siglip" and not hasattr(self.model, "logit_bias"):
             raise ValueError('train.loss = "siglip" needs a model with a logit bias')
         _check_vit_levers(config, self.model)
-        if tc.patch_dropout:
-            self.model.visual.patch_dropout = tc.patch_dropout  # training mode only
         self.model.train()
         seed_everything(tc.seed, self.env.rank)
         self.fsdp = self.env.distributed and tc.parallelism == "fsdp"
@@ -165,7 +178,7 @@ class Trainer:
         self.low_res_steps = round(tc.low_res_until * self.total_steps) if tc.low_res_size else 0
         # the config's evaluators (built now, so a missing set fails before training) + those given
         self.evaluators: list[Evaluator] = (
-            build_evaluators(config) + list(evaluators) if self.env.is_main else []
+            _config_evaluators(config) + list(evaluators) if self.env.is_main else []
         )
         self.step = 0
         self.counters = {"nonfinite_steps": 0, "nonfinite_in_a_row": 0, "overflow_steps": 0}
@@ -311,7 +324,7 @@ class Trainer:
         else:
             self.optimizer.step()
         with torch.no_grad():  # exp(t) <= 100
-            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
         self.counters["nonfinite_in_a_row"] = 0
         return None
 
@@ -343,7 +356,7 @@ class Trainer:
                 f"{self.env.world_size}; exact resumption needs the same number"
             )
         if state.get("sharded"):  # FSDP's folder: into FSDP, DDP or one process alike
-            ckpt.load_sharded_checkpoint(Path(state["path"]), self.model, self.optimizer)
+            ckpt.load_sharded_train_state(Path(state["path"]), self.model, self.optimizer)
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -360,12 +373,12 @@ class Trainer:
         state = self.state_dict(include_weights=not self.fsdp)  # collective
         if self.fsdp:  # every rank writes its shards of the model and optimiser
             keep, main = self.config.checkpoint.keep, self.env.is_main
-            return ckpt.save_sharded_checkpoint(
+            return ckpt.save_sharded_train_state(
                 self.output, self.step, self.model, self.optimizer, state, keep, main
             )
         path = None
         if self.env.is_main:
-            path = ckpt.save_checkpoint(self.output, self.step, state, self.config.checkpoint.keep)
+            path = ckpt.save_train_state(self.output, self.step, state, self.config.checkpoint.keep)
         barrier()
         return path
 
@@ -410,7 +423,7 @@ class Trainer:
         state = full_state_dict(self.model)
         if not self.env.is_main:
             return None
-        plain = create_model(self.config.model.name, **self.config.model_settings())
+        plain = create_model(self.config.model.model_config())
         plain.load_state_dict(state)
         return plain
 
@@ -462,7 +475,13 @@ class Trainer:
         logger = MetricsLogger(
             out, enabled=main, tensorboard=self.config.log.tensorboard, resume_step=self.step
         )
-        progress = Progress(self.total_steps, self.step, enabled=main and self.config.log.progress)
+        progress = Progress(
+            self.total_steps,
+            desc="training",
+            unit="step",
+            initial=self.step,
+            enabled=main and self.config.log.progress,
+        )
         if resumed:
             progress.write(f"resumed from the checkpoint of step {self.step}")
         summary: dict[str, Any] = {
@@ -510,7 +529,8 @@ class Trainer:
                 last = self._step_metrics(result, seconds, waited / window_steps)
                 logger.log("train", self.step, last)
                 window_start, window_steps, waited = now, 0, 0.0
-            progress.update(self.step, {"loss": result.loss, "lr": result.lr, **last})
+            shown = {"loss": result.loss, "lr": result.lr, **last}
+            progress.update(1, {k: shown[k] for k in ("loss", "lr", "samples_per_s") if k in shown})
             if (
                 cfg.eval.interval
                 and self.step % cfg.eval.interval == 0

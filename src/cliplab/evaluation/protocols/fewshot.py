@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from cliplab.encode import FeatureStore, progress_bar
-from cliplab.evaluation.datasets import ClassificationSet
+from cliplab.data.evalsets import ClassificationSet
+from cliplab.encode import FeatureStore
 from cliplab.evaluation.metrics import classification_metrics
 from cliplab.evaluation.output import (
     have_matplotlib,
@@ -42,6 +42,7 @@ from cliplab.evaluation.probe import (
 )
 from cliplab.evaluation.protocol import Input, Protocol, Result, Row, option
 from cliplab.evaluation.protocols.zeroshot import zero_shot_features
+from cliplab.progress import progress_bar
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 

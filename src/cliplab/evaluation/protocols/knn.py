@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.metrics import classification_metrics
 from cliplab.evaluation.output import images_markdown, markdown_table, pct
 from cliplab.evaluation.probe import probe_data

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.metrics import classification_metrics
 from cliplab.evaluation.output import images_markdown, markdown_table, pct
 from cliplab.evaluation.probe import ProbeOptions, linear_probe, probe_data

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.metrics import classification_metrics
 from cliplab.evaluation.output import (
     have_matplotlib,

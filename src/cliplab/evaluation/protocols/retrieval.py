@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from cliplab.data.evalsets import RetrievalSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import RetrievalSet
 from cliplab.evaluation.metrics import strict_ranks
 from cliplab.evaluation.output import images_markdown, markdown_table, pct
 from cliplab.evaluation.protocol import Input, Protocol, Result, Row

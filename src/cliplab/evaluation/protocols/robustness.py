@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.effective_robustness import (
     Baseline,
     EvalSplit,

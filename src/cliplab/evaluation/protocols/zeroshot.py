@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.datasets import ClassificationSet
 from cliplab.evaluation.metrics import classification_metrics
 from cliplab.evaluation.output import (
     have_matplotlib,
@@ -25,7 +25,7 @@ from cliplab.evaluation.output import (
 )
 from cliplab.evaluation.protocol import Input, Protocol, Result, Row, option
 from cliplab.templates import resolve_templates
-from cliplab.zeroshot import member_names, pool_members, zero_shot_logits
+from cliplab.zeroshot import ZeroShotHead
 
 #: Confusion matrices are drawn for at most this many classes.
 MAX_CONFUSION_CLASSES = 30
@@ -170,11 +170,8 @@ def zero_shot_features(
     logit is the largest of its own name's and its members' (each a template ensemble)."""
     chosen = resolve_templates(templates, dataset.templates)
     x = store.dataset(dataset) if features is None else features
-    names, owner = member_names(dataset.classnames, dataset.class_members)
-    logits = zero_shot_logits(x, store.classifier(names, chosen), store.logit_scale)  # (N, M)
-    if dataset.class_members is None:
-        return logits, chosen
-    return pool_members(logits, owner, dataset.num_classes), chosen
+    head = ZeroShotHead.build(store, dataset.classnames, chosen, dataset.class_members)
+    return head.logits(x), chosen
 
 
 def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) -> ZeroShotResult:

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from cliplab.data.evalsets import EvalSetWriter
-from cliplab.datasets.builders import common
-from cliplab.datasets.captions import sample_captions
-from cliplab.datasets.install import source_path
+from cliplab.recipes.builders import common
+from cliplab.recipes.captions import sample_captions
+from cliplab.recipes.install import source_path
 
-BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.datasets.captions
+BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.recipes.captions
 SHARD_SIZE = 10000
 LICENSE = "MIT (Zalando SE, 2017)"
 #: Label index -> name (the dataset's own names, "T-shirt/top" shortened to read in a prompt).
@@ -178,7 +178,7 @@ def build(
                 details={"license": LICENSE},
             ),
             {
-                "caption_fn": "cliplab.datasets.captions:draw_caption",
+                "caption_fn": "cliplab.recipes.captions:draw_caption",
                 "shards": [Path(s).name for s in stats["shards"]],
             },
         )

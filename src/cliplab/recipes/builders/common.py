@@ -107,7 +107,7 @@ class Builder:
     """One builder: what it reads and what it makes, so a plan can pick builders and
     packages from the outputs a run needs.
 
-    ``packages`` are the :data:`cliplab.datasets.install.PACKAGES` it cannot run without;
+    ``packages`` are the :data:`cliplab.recipes.install.PACKAGES` it cannot run without;
     ``extra_packages`` those that one output needs besides (``"eval/emoji-google"`` needs
     Google's emoji). Outputs are named ``shards/<name>`` and ``eval/<name>``. Its
     ``build(sources, out, *, force, log, only)`` makes every output whose packages are
@@ -204,16 +204,6 @@ def prepare_png(path: Path, max_side: int | None) -> bytes:
             return data
         im.load()
         return png_bytes(fit(im, max_side))
-
-
-def on_white(image: Image.Image) -> Image.Image:
-    """RGB with any transparency composited onto white (how emoji and stamps are shown)."""
-    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        background.alpha_composite(rgba)
-        return background.convert("RGB")
-    return image.convert("RGB")
 
 
 def open_image(path: Path, max_side: int | None = None) -> Image.Image:

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.data.evalsets import EvalSetWriter
-from cliplab.datasets.builders import common
-from cliplab.datasets.captions import sample_captions
-from cliplab.datasets.install import source_path
+from cliplab.recipes.builders import common
+from cliplab.recipes.captions import sample_captions
+from cliplab.recipes.install import source_path
 
-BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.datasets.captions
+BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.recipes.captions
 LICENSE = "GPL-2.0-or-later (Tux Paint stamps, tuxpaint-stamps-default)"
 MAX_SIDE = 256
 SHARD_SIZE = 250
@@ -270,7 +270,7 @@ def build(
     if not common.wanted(only, "eval", "tuxpaint-photos-emoji"):
         return outputs
     try:
-        from cliplab.datasets.builders.emoji import load_concepts
+        from cliplab.recipes.builders.emoji import load_concepts
 
         concepts = load_concepts(sources)
     except FileNotFoundError as e:
@@ -349,7 +349,7 @@ def _build_shards(
         details={"kinds": counts, "failures": stats["failures"], "license": LICENSE},
     )
     extra = {
-        "caption_fn": "cliplab.datasets.captions:draw_caption",
+        "caption_fn": "cliplab.recipes.captions:draw_caption",
         "shards": [Path(s).name for s in stats["shards"]],
     }
     return common.record(path, fp, output, extra)
@@ -395,7 +395,7 @@ def _build_retrieval(
                 dropped += 1
                 continue
             seen.add(key)
-            image = common.on_white(common.open_image(stamp.png, max_side))  # type: ignore[arg-type]
+            image = common.open_image(stamp.png, max_side)  # type: ignore[arg-type]
             writer.add(
                 image,
                 captions=[stamp.description],
@@ -466,7 +466,7 @@ def _build_emoji_photos(
     )
     with writer:
         for stamp, label in matched:
-            image = common.on_white(common.open_image(stamp.png, max_side))  # type: ignore[arg-type]
+            image = common.open_image(stamp.png, max_side)  # type: ignore[arg-type]
             writer.add(
                 image,
                 label=index[label],

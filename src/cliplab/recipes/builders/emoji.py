@@ -8,7 +8,7 @@ match), its name the emojibase CLDR label ("cat face"), its words the emojibase 
 
 Outputs (``out`` is the data directory, ``data/`` by default):
 - ``shards/emoji-twitter``: 1,911 base emoji, 64 px RGBA PNG + ``json`` metadata (captions
-  drawn per epoch by :func:`cliplab.datasets.captions.draw_caption`);
+  drawn per epoch by :func:`cliplab.recipes.captions.draw_caption`);
 - ``shards/emoji-twitter-skins``: the 1,875 skin-tone variants (same concepts, more images);
 - ``eval/emoji-google``: the held-out style, 1,911 images, one class per concept (chance 1/1911);
 - ``eval/emoji-google-pictorial``: the 1,412 concepts outside the Flags, Symbols and Component
@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.data.evalsets import EvalSetWriter
-from cliplab.datasets.builders import common
-from cliplab.datasets.captions import EVAL_LANGUAGES, sample_captions
-from cliplab.datasets.install import source_path
+from cliplab.recipes.builders import common
+from cliplab.recipes.captions import EVAL_LANGUAGES, sample_captions
+from cliplab.recipes.install import source_path
 
 BUILDER_VERSION = 4  # 2: templates chosen on validation styles; 3: caption_fn moved; 4: i18n
 #: emojibase-data's locales besides English: labels and tags in each go into the metadata
@@ -271,7 +271,7 @@ def build_shards(
         fp,
         output,
         {
-            "caption_fn": "cliplab.datasets.captions:draw_caption",
+            "caption_fn": "cliplab.recipes.captions:draw_caption",
             "shards": [Path(s).name for s in stats["shards"]],
         },
     )
@@ -367,7 +367,7 @@ def build_eval(
                     missing += 1
                     continue
                 writer.add(
-                    common.on_white(common.open_image(file)),
+                    common.open_image(file),
                     label=index[c.hexcode],
                     extra={"hexcode": hexcode, "base_hexcode": c.hexcode},
                 )

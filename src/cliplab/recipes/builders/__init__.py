@@ -1,10 +1,10 @@
 """Builders: installed sources -> training shards and evaluation sets, idempotent and cached.
 
-Each builder module declares a :class:`~cliplab.datasets.builders.common.Builder`: the
-packages it reads (names of :data:`cliplab.datasets.install.PACKAGES`), the outputs it makes
+Each builder module declares a :class:`~cliplab.recipes.builders.common.Builder`: the
+packages it reads (names of :data:`cliplab.recipes.install.PACKAGES`), the outputs it makes
 (``shards/<name>`` and ``eval/<name>`` under the data directory) and its
 ``build(sources, out, *, force, log, only)``. Sources are found by
-:func:`cliplab.datasets.install.source_path` (``data/sources`` or a system install); each
+:func:`cliplab.recipes.install.source_path` (``data/sources`` or a system install); each
 output directory carries a ``build.json``, and an output whose inputs and builder version did
 not change is not rebuilt. ``cliplab data build`` runs them; :func:`plan` says which builders
 and packages a set of outputs needs (how the demo installs only what its recipe uses).
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from cliplab.datasets.builders import (
+from cliplab.recipes.builders import (
     emoji,
     emoji_styles,
     fashion_mnist,
@@ -24,7 +24,7 @@ from cliplab.datasets.builders import (
     openclipart,
     tuxpaint,
 )
-from cliplab.datasets.builders.common import BUILD_FILE, Builder, MissingExtra, Output, read_build
+from cliplab.recipes.builders.common import BUILD_FILE, Builder, MissingExtra, Output, read_build
 
 __all__ = [
     "BUILDERS",

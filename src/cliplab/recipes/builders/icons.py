@@ -17,11 +17,11 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from cliplab.datasets.builders import common
-from cliplab.datasets.captions import sample_captions
-from cliplab.datasets.install import source_path
+from cliplab.recipes.builders import common
+from cliplab.recipes.captions import sample_captions
+from cliplab.recipes.install import source_path
 
-BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.datasets.captions
+BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.recipes.captions
 LICENSES = {
     "oxygen": "LGPL-3.0-or-later (Oxygen icons)",
     "adwaita": "CC-BY-SA-3.0 or LGPL-3.0 (Adwaita icons)",
@@ -171,7 +171,7 @@ def build(
             fp,
             output,
             {
-                "caption_fn": "cliplab.datasets.captions:draw_caption",
+                "caption_fn": "cliplab.recipes.captions:draw_caption",
                 "shards": [Path(s).name for s in stats["shards"]],
             },
         )

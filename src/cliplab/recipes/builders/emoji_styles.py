@@ -5,14 +5,14 @@ hands is what teaches a model that a "cat face" is a cat face in any style. Thes
 (SVG, in ``@iconify-json/<set>``, pinned) are the only other emoji styles that may enter
 training; Google, Apple and Facebook stay evaluation-only.
 
-An icon is matched to an emoji concept (:func:`cliplab.datasets.builders.emoji.load_concepts`)
+An icon is matched to an emoji concept (:func:`cliplab.recipes.builders.emoji.load_concepts`)
 by name: the icon's name and the concept's CLDR label, emoji-datasource name and short names
 are each reduced to lowercase letters and digits ("cat-face", "catface", "CAT FACE" all
 become ``catface``), labels first; an icon goes to one concept at most. Skin-tone variants
 ("waving-hand-medium-skin-tone") are matched to their concept's variants and folded into it,
 as the Twitter skins are. Icons are rendered from SVG to 64 px RGBA (``resvg-py`` when
 installed, ~4x faster than ``cairosvg``, which is the fallback); captions are drawn from the
-same facts as Twitter's (``cliplab.datasets.captions``).
+same facts as Twitter's (``cliplab.recipes.captions``).
 
 Outputs: ``shards/emoji-<set>`` (training) and ``eval/emoji-<set>`` (the same images as a
 classification set over the matched concepts: a held-out *validation* style when that set
@@ -36,8 +36,8 @@ from pathlib import Path
 from PIL import Image
 
 from cliplab.data.evalsets import EvalSetWriter
-from cliplab.datasets.builders import common
-from cliplab.datasets.builders.emoji import (
+from cliplab.recipes.builders import common
+from cliplab.recipes.builders.emoji import (
     EVAL_LANGUAGES,
     IMAGE_SIZE,
     METADATA_LICENSE,
@@ -47,8 +47,8 @@ from cliplab.datasets.builders.emoji import (
     class_names,
     load_concepts,
 )
-from cliplab.datasets.captions import sample_captions
-from cliplab.datasets.install import source_path
+from cliplab.recipes.captions import sample_captions
+from cliplab.recipes.install import source_path
 
 BUILDER_VERSION = 2  # 2: concepts carry i18n (emoji builder v4): multilingual captions
 
@@ -184,7 +184,7 @@ def renderer() -> tuple[str, object]:
 
 
 def _inputs(icon_set: IconSet, sources: Path) -> tuple[Path, list[tuple[str, int]]]:
-    from cliplab.datasets.builders.emoji import emojibase_root, package_root
+    from cliplab.recipes.builders.emoji import emojibase_root, package_root
 
     root = source_path(icon_set.package, sources)
     files = [
@@ -274,7 +274,7 @@ def build_style(
                 fp,
                 output,
                 {
-                    "caption_fn": "cliplab.datasets.captions:draw_caption",
+                    "caption_fn": "cliplab.recipes.captions:draw_caption",
                     "shards": [Path(s).name for s in stats["shards"]],
                 },
             )
@@ -327,7 +327,7 @@ def _write_eval(
     with writer:
         for concept, skin, image in images:
             if skin is None:
-                writer.add(common.on_white(image), label=index[concept.hexcode])
+                writer.add(image, label=index[concept.hexcode])
     details: dict = {"classes": len(classes)}
     if language:
         details["untranslated_labels"] = untranslated

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.data.evalsets import EvalSetWriter
-from cliplab.datasets.builders import common
-from cliplab.datasets.captions import sample_captions
-from cliplab.datasets.install import source_path
+from cliplab.recipes.builders import common
+from cliplab.recipes.captions import sample_captions
+from cliplab.recipes.install import source_path
 
-BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.datasets.captions
+BUILDER_VERSION = 2  # 2: caption_fn moved to cliplab.recipes.captions
 LICENSE = "Public domain (Open Clip Art Library), Debian openclipart 0.18"
 MAX_SIDE = 256
 SHARD_SIZE = 1000
@@ -193,7 +193,7 @@ def build(
                 details={"failures": stats["failures"], "license": LICENSE},
             ),
             {
-                "caption_fn": "cliplab.datasets.captions:draw_caption",
+                "caption_fn": "cliplab.recipes.captions:draw_caption",
                 "shards": [Path(s).name for s in stats["shards"]],
             },
         )
@@ -228,7 +228,7 @@ def build(
                 folder = item["rel"].split("/")[0]
                 if folder in index:
                     try:
-                        image = common.on_white(common.open_image(item["png"], max_side))
+                        image = common.open_image(item["png"], max_side)
                     except (OSError, ValueError) as e:
                         log(f"  cannot read {item['rel']}: {e}")
                         continue

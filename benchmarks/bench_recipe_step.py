@@ -1,0 +1,64 @@
+"""Pairs per second of the demo recipe's training step, data loading included.
+
+The figure ``cliplab demo`` fits its step count by (``cliplab.demo.train.time_steps``: 8
+untimed steps, then the median of 16), taken at the recipe's full image size and in its
+low-resolution phase. To compare two versions of the code on one machine, run them
+alternately, one checkout on ``PYTHONPATH`` each (the data directory is shared)::
+
+    git worktree add /tmp/before <commit>
+    for i in 1 2 3; do
+        PYTHONPATH=/tmp/before/src python benchmarks/bench_recipe_step.py --label before
+        python benchmarks/bench_recipe_step.py --label after
+    done
+
+Each run appends a row to ``benchmarks/results/recipe-step.jsonl`` (machine, label, commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=HERE.parent / "data")
+    p.add_argument("--label", default="")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "recipe-step.jsonl")
+    args = p.parse_args()
+    import cliplab
+    from cliplab.demo.plan import training_config
+    from cliplab.demo.train import time_steps
+
+    sys.path.insert(0, str(HERE))
+    from common import machine
+
+    code = Path(cliplab.__file__).resolve().parents[2]
+    commit = subprocess.run(
+        ["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    row = {"label": args.label, "commit": commit, "code": str(code)}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = training_config(None, args.data, Path(tmp) / "run", ["eval.interval=0"])
+        full = config.replace(train=dataclasses.replace(config.train, low_res_size=0))
+        for name, c in (("full_size", full), ("low_res", config)):
+            start = time.perf_counter()
+            row[f"{name}_pairs_per_s"] = round(time_steps(c), 1)
+            row[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
+    row["machine"] = machine()
+    print(json.dumps({k: v for k, v in row.items() if k != "machine"}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
