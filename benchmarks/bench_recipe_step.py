@@ -1,8 +1,12 @@
-"""Pairs per second of the demo recipe's training step, data loading included.
+"""Pairs per second of the demo recipe's training step, data loading included, and the data
+path's own cost per batch.
 
-The figure ``cliplab demo`` fits its step count by (``cliplab.demo.train.time_steps``: 8
-untimed steps, then the median of 16), taken at the recipe's full image size and in its
-low-resolution phase. To compare two versions of the code on one machine, run them
+The step figure is the one ``cliplab demo`` fits its step count by
+(``cliplab.demo.train.time_steps``: 8 untimed steps, then the median of 16), taken at the
+recipe's full image size and in its low-resolution phase. The data figure is the mean time
+the recipe's loader (``cliplab.train.data.build_loader``) takes per batch over
+``--batches`` batches, without training: the part of a step that the data path decides
+(the model's step is the same code whichever path feeds it). To compare two versions of the code on one machine, run them
 alternately, one checkout on ``PYTHONPATH`` each (the data directory is shared)::
 
     git worktree add /tmp/before <commit>
@@ -32,11 +36,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=HERE.parent / "data")
     p.add_argument("--label", default="")
+    p.add_argument("--batches", type=int, default=100)
     p.add_argument("--out", type=Path, default=HERE / "results" / "recipe-step.jsonl")
     args = p.parse_args()
     import cliplab
     from cliplab.demo.plan import training_config
     from cliplab.demo.train import time_steps
+    from cliplab.train.data import build_loader
 
     sys.path.insert(0, str(HERE))
     from common import machine
@@ -49,6 +55,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = training_config(None, args.data, Path(tmp) / "run", ["eval.interval=0"])
         full = config.replace(train=dataclasses.replace(config.train, low_res_size=0))
+        size = 32  # the recipe's image size
+        loader = build_loader(full, size, 32, full.data.batch_size)
+        batches = iter(loader)
+        next(batches)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            next(batches)
+        row["data_ms_per_batch"] = round(1000 * (time.perf_counter() - start) / args.batches, 1)
         for name, c in (("full_size", full), ("low_res", config)):
             start = time.perf_counter()
             row[f"{name}_pairs_per_s"] = round(time_steps(c), 1)

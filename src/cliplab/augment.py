@@ -137,19 +137,21 @@ def color_augment(
     make the image tower lean less on them.
     """
     b = images.shape[0]
-    x = images
-    luma = torch.tensor(_LUMA, dtype=x.dtype).view(1, 3, 1, 1)
+    x = images.clone()  # changed in place below; the caller's batch is left alone
+
+    def grey_of(x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) luma
+        return x[:, 0:1] * _LUMA[0] + x[:, 1:2] * _LUMA[1] + x[:, 2:3] * _LUMA[2]
+
     if jitter > 0:
         factors = 1 + (torch.rand(3, b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
-        x = x * factors[0]
+        x.mul_(factors[0])  # brightness
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * factors[1] + mean
-        grey = (x * luma).sum(1, keepdim=True)
-        x = (x - grey) * factors[2] + grey
+        x.sub_(mean).mul_(factors[1]).add_(mean)  # contrast
+        grey = grey_of(x)
+        x.sub_(grey).mul_(factors[2]).add_(grey)  # saturation
     if grayscale > 0:
-        mask = (torch.rand(b, 1, 1, 1, generator=generator) < grayscale).to(x.dtype)
-        grey = (x * luma).sum(1, keepdim=True).expand_as(x)
-        x = mask * grey + (1 - mask) * x
+        chosen = torch.rand(b, 1, 1, 1, generator=generator) < grayscale
+        x = torch.where(chosen, grey_of(x), x)  # grey broadcast over the channels
     if blur > 0:
         chosen = (torch.rand(b, generator=generator) < blur).nonzero().flatten()
         if len(chosen):  # the binomial kernel is separable: two 3-tap passes, chosen only
@@ -158,9 +160,9 @@ def color_augment(
             p = (p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]) / 4  # along H
             x = x.index_copy(0, chosen, p)
     if invert > 0:
-        mask = (torch.rand(b, 1, 1, 1, generator=generator) < invert).to(x.dtype)
-        x = mask * (1 - x.clamp(0, 1)) + (1 - mask) * x
-    return x.clamp(0, 1)
+        chosen = torch.rand(b, 1, 1, 1, generator=generator) < invert
+        x = torch.where(chosen, 1 - x.clamp(0, 1), x)
+    return x.clamp_(0, 1)
 
 
 class Augment:
@@ -187,7 +189,7 @@ class Augment:
         x = images.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S) in [0, 1]
         if c.color_jitter or c.grayscale or c.blur or c.invert:
             x = color_augment(x, generator, c.color_jitter, c.grayscale, c.blur, c.invert)
-        x = (x - self.mean) / self.std
+        x = x.sub_(self.mean).div_(self.std)  # x is this call's own tensor
         if c.crop:
             x = random_resized_crop(x, generator, c.crop_scale, c.crop_ratio)
         return x.contiguous()

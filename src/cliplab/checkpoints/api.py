@@ -275,8 +275,8 @@ def load(
     ``name_or_path`` is a checkpoint file or directory in any supported format, an OpenAI
     model name found in the local caches, or ``random:<preset>`` for an untrained model of a
     preset (seeded: the same weights every time; a chance-level reference). ``overrides``
-    change what the file cannot say (``activation="gelu"`` for OpenCLIP's GELU models,
-    ``vision_heads=...``); the model is returned in eval mode, float32 unless ``dtype`` is
+    change what the file cannot say, by path as every command's ``--set`` (``activation="gelu"``
+    for OpenCLIP's GELU models, ``vision={"heads": 16}``); the model is returned in eval mode, float32 unless ``dtype`` is
     given, with its eval preprocessing. Every command's ``--model`` accepts the same.
     """
     from cliplab.transforms import EvalTransform

@@ -89,7 +89,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CL
 
     What shapes cannot tell is taken from OpenAI's conventions: 64-wide attention heads and
     QuickGELU. OpenCLIP models trained with GELU need ``activation="gelu"``; models with
-    other head widths need ``vision_heads=...`` / ``text_heads=...``.
+    other head widths need the settings ``vision.heads`` / ``text.heads``.
     """
     sd = state_dict
     embed_dim = _require(sd, "text_projection").shape[1]

@@ -111,9 +111,12 @@ class MemoryCache:
         n = len(self.samples)
         if n == 0:
             raise ValueError(f"{self.name}: no usable samples in memory")
+        with_pixels = [  # built here, in the worker that iterates (nothing more to pickle)
+            RawSample(s.key, s.members, s.source, pixels)
+            for s, pixels in zip(self.samples, self.pixels, strict=True)
+        ]
         for cycle in itertools.count():
             order = list(range(n))
             random.Random(stable_seed(seed, epoch, cycle, self.name, "cache")).shuffle(order)
             for i in order[stream::num_streams] or order:
-                s = self.samples[i]
-                yield RawSample(s.key, s.members, s.source, self.pixels[i])
+                yield with_pixels[i]

@@ -23,6 +23,7 @@ streaming loader. With ``shuffle_buffer=1`` and one source, an epoch is exactly 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import logging
@@ -215,25 +216,32 @@ class ImageTextStream(IterableDataset):
         rng = random.Random(stable_seed(self.seed, self.epoch, stream, "mix"))
         iters = [s.iter_raw(self.seed, self.epoch, stream, num_streams) for s in self.sources]
         buffer: list[RawSample] = []
+        # rng.choices(weights=...) would rebuild these sums on every call; the draws are the same
+        sums, total = list(itertools.accumulate(self.weights)), sum(self.weights)
+        last = len(iters) - 1
+        size = max(1, self.shuffle_buffer)
         while True:
-            i = rng.choices(range(len(iters)), weights=self.weights)[0] if len(iters) > 1 else 0
+            i = min(bisect.bisect(sums, rng.random() * total), last) if last else 0
+            if size == 1:  # no buffer (a cache reshuffles every pass itself)
+                yield next(iters[i])
+                continue
             buffer.append(next(iters[i]))
-            if len(buffer) >= max(1, self.shuffle_buffer):
+            if len(buffer) >= size:
                 j = rng.randrange(len(buffer))
                 buffer[j], buffer[-1] = buffer[-1], buffer[j]
                 yield buffer.pop()
 
-    def _sample(self, sample: RawSample, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
-        """(pixels (S, S, 3) uint8, [caption] or [caption, second caption]); BadSample."""
+    def _sample(self, sample: RawSample, rng: random.Random) -> tuple[torch.Tensor, str, str]:
+        """(pixels (S, S, 3) uint8, caption, second caption or ""); BadSample."""
         decode = self.decoders.get(sample.source, self.default_decoder)
         if sample.image is not None:  # cached pixels: the caption alone, drawn afresh
             pixels, caption = sample.image, caption_of(decode, sample, rng)
         else:
             image, caption = decode(sample, rng)
             pixels = square(image, self.image_size)
-        if self.second_caption:  # its own draw: another template, tags or language
-            return pixels, [caption, caption_of(decode, sample, rng)]
-        return pixels, [caption]
+        # the second caption is its own draw: another template, tags or language
+        second = caption_of(decode, sample, rng) if self.second_caption else ""
+        return pixels, caption, second
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -258,7 +266,7 @@ class ImageTextStream(IterableDataset):
                 position += 1
                 sample_seed = stable_seed(self.seed, self.epoch, sample.source, sample.key)
                 try:
-                    pixels, texts = self._sample(sample, random.Random(sample_seed))
+                    pixels, caption, second = self._sample(sample, random.Random(sample_seed))
                 except BadSample as e:
                     skipped[e.reason] += 1
                     bad_in_a_row += 1
@@ -270,8 +278,8 @@ class ImageTextStream(IterableDataset):
                     continue
                 bad_in_a_row = 0
                 images.append(pixels)
-                captions.append(texts[0])
-                seconds.extend(texts[1:])
+                captions.append(caption)
+                seconds.append(second)
                 keys.append(sample.key)
             g = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, stream, number))
             yield Batch(

@@ -115,7 +115,8 @@ def build_loader(
         seed=config.train.seed,
         rank=rank,
         world_size=world_size,
-        shuffle_buffer=config.data.shuffle_buffer,
+        # a cache yields each pass in a fresh order already: a buffer would add nothing
+        shuffle_buffer=1 if config.data.in_memory else config.data.shuffle_buffer,
         second_caption=bool(config.train.second_caption),
     )
     return StreamingLoader(
