@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements/reference.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test,train,dev,parquet,curate,svg,eval,search,serve,browser,onnx,scale]"
+	$(PY) -m pip install -q -e ".[test,train,dev,parquet,curate,svg,eval,search,serve,browser,onnx,scale,hub]"
 	$(PY) -m pip install -q --no-deps -r requirements/reference.txt
 	touch $(STAMP)
 

@@ -10,9 +10,9 @@ the recipe's loader (``cliplab.train.data.build_loader``) takes per batch over
 alternately, one checkout on ``PYTHONPATH`` each (the data directory is shared)::
 
     git worktree add /tmp/before <commit>
-    for i in 1 2 3; do
-        PYTHONPATH=/tmp/before/src python benchmarks/bench_recipe_step.py --label before
-        python benchmarks/bench_recipe_step.py --label after
+    for i in 1 2 3 4 5 6; do
+        PYTHONPATH=/tmp/before/src python benchmarks/bench_recipe_step.py --data-only --label before
+        python benchmarks/bench_recipe_step.py --data-only --label after
     done
 
 Each run appends a row to ``benchmarks/results/recipe-step.jsonl`` (machine, label, commit).
@@ -36,7 +36,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=HERE.parent / "data")
     p.add_argument("--label", default="")
-    p.add_argument("--batches", type=int, default=100)
+    p.add_argument("--batches", type=int, default=150)
+    p.add_argument(
+        "--data-only", action="store_true", help="time the data path only (no training steps)"
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "recipe-step.jsonl")
     args = p.parse_args()
     import cliplab
@@ -59,11 +62,13 @@ def main() -> None:
         loader = build_loader(full, size, 32, full.data.batch_size)
         batches = iter(loader)
         next(batches)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
             next(batches)
         row["data_ms_per_batch"] = round(1000 * (time.perf_counter() - start) / args.batches, 1)
-        for name, c in (("full_size", full), ("low_res", config)):
+        row["data_cpu_ms_per_batch"] = round(1000 * (time.process_time() - cpu) / args.batches, 1)
+        configs = () if args.data_only else (("full_size", full), ("low_res", config))
+        for name, c in configs:
             start = time.perf_counter()
             row[f"{name}_pairs_per_s"] = round(time_steps(c), 1)
             row[f"{name}_seconds"] = round(time.perf_counter() - start, 1)

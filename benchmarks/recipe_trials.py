@@ -155,7 +155,7 @@ TRIALS: dict[str, dict[str, list[str]]] = {
         # the recipe's trial again after the one data path (2026-12-06: the in-memory loader
         # became a cache in front of the stream, one augmentation module): the same settings,
         # to show the figures stay within seed noise
-        "held-out: low-res 24 1070, one data path": held_out_trial(
+        "held-out: low-res 24 1070 (one data path)": held_out_trial(
             SEVEN, "train.low_res_size=24", steps=1070
         ),
         "+5 styles 4000": trial(SEVEN, 4000),

@@ -398,7 +398,7 @@ def test_bad_directories_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(CheckpointError, match="needs config.json"):
         cliplab.load(tmp_path / "d")
-    (tmp_path / "d" / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    (tmp_path / "d" / "config.json").write_text(json.dumps({"model_type": "blip"}))
     with pytest.raises(CheckpointError, match="neither a cliplab config"):
         cliplab.load(tmp_path / "d")
     (tmp_path / "d" / "config.json").write_text(json.dumps({"model_type": "clip"}))
@@ -409,18 +409,71 @@ def test_bad_directories_fail_clearly(tmp_path: Path) -> None:
         cliplab.load(tmp_path / "d")
 
 
-def test_model_names_resolve_to_local_cache_only(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CLIPLAB_CHECKPOINTS", str(tmp_path))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(CheckpointError, match="never downloads"):
-        cliplab.load("ViT-B/32")
-    with pytest.raises(CheckpointError, match="without released weights"):
-        cliplab.load("tiny-vit")
-    monkeypatch.setitem(api.OPENAI_FILES, "ViT-B-32", "tiny.pt")
+def test_openai_files_in_openais_cache_are_used_once_verified(tmp_path: Path, monkeypatch) -> None:
+    """A registry entry of OpenAI's layout is taken from ~/.cache/clip (where OpenAI's
+    clip.load keeps its downloads) when its SHA-256 matches: no connection at all."""
+    import hashlib
+
+    from cliplab.checkpoints.fetch import FetchError
+
     ref = openai_reference(VIT, fp16=True)
-    torch.save(ref.state_dict(), tmp_path / "tiny.pt")
-    model, _ = cliplab.load("ViT-B/32")
+    data_path = tmp_path / "xdg" / "clip" / "tiny.pt"
+    data_path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), data_path)
+    sha = hashlib.sha256(data_path.read_bytes()).hexdigest()
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        '[pretrained."tiny/openai"]\nurl = "https://127.0.0.1:9/clip/tiny.pt"\n'
+        f'sha256 = "{sha}"\nlayout = "openai"\n'
+    )
+    monkeypatch.setenv("CLIPLAB_REGISTRY", str(registry))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CLIPLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLIPLAB_OFFLINE", "1")
+    model, _ = cliplab.load("tiny/openai")
     assert model.config == VIT
+    assert_same_features(model, ref.float(), 32)
+    data_path.write_bytes(data_path.read_bytes()[:-10])  # a half-written file is never used
+    with pytest.raises(FetchError, match="offline .* not cached"):
+        cliplab.load("tiny/openai")
+
+
+# -- OpenCLIP's hub layout, written -----------------------------------------------------------
+
+
+def test_convert_to_open_clip_is_read_by_open_clip(tmp_path: Path) -> None:
+    """cliplab convert --to open_clip writes OpenCLIP's hub folder; OpenCLIP's own loader
+    (local-dir:) builds the same model from it, on perturbed weights."""
+    oc = refs.open_clip()
+    for config, activation in ((VIT, "quick_gelu"), (VIT.replace(activation="gelu"), "gelu")):
+        model = CLIP(config).eval()
+        refs.perturb_(model, seed=5)
+        cliplab.save(model, tmp_path / activation)
+        api.convert(tmp_path / activation, tmp_path / f"oc-{activation}", to="open_clip")
+        theirs = oc.create_model(f"local-dir:{tmp_path / f'oc-{activation}'}").eval()
+        assert_same_features(theirs, model, 32)
+        back, _ = cliplab.load(tmp_path / f"oc-{activation}")
+        assert back.config == model.config
+        assert_same_weights(back, model)
+
+
+@pytest.mark.parametrize("config", [VIT, RN], ids=["vit", "resnet"])
+def test_every_format_round_trips_through_every_other(tmp_path: Path, config) -> None:
+    """cliplab -> OpenAI -> OpenCLIP -> Hugging Face -> cliplab (ResNets skip Hugging Face,
+    which has no ResNet tower): the weights come back bit for bit."""
+    model = trained_model(config)
+    cliplab.save(model, tmp_path / "a")
+    api.convert(tmp_path / "a", tmp_path / "b.pt", to="openai")
+    api.convert(tmp_path / "b.pt", tmp_path / "c", to="open_clip")
+    chain = tmp_path / "c"
+    if config is VIT:
+        api.convert(chain, tmp_path / "d", to="hf")
+        api.convert(tmp_path / "d", tmp_path / "e", to="open_clip")
+        chain = tmp_path / "e"
+    api.convert(chain, tmp_path / "f.safetensors", to="cliplab")
+    back, _ = cliplab.load(tmp_path / "f.safetensors")
+    assert back.config == model.config
+    assert_same_weights(back, model)
 
 
 def test_infer_config_rejects_non_clip_state_dicts() -> None:

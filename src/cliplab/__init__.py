@@ -6,6 +6,7 @@ The familiar entry points::
     model, preprocess = cliplab.load("ViT-B-32.pt")          # OpenAI / OpenCLIP / HF / cliplab
     model = cliplab.create_model("tiny-vit")                 # any preset, random weights
     tokens = cliplab.tokenize(["a photo of a cat"])          # (1, 77) LongTensor
+    tokens = cliplab.get_tokenizer(model)(["a photo of a cat"])  # the model's own (SigLIP's)
     image_features = model.encode_image(preprocess(img)[None])
     text_features = model.encode_text(tokens)
 """
@@ -16,6 +17,7 @@ from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig, get_
 from cliplab.factory import create_model, create_model_and_transforms
 from cliplab.models import CLIP
 from cliplab.tokenizer import Tokenizer, decode, tokenize
+from cliplab.tokenizer.files import get_tokenizer
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,7 @@ __all__ = [
     "create_model_and_transforms",
     "decode",
     "get_config",
+    "get_tokenizer",
     "list_models",
     "load",
     "save",

@@ -4,6 +4,14 @@ A CLIP model is an image tower (``kind="vit"`` or ``kind="resnet"``), a text tow
 (``kind="transformer"``) and a shared embedding size. The presets reproduce OpenAI's released
 models exactly (dimensions from OpenAI's ``build_model``); the tiny and small presets are for
 tests and CPU training.
+
+SigLIP / SigLIP 2 and OpenCLIP's ViT variants are the same two towers with switches
+(``ViTConfig.pool``, ``class_token``, ``TextConfig.causal``...), each explicit, never
+guessed from weight shapes.
+
+Why one module of ~600 lines: the configs, the presets built from them and the one grammar
+of settings by path (``replace``, ``setting_paths``, ``--set``) are one vocabulary; a preset
+is a config, a setting is a path into one, and splitting them would split every change.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-Activation = Literal["quick_gelu", "gelu"]
-ACTIVATIONS: tuple[str, ...] = ("quick_gelu", "gelu")
+Activation = Literal["quick_gelu", "gelu", "gelu_tanh"]
+#: QuickGELU (OpenAI's), exact GELU (OpenCLIP's), GELU's tanh approximation (SigLIP's)
+ACTIVATIONS: tuple[str, ...] = ("quick_gelu", "gelu", "gelu_tanh")
 
 
 def _check_activation(activation: str) -> None:
@@ -34,9 +43,19 @@ def _check_positive(owner: str, **values: int | float) -> None:
             raise ValueError(f"{owner}.{name} must be positive, got {value!r}")
 
 
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TextConfig:
-    """GPT-2 style causal text transformer; the feature is taken at the EOT token."""
+    """GPT-2 style causal text transformer; the feature is taken at the EOT token.
+
+    SigLIP's text tower is the same transformer with switches: bidirectional
+    (``causal=False``), read out at the last position (``pool="last"``, padding or not), a
+    projection with a bias (``projection="linear"``), LayerNorm eps 1e-6 and GELU-tanh.
+    """
 
     kind: Literal["transformer"] = "transformer"
     context_length: int = 77
@@ -50,6 +69,18 @@ class TextConfig:
     # groups by caption length, each cut to its own longest (models.text.length_groups);
     # 1: the whole batch cut to its longest caption; 0: no cut (static shapes)
     length_groups: int = 4
+    # False: every position attends to every other (SigLIP's bidirectional tower)
+    causal: bool = True
+    # the feature's position: "argmax" the EOT token (the highest id, OpenAI's), "last" the
+    # last position (SigLIP's, whose texts are padded to the context length), "first"
+    pool: Literal["argmax", "last", "first"] = "argmax"
+    # "matrix": x @ text_projection (OpenAI's); "linear": nn.Linear with a bias (SigLIP's);
+    # "none": the pooled width is the embedding (width == embed_dim)
+    projection: Literal["matrix", "linear", "none"] = "matrix"
+    layer_norm_eps: float = 1e-5
+    # the tokenizer the tower reads: "openai" (cliplab's BPE, OpenAI's vocabulary) or
+    # "files:<digest>", tokenizer files read with the checkpoint (cliplab.tokenizer.files)
+    tokenizer: str = "openai"
 
     def __post_init__(self) -> None:
         if self.kind != "transformer":
@@ -72,6 +103,19 @@ class TextConfig:
             raise ValueError(
                 f"TextConfig.length_groups must be an int >= 0, got {self.length_groups!r}"
             )
+        _check_choice("TextConfig", "pool", self.pool, ("argmax", "last", "first"))
+        _check_choice("TextConfig", "projection", self.projection, ("matrix", "linear", "none"))
+        _check_positive("TextConfig", layer_norm_eps=self.layer_norm_eps)
+        if not (self.tokenizer == "openai" or self.tokenizer.startswith("files:")):
+            raise ValueError(
+                f"TextConfig.tokenizer must be 'openai' or 'files:<digest>', got {self.tokenizer!r}"
+            )
+        if self.length_groups and not (self.causal and self.pool == "argmax"):
+            raise ValueError(
+                "TextConfig.length_groups must be 0 for a bidirectional tower or one not read at "
+                "the EOT token (padding changes its features); got "
+                f"length_groups={self.length_groups}, causal={self.causal}, pool={self.pool!r}"
+            )
 
     @property
     def mlp_width(self) -> int:
@@ -80,7 +124,14 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Vision Transformer with the paper's extra LayerNorm (``ln_pre``) before the blocks."""
+    """Vision Transformer with the paper's extra LayerNorm (``ln_pre``) before the blocks.
+
+    The switches after ``patch_dropout`` describe the other ViTs in wide use; their defaults
+    are CLIP's. SigLIP's image tower: ``class_token=False, patch_bias=True, ln_pre=False,
+    pool="map", projection="none", layer_norm_eps=1e-6, activation="gelu_tanh"``. OpenCLIP's
+    ``no_ln_pre``, ``pool_type`` and ``final_ln_after_pool`` are ``ln_pre``, ``pool`` and
+    ``final_ln_after_pool`` here.
+    """
 
     kind: Literal["vit"] = "vit"
     image_size: int = 224
@@ -92,6 +143,23 @@ class ViTConfig:
     activation: Activation = "quick_gelu"
     # FLIP: the fraction of image patches dropped at random in training mode (never in eval)
     patch_dropout: float = 0.0
+    # a learnt class token before the patches (CLIP's); SigLIP has none
+    class_token: bool = True
+    # the patch embedding (a strided convolution) has a bias (SigLIP's)
+    patch_bias: bool = False
+    # the paper's LayerNorm before the blocks (OpenCLIP's no_ln_pre = False)
+    ln_pre: bool = True
+    # the feature: "tok" the class token, "avg" the mean of the patch tokens, "map" SigLIP's
+    # attention pooling head (a learnt probe attends to every token, then LayerNorm + MLP)
+    pool: Literal["tok", "avg", "map"] = "tok"
+    # ln_post after pooling instead of on every token before it (differs only for "avg")
+    final_ln_after_pool: bool = False
+    # "matrix": pooled @ proj (CLIP's); "none": the pooled width is the embedding (SigLIP's)
+    projection: Literal["matrix", "none"] = "matrix"
+    layer_norm_eps: float = 1e-5
+    # how positional embeddings are resampled for an input of another size: bicubic (OpenAI,
+    # OpenCLIP) or bilinear (SigLIP 2's NaFlex models), both antialiased
+    pos_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
 
     def __post_init__(self) -> None:
         if self.kind != "vit":
@@ -115,10 +183,25 @@ class ViTConfig:
         _check_activation(self.activation)
         if not 0 <= self.patch_dropout < 1:
             raise ValueError(f"ViTConfig.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        _check_choice("ViTConfig", "pool", self.pool, ("tok", "avg", "map"))
+        _check_choice("ViTConfig", "projection", self.projection, ("matrix", "none"))
+        _check_choice(
+            "ViTConfig", "pos_interpolation", self.pos_interpolation, ("bicubic", "bilinear")
+        )
+        _check_positive("ViTConfig", layer_norm_eps=self.layer_norm_eps)
+        if self.pool == "tok" and not self.class_token:
+            raise ValueError('ViTConfig.pool "tok" needs a class token (class_token=True)')
+        if self.pool == "map" and self.final_ln_after_pool:
+            raise ValueError('ViTConfig.final_ln_after_pool does not apply to pool "map"')
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the positional embedding: the patches and the class token, if any."""
+        return self.grid_size**2 + int(self.class_token)
 
     @property
     def mlp_width(self) -> int:
@@ -168,6 +251,67 @@ class ResNetConfig:
 
 VisionConfig = ViTConfig | ResNetConfig
 
+#: OpenCLIP's poolers of a Hugging Face text tower (open_clip/hf_model.py)
+HF_POOLERS = ("mean_pooler", "cls_pooler", "cls_last_hidden_state_pooler")
+
+
+@dataclass(frozen=True)
+class HFTextConfig:
+    """A text tower from Hugging Face ``transformers`` (``kind="hf"``), as OpenCLIP builds it
+    for its multilingual models (``xlm-roberta-base-ViT-B-32``...): ``AutoModel.from_config``
+    of ``hf_config`` (the transformers config dict, as JSON, with its ``model_type``), pooled
+    by ``pooler`` over the non-padding tokens, projected by ``proj`` ("mlp": Linear, GELU,
+    Linear, no biases; "linear"; "none" when the width is the embedding)."""
+
+    kind: Literal["hf"] = "hf"
+    hf_config: str = "{}"
+    pooler: Literal["mean_pooler", "cls_pooler", "cls_last_hidden_state_pooler"] = "mean_pooler"
+    proj: Literal["mlp", "linear", "none"] = "mlp"
+    # the length texts are padded to (OpenCLIP's text_cfg.context_length)
+    context_length: int = 77
+    tokenizer: str = "files:unknown"
+
+    def __post_init__(self) -> None:
+        if self.kind != "hf":
+            raise ValueError(f"HFTextConfig.kind must be 'hf', got {self.kind!r}")
+        import json
+
+        try:
+            data = json.loads(self.hf_config)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"HFTextConfig.hf_config must be a JSON object ({e})") from e
+        if not isinstance(data, dict) or "model_type" not in data:
+            raise ValueError("HFTextConfig.hf_config needs the transformers config's model_type")
+        if data.get("is_encoder_decoder"):
+            raise ValueError(
+                f"HFTextConfig: encoder-decoder text towers ({data['model_type']}) are not supported"
+            )
+        if self.width <= 0:
+            raise ValueError("HFTextConfig.hf_config has no hidden_size (or d_model)")
+        _check_choice("HFTextConfig", "pooler", self.pooler, HF_POOLERS)
+        _check_choice("HFTextConfig", "proj", self.proj, ("mlp", "linear", "none"))
+        _check_positive("HFTextConfig", context_length=self.context_length)
+        if not self.tokenizer.startswith("files:"):
+            raise ValueError(
+                f"HFTextConfig.tokenizer must be 'files:<digest>', got {self.tokenizer!r}"
+            )
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The transformers config dict."""
+        import json
+
+        return json.loads(self.hf_config)
+
+    @property
+    def width(self) -> int:
+        settings = self.settings
+        return int(settings.get("hidden_size") or settings.get("d_model") or 0)
+
+    @property
+    def projection(self) -> str:
+        return "none" if self.proj == "none" else "linear"
+
 
 @dataclass(frozen=True)
 class CLIPConfig:
@@ -175,7 +319,7 @@ class CLIPConfig:
 
     embed_dim: int
     vision: VisionConfig
-    text: TextConfig = field(default_factory=TextConfig)
+    text: TextConfig | HFTextConfig = field(default_factory=TextConfig)
     logit_scale_init: float = math.log(1 / 0.07)
     # SigLIP's learnable bias b in sigmoid(exp(t) * cos + b): None for no bias (CLIP);
     # ``train.loss = "siglip"`` sets it (-10, with logit_scale_init log 10, as the paper)
@@ -187,8 +331,16 @@ class CLIPConfig:
             raise TypeError(
                 f"CLIPConfig.vision must be a ViTConfig or ResNetConfig, got {self.vision!r}"
             )
-        if not isinstance(self.text, TextConfig):
-            raise TypeError(f"CLIPConfig.text must be a TextConfig, got {self.text!r}")
+        if not isinstance(self.text, TextConfig | HFTextConfig):
+            raise TypeError(
+                f"CLIPConfig.text must be a TextConfig or HFTextConfig, got {self.text!r}"
+            )
+        for name, tower in (("vision", self.vision), ("text", self.text)):
+            if getattr(tower, "projection", None) == "none" and tower.width != self.embed_dim:
+                raise ValueError(
+                    f"CLIPConfig: {name}.projection 'none' needs {name}.width "
+                    f"({tower.width}) == embed_dim ({self.embed_dim})"
+                )
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -209,7 +361,9 @@ class CLIPConfig:
             vision_cfg = _build(ResNetConfig, vision, "vision")
         else:
             raise ValueError(f"vision.kind must be 'vit' or 'resnet', got {kind!r}")
-        text_cfg = _build(TextConfig, dict(d.pop("text", {})), "text")
+        text = dict(d.pop("text", {}))
+        text_cls = HFTextConfig if text.get("kind") == "hf" else TextConfig
+        text_cfg = _build(text_cls, text, "text")
         return _build(cls, {**d, "vision": vision_cfg, "text": text_cfg}, "config")
 
     # -- settings ------------------------------------------------------------------------
@@ -226,7 +380,8 @@ class CLIPConfig:
         for path, value in flatten_settings(settings).items():
             path = SHORTCUTS.get(path, path)
             if path == "activation":
-                towers["text"]["activation"] = value
+                if "text.activation" in valid:
+                    towers["text"]["activation"] = value
                 if "vision.activation" in valid:
                     towers["vision"]["activation"] = value
                 continue
@@ -324,6 +479,101 @@ def _openai_rn(
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=_openai_text(text))
 
 
+def _openclip_vit(
+    embed_dim: int,
+    image: int,
+    width: int,
+    layers: int,
+    head_width: int,
+    text: tuple[int, int, int],
+    mlp_ratio: float = 4.0,
+) -> CLIPConfig:
+    """OpenCLIP's larger ViTs (model_configs/*.json): patch 14, exact GELU, ``head_width``-wide
+    image heads, ``text`` = (width, heads, layers)."""
+    vision = ViTConfig(
+        image_size=image,
+        patch_size=14,
+        width=width,
+        layers=layers,
+        heads=width // head_width,
+        mlp_ratio=mlp_ratio,
+        activation="gelu",
+    )
+    t_width, t_heads, t_layers = text
+    text_cfg = TextConfig(width=t_width, heads=t_heads, layers=t_layers, activation="gelu")
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text_cfg)
+
+
+#: SigLIP's image tower among the ViT switches (Google's models: big_vision, transformers)
+SIGLIP_VISION: dict[str, Any] = {
+    "class_token": False,
+    "patch_bias": True,
+    "ln_pre": False,
+    "pool": "map",
+    "projection": "none",
+    "layer_norm_eps": 1e-6,
+}
+#: SigLIP's text tower among the text switches
+SIGLIP_TEXT: dict[str, Any] = {
+    "length_groups": 0,
+    "causal": False,
+    "pool": "last",
+    "projection": "linear",
+    "layer_norm_eps": 1e-6,
+}
+
+
+def _siglip(
+    image: int,
+    patch: int,
+    width: int,
+    layers: int,
+    heads: int,
+    mlp_ratio: float = 4.0,
+    *,
+    vocab: int = 32000,
+    context: int = 64,
+    text: tuple[int, int, int, float] | None = None,
+) -> CLIPConfig:
+    """SigLIP / SigLIP 2 (Zhai et al. 2023, Tschannen et al. 2025) as Google published them
+    (big_vision; transformers' SiglipModel): GELU-tanh, LayerNorm eps 1e-6, a MAP head and
+    no class token; the text tower bidirectional, read at the last position, with a biased
+    projection into the image width. ``text``: (width, layers, heads, mlp_ratio) when the
+    text tower differs from the image tower (giant-opt)."""
+    t_width, t_layers, t_heads, t_mlp = text or (width, layers, heads, mlp_ratio)
+    vision = ViTConfig(
+        image_size=image,
+        patch_size=patch,
+        width=width,
+        layers=layers,
+        heads=heads,
+        mlp_ratio=mlp_ratio,
+        activation="gelu_tanh",
+        **SIGLIP_VISION,
+    )
+    text_cfg = TextConfig(
+        context_length=context,
+        vocab_size=vocab,
+        width=t_width,
+        heads=t_heads,
+        layers=t_layers,
+        mlp_ratio=t_mlp,
+        activation="gelu_tanh",
+        **SIGLIP_TEXT,
+        tokenizer="files:unknown",  # SentencePiece / Gemma: the checkpoint's files
+    )
+    return CLIPConfig(
+        embed_dim=width,
+        vision=vision,
+        text=text_cfg,
+        logit_scale_init=math.log(10),
+        logit_bias_init=-10.0,
+    )
+
+
+_SO400M = (1152, 27, 16, 3.7362)  # width, layers, heads, MLP ratio (4304 wide)
+_SIGLIP2 = {"vocab": 256000}  # Gemma's tokenizer
+
 _TINY_TEXT = TextConfig(width=64, heads=2, layers=2)
 
 PRESETS: dict[str, CLIPConfig] = {
@@ -337,6 +587,39 @@ PRESETS: dict[str, CLIPConfig] = {
     "ViT-B-16": _openai_vit(512, 224, 16, 768, 12, 512),
     "ViT-L-14": _openai_vit(768, 224, 14, 1024, 24, 768),
     "ViT-L-14-336": _openai_vit(768, 336, 14, 1024, 24, 768),
+    # OpenCLIP's larger ViTs (LAION, DataComp), as its model_configs define them
+    "ViT-H-14": _openclip_vit(1024, 224, 1280, 32, 80, (1024, 16, 24)),
+    "ViT-H-14-378": _openclip_vit(1024, 378, 1280, 32, 80, (1024, 16, 24)),
+    "ViT-g-14": _openclip_vit(1024, 224, 1408, 40, 88, (1024, 16, 24), mlp_ratio=4.3637),
+    "ViT-bigG-14": _openclip_vit(1280, 224, 1664, 48, 104, (1280, 20, 32), mlp_ratio=4.9231),
+    # SigLIP (google/siglip-*): the OpenCLIP names. SO400M/14 "384" was trained on 384 px
+    # images of which its 27 x 27 patches of 14 px see 378 (its preprocessing: resize to
+    # 384, keep the top-left 378, as the convolution does).
+    "ViT-B-16-SigLIP": _siglip(224, 16, 768, 12, 12),
+    "ViT-B-16-SigLIP-256": _siglip(256, 16, 768, 12, 12),
+    "ViT-B-16-SigLIP-384": _siglip(384, 16, 768, 12, 12),
+    "ViT-B-16-SigLIP-512": _siglip(512, 16, 768, 12, 12),
+    "ViT-B-16-SigLIP-i18n-256": _siglip(256, 16, 768, 12, 12, vocab=250000),
+    "ViT-L-16-SigLIP-256": _siglip(256, 16, 1024, 24, 16),
+    "ViT-L-16-SigLIP-384": _siglip(384, 16, 1024, 24, 16),
+    "ViT-SO400M-14-SigLIP": _siglip(224, 14, *_SO400M, context=16),
+    "ViT-SO400M-14-SigLIP-384": _siglip(378, 14, *_SO400M),
+    # SigLIP 2 (google/siglip2-*, fixed resolution): the same towers, Gemma's vocabulary
+    "ViT-B-32-SigLIP2-256": _siglip(256, 32, 768, 12, 12, **_SIGLIP2),
+    "ViT-B-16-SigLIP2": _siglip(224, 16, 768, 12, 12, **_SIGLIP2),
+    "ViT-B-16-SigLIP2-256": _siglip(256, 16, 768, 12, 12, **_SIGLIP2),
+    "ViT-B-16-SigLIP2-384": _siglip(384, 16, 768, 12, 12, **_SIGLIP2),
+    "ViT-B-16-SigLIP2-512": _siglip(512, 16, 768, 12, 12, **_SIGLIP2),
+    "ViT-L-16-SigLIP2-256": _siglip(256, 16, 1024, 24, 16, **_SIGLIP2),
+    "ViT-L-16-SigLIP2-384": _siglip(384, 16, 1024, 24, 16, **_SIGLIP2),
+    "ViT-L-16-SigLIP2-512": _siglip(512, 16, 1024, 24, 16, **_SIGLIP2),
+    "ViT-SO400M-14-SigLIP2": _siglip(224, 14, *_SO400M, **_SIGLIP2),
+    "ViT-SO400M-14-SigLIP2-378": _siglip(378, 14, *_SO400M, **_SIGLIP2),
+    "ViT-SO400M-16-SigLIP2-256": _siglip(256, 16, *_SO400M, **_SIGLIP2),
+    "ViT-SO400M-16-SigLIP2-384": _siglip(384, 16, *_SO400M, **_SIGLIP2),
+    "ViT-SO400M-16-SigLIP2-512": _siglip(512, 16, *_SO400M, **_SIGLIP2),
+    "ViT-gopt-16-SigLIP2-256": _siglip(256, 16, 1536, 40, 16, text=_SO400M, **_SIGLIP2),
+    "ViT-gopt-16-SigLIP2-384": _siglip(384, 16, 1536, 40, 16, text=_SO400M, **_SIGLIP2),
     # Tiny models for tests: seconds on a CPU.
     "tiny-vit": CLIPConfig(
         embed_dim=32,
@@ -348,6 +631,7 @@ PRESETS: dict[str, CLIPConfig] = {
         vision=ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=16, heads=8),
         text=_TINY_TEXT,
     ),
+    "tiny-siglip": _siglip(32, 8, 64, 2, 2, vocab=1000, context=16),
     # Small models for CPU training (minutes on 2 cores).
     "small-vit": CLIPConfig(
         embed_dim=256,
@@ -359,6 +643,18 @@ PRESETS: dict[str, CLIPConfig] = {
         vision=ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=32, heads=8),
         text=TextConfig(width=256, heads=4, layers=4),
     ),
+}
+
+#: The eval preprocessing of presets that differ from OpenAI's (``EvalTransform``'s settings).
+PRESET_PREPROCESS: dict[str, dict[str, Any]] = {
+    name: {
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "resize_mode": "squash",
+        **({"resize_size": 384} if name == "ViT-SO400M-14-SigLIP-384" else {}),
+    }
+    for name in PRESETS
+    if "SigLIP" in name or name == "tiny-siglip"
 }
 
 _ALIASES = {

@@ -100,13 +100,17 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def logit_scale_of(model: torch.nn.Module) -> float:
     """``exp(logit_scale)`` capped at ``MAX_LOGIT_SCALE`` as in training; the cap for a
-    model without one."""
+    model without one. A model with a logit bias (SigLIP's) gets its own scale uncapped: its
+    sigmoid probabilities are ``sigmoid(exp(t) * cos + b)`` as it computes them."""
     from cliplab.models import MAX_LOGIT_SCALE
 
     scale = getattr(model, "logit_scale", None)
     if scale is None:
         return MAX_LOGIT_SCALE
-    return float(min(math.exp(float(torch.as_tensor(scale).detach())), MAX_LOGIT_SCALE))
+    scale = math.exp(float(torch.as_tensor(scale).detach()))
+    if getattr(model, "logit_bias", None) is not None:
+        return float(scale)
+    return float(min(scale, MAX_LOGIT_SCALE))
 
 
 def autocast_for(device: torch.device) -> Any:
@@ -294,6 +298,10 @@ def encode_texts(
         raise ValueError("no texts to encode")
     device = torch.device(device) if device is not None else model_device(model)
     context_length = int(getattr(model, "context_length", 77))
+    if tokenizer is None:  # the model's own: OpenAI's BPE, or its checkpoint's files (SigLIP)
+        from cliplab.tokenizer.files import tokenizer_for
+
+        tokenizer = tokenizer_for(model)
     out = []
     starts = range(0, len(texts), batch_size)
     for start in progress_bar(starts, total=len(starts), desc=desc, enabled=progress):
@@ -432,6 +440,12 @@ class FeatureStore:
     def logit_scale(self) -> float:
         """The model's temperature, ``exp(t)`` clipped at 100."""
         return logit_scale_of(self.model)
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The model's logit bias ``b`` (SigLIP's), None for a model without one."""
+        bias = getattr(unwrap_model(self.model), "logit_bias", None)
+        return None if bias is None else float(torch.as_tensor(bias).detach())
 
     def _cached(
         self, parts: tuple[Any, ...], prefix: str, compute: Callable[[], torch.Tensor]

@@ -42,8 +42,11 @@ def create_model_and_transforms(
     """``model, train_transform, eval_transform`` (OpenCLIP's convention; the train transform
     is cliplab's training augmentation for one image, :class:`cliplab.augment.TrainTransform`)."""
     from cliplab.augment import TrainTransform
+    from cliplab.config import PRESET_PREPROCESS, canonical_name
     from cliplab.transforms import EvalTransform
 
     model = create_model(name_or_config, device=device, dtype=dtype, **overrides)
     size = model.config.vision.image_size
-    return model, TrainTransform(size), EvalTransform(size)
+    name = canonical_name(name_or_config) if isinstance(name_or_config, str) else None
+    preprocess = PRESET_PREPROCESS.get(name, {}) if name else {}  # SigLIP's: squash, 0.5
+    return model, TrainTransform(size), EvalTransform(size, **preprocess)

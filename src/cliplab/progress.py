@@ -1,9 +1,11 @@
 """Progress of long work on stderr, one display for every loop that takes a while.
 
 On a terminal with ``tqdm`` installed (it is not a dependency) a bar; elsewhere (a log file,
-CI, no tqdm) plain lines: at each tenth of a known total, every 5 seconds when the total is
-unknown, and one at the end, each with the rate. Training steps, encoding batches, embedding
-a collection and few-shot probes all show progress this way.
+CI, no tqdm) plain lines, at most one every few seconds (``LINE_EVERY_S``): at each tenth of
+a known total, or at that pace when the total is unknown, and one at the end of a loop that
+took that long; each with the rate. A loop over in a moment prints nothing. Training steps,
+encoding batches, embedding a collection, few-shot probes and downloads all show progress
+this way.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Progress:
     ) -> None:
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.count = initial
+        self._shown = initial  # the count the last line showed
         self.start = self.last = time.monotonic()
         self._started_at = initial
         self._next_tenth = self._tenth_after(initial)
@@ -59,6 +62,8 @@ class Progress:
                     dynamic_ncols=True,
                     leave=False,
                     file=sys.stderr,
+                    unit_scale=unit == "B",
+                    unit_divisor=1024 if unit == "B" else 1000,
                 )
 
     def _tenth_after(self, count: int) -> int | None:
@@ -67,12 +72,26 @@ class Progress:
         step = max(1, self.total // 10)
         return (count // step + 1) * step
 
+    def reset(self, total: int | None, count: int = 0) -> None:
+        """A total learnt late (a download's length) and where the count stands (a resumed
+        download's bytes already there)."""
+        self.total, self.count, self._started_at = total, count, count
+        self.start = time.monotonic()
+        self._next_tenth = self._tenth_after(count)
+        if self._bar is not None:
+            self._bar.reset(total=total)
+            self._bar.update(count)
+
     def _line(self, info: Mapping[str, Any] | None) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = (self.count - self._started_at) / elapsed
-        of = f"/{self.total}" if self.total else ""
         head = f"{self.desc}: " if self.desc else ""
-        text = f"{head}{self.count}{of} {self.unit}  {rate:.3g} {self.unit}/s"
+        if self.unit == "B":  # bytes read as megabytes
+            of = f"/{self.total / 1e6:,.1f}" if self.total else ""
+            text = f"{head}{self.count / 1e6:,.1f}{of} MB  {rate / 1e6:.3g} MB/s"
+        else:
+            of = f"/{self.total}" if self.total else ""
+            text = f"{head}{self.count}{of} {self.unit}  {rate:.3g} {self.unit}/s"
         if info:
             text += "  " + "  ".join(f"{k} {_fmt(v)}" for k, v in info.items())
         return text
@@ -93,9 +112,10 @@ class Progress:
             if due:
                 self._next_tenth = self._tenth_after(self.count)
         else:
-            due = now - self.last >= LINE_EVERY_S
-        if due:
+            due = True
+        if due and now - self.last >= LINE_EVERY_S:
             self.last = now
+            self._shown = self.count
             print(self._line(info), file=sys.stderr, flush=True)
 
     def write(self, message: str) -> None:
@@ -111,7 +131,12 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled and self.count > self._started_at and self.count != self.total:
+        elif (
+            self.enabled
+            and self.count > self._started_at
+            and self._shown != self.count
+            and time.monotonic() - self.start >= LINE_EVERY_S
+        ):
             print(self._line(None) + " (done)", file=sys.stderr, flush=True)
         self.enabled = False
 

@@ -163,6 +163,11 @@ class FastCLIP(nn.Module):
         return self.module.logit_scale
 
     @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP's bias (None for a CLIP model): zero-shot scores are sigmoids with it."""
+        return getattr(self.module, "logit_bias", None)
+
+    @property
     def dtype(self) -> torch.dtype:
         return torch.float32
 
@@ -318,6 +323,8 @@ class OnnxCLIP:
         if not info_path.is_file():
             raise ValueError(f"{directory}: not an ONNX export of cliplab (no onnx.json)")
         self.info = json.loads(info_path.read_text())
+        text = self.info.get("config", {}).get("text", {})
+        self.trim = text.get("causal", True) and text.get("pool", "argmax") == "argmax"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3
@@ -340,6 +347,7 @@ class OnnxCLIP:
         if tokens.shape[0] == 0:
             raise ValueError("no texts to encode")
         # causal attention: positions after the last EOT never matter, so they are not sent
-        last = int(tokens.argmax(dim=-1).max()) + 1
+        # (a bidirectional tower, SigLIP's, sees them all)
+        last = int(tokens.argmax(dim=-1).max()) + 1 if self.trim else tokens.shape[1]
         array = tokens[:, :last].detach().long().contiguous().numpy()
         return torch.from_numpy(self.text.run(None, {"input": array})[0])

@@ -19,6 +19,13 @@ Two deliberate, documented deviations from "whatever OpenAI's pipeline does":
   pipeline raises); we convert it to ``LA`` first, so the output equals OpenAI's output for
   ``image.convert("LA")``.
 
+SigLIP's preprocessing is ``EvalTransform(size, resize_mode="squash")``: the whole image
+resized to the square size (no crop), bicubic or bilinear, converted to RGB first (alpha on
+``background``) as transformers' processors do, then normalised (mean/std 0.5). Its
+``resampler`` picks whose resampling: ``"pil"`` (Pillow's, what OpenCLIP and transformers'
+``SiglipImageProcessorPil`` compute) or ``"torch"`` (``F.interpolate`` on uint8 with
+antialiasing, what transformers' ``SiglipImageProcessor`` computes since transformers 5).
+
 High-bit-depth modes (``I;16*``, ``I``, ``F``): Pillow's ``convert("RGB")`` clips values to
 [0, 255] (truncating floats), so a 16-bit photo comes out almost white and a float image in
 [0, 1] almost black. That is OpenAI's behaviour and stays the default (parity); pass
@@ -31,13 +38,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
+    "PREPROCESS_KEYS",
     "EvalTransform",
     "center_crop",
+    "preprocess_settings",
     "resize_shortest_side",
     "resized_output_size",
     "to_normalized_tensor",
@@ -356,6 +366,42 @@ class _BaseTransform:
         return f"{type(self).__name__}(\n{lines})"
 
 
+#: The settings a checkpoint may carry for its eval transform (``EvalTransform``'s arguments).
+PREPROCESS_KEYS = (
+    "mean",
+    "std",
+    "background",
+    "resize_mode",
+    "interpolation",
+    "resize_size",
+    "resampler",
+)
+_INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def preprocess_settings(settings: dict) -> dict:
+    """The eval-transform settings among ``settings`` (a checkpoint's ``preprocess``), JSON
+    lists as tuples."""
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in settings.items()
+        if k in PREPROCESS_KEYS
+    }
+
+
+def _squash_torch(image: Image.Image, size: int, interpolation: str) -> torch.Tensor:
+    """An RGB image resized to (size, size) by ``F.interpolate`` on its uint8 pixels with
+    antialiasing, as transformers' torchvision-backed processors resize: (3, size, size)."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[
+        None
+    ]  # (1, 3, H, W)
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(
+            pixels, size=(size, size), mode=interpolation, align_corners=False, antialias=True
+        )
+    return pixels[0]
+
+
 class EvalTransform(_BaseTransform):
     """CLIP's eval preprocessing: PIL image -> float32 tensor ``[3, image_size, image_size]``.
 
@@ -363,6 +409,11 @@ class EvalTransform(_BaseTransform):
     (this order, as OpenAI's), scale to [0, 1], normalize with ``mean``/``std``. With the
     defaults the output equals OpenAI's ``clip.clip._transform(image_size)`` bit for bit.
     ``background`` and ``rescale_high_bit_depth`` are passed to :func:`to_rgb`.
+
+    ``resize_mode="squash"`` is SigLIP's: convert to RGB, resize the whole image to
+    ``resize_size`` (default ``image_size``) square with ``interpolation``, keep the top-left
+    ``image_size`` pixels (all of them but for SO400M/14 at 384 px, whose patches see 378), by
+    Pillow's resampling or torch's (``resampler``, see the module docstring).
     """
 
     def __init__(
@@ -372,16 +423,59 @@ class EvalTransform(_BaseTransform):
         std: Sequence[float] = OPENAI_STD,
         background: tuple[int, int, int] | None = None,
         rescale_high_bit_depth: bool = False,
+        resize_mode: str = "shortest",
+        interpolation: str = "bicubic",
+        resize_size: int | None = None,
+        resampler: str = "pil",
     ) -> None:
         super().__init__(image_size, mean, std, background, rescale_high_bit_depth)
+        for name, value, choices in (
+            ("resize_mode", resize_mode, ("shortest", "squash")),
+            ("interpolation", interpolation, tuple(_INTERPOLATION)),
+            ("resampler", resampler, ("pil", "torch")),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if resize_mode == "shortest" and (interpolation, resize_size, resampler) != (
+            "bicubic",
+            None,
+            "pil",
+        ):
+            raise ValueError('resize_mode "shortest" is OpenAI\'s: PIL bicubic, no resize_size')
+        self.resize_mode = resize_mode
+        self.interpolation = interpolation
+        self.resize_size = _check_image_size(resize_size or self.image_size)
+        if self.resize_size < self.image_size:
+            raise ValueError(f"resize_size {resize_size} is smaller than image_size {image_size}")
+        self.resampler = resampler
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one image (PIL, or an HxW[xC] uint8 numpy array)."""
         image = _prepare(_as_pil_image(image), self.rescale_high_bit_depth)
+        if self.resize_mode == "squash":
+            return self._squash(image)
         image = resize_shortest_side(image, self.image_size)
         image = center_crop(image, self.image_size)
         return self._finish(image)
 
+    def _squash(self, image: Image.Image) -> torch.Tensor:
+        rgb = to_rgb(image, self.background, rescale_high_bit_depth=self.rescale_high_bit_depth)
+        n, size = self.image_size, self.resize_size
+        if self.resampler == "torch":
+            pixels = _squash_torch(rgb, size, self.interpolation)[:, :n, :n].float()
+            return pixels.div_(255).sub_(self._mean).div_(self._std)
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), _INTERPOLATION[self.interpolation])
+        return to_normalized_tensor(rgb.crop((0, 0, n, n)), self._mean, self._std)
+
     def _repr_steps(self) -> list[str]:
         n = self.image_size
+        if self.resize_mode == "squash":
+            crop = [f"Crop(top_left=({n}, {n}))"] if self.resize_size != n else []
+            size = self.resize_size
+            return [
+                f"Resize(size=({size}, {size}), interpolation={self.interpolation}, "
+                f"resampler={self.resampler})",
+                *crop,
+            ]
         return [f"Resize(shortest_side={n}, interpolation=bicubic)", f"CenterCrop(size=({n}, {n}))"]

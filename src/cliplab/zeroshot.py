@@ -142,12 +142,17 @@ class ZeroShotHead:
     """A zero-shot classifier, the one way every caller builds and applies it: a
     prompt-ensemble row per class name and per member name (``weights``, (M, D) unit rows),
     the class each row belongs to (``owner``) and the model's temperature. A class's logit is
-    the largest of its names' (itself and its members': hierarchical labels, as CHiLS)."""
+    the largest of its names' (itself and its members': hierarchical labels, as CHiLS).
+
+    A model with a logit bias (SigLIP's) scores each label on its own, as it was trained:
+    ``sigmoid(exp(t) * cos + b)``, probabilities that need not sum to one; others take the
+    softmax over the labels. Rankings are the same either way."""
 
     weights: torch.Tensor  # (M, D)
     owner: torch.Tensor  # (M,)
     num_classes: int
     logit_scale: float
+    logit_bias: float | None = None
 
     @classmethod
     def build(
@@ -161,7 +166,7 @@ class ZeroShotHead:
         features from ``store`` (cached there)."""
         names, owner = member_names(classnames, members)
         weights = store.classifier(names, list(templates))
-        return cls(weights, owner, len(classnames), store.logit_scale)
+        return cls(weights, owner, len(classnames), store.logit_scale, store.logit_bias)
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Class logits (N, C) of image features (N, D)."""
@@ -171,8 +176,12 @@ class ZeroShotHead:
         return pool_members(logits, self.owner, self.num_classes)
 
     def probs(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, C): the softmax of :meth:`logits`."""
-        return self.logits(image_features).softmax(dim=-1)
+        """Class probabilities (N, C): the softmax of :meth:`logits`, or for a model with a
+        logit bias (SigLIP) each label's ``sigmoid(logit + bias)``."""
+        logits = self.logits(image_features)
+        if self.logit_bias is not None:
+            return torch.sigmoid(logits + self.logit_bias)
+        return logits.softmax(dim=-1)
 
 
 @torch.no_grad()
@@ -191,7 +200,8 @@ def classify_images(
 ) -> torch.Tensor:
     """Class probabilities (N, len(labels)) of images (PIL images or paths): the everyday use.
 
-    Softmax over ``exp(t) * cosine similarity``, with the model's own temperature. With
+    Softmax over ``exp(t) * cosine similarity``, with the model's own temperature (for a
+    model with a logit bias, SigLIP's, each label's sigmoid: :class:`ZeroShotHead`). With
     ``members`` (one list of sub-labels per label) a label scores as its best member or itself.
     """
     store = FeatureStore(model, tokenizer=tokenizer, cache_dir=cache_dir, device=device)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from cliplab.checkpoints import hf, openai
+from cliplab.checkpoints import hf, openai, openclip, siglip
 from cliplab.checkpoints.errors import CheckpointError
 from cliplab.checkpoints.io import (
     read_file,
@@ -32,82 +32,41 @@ from cliplab.checkpoints.io import (
     read_torch_file,
     unwrap_state_dict,
 )
-from cliplab.config import PRESETS, CLIPConfig, canonical_name, get_config
+from cliplab.config import PRESETS, CLIPConfig, get_config
 from cliplab.fileio import atomic_write, write_json
 from cliplab.models import CLIP
+from cliplab.tokenizer.files import OPENAI as OPENAI_TOKENIZER
+from cliplab.tokenizer.files import (
+    attach_tokenizer,
+    copy_files,
+    directory_options,
+    has_tokenizer_files,
+)
 
 FORMAT_VERSION = 1
 #: ``random:<preset>``: an untrained model of a preset, seeded (see :func:`load`).
 RANDOM_PREFIX = "random:"
 
-#: File names of OpenAI's released checkpoints, as ``clip.load`` caches them.
-OPENAI_FILES = {
-    "RN50": "RN50.pt",
-    "RN101": "RN101.pt",
-    "RN50x4": "RN50x4.pt",
-    "RN50x16": "RN50x16.pt",
-    "RN50x64": "RN50x64.pt",
-    "ViT-B-32": "ViT-B-32.pt",
-    "ViT-B-16": "ViT-B-16.pt",
-    "ViT-L-14": "ViT-L-14.pt",
-    "ViT-L-14-336": "ViT-L-14-336px.pt",
-}
 
-# OpenCLIP config features cliplab's architectures do not have.
-_OPENCLIP_UNSUPPORTED = {
-    "vision_cfg": (
-        "timm_model_name",
-        "attentional_pool",
-        "no_ln_pre",
-        "pool_type",
-        "final_ln_after_pool",
-        "ls_init_value",
-        "patch_dropout_keep",
-    ),
-    "text_cfg": (
-        "hf_model_name",
-        "pool_type",
-        "no_causal_mask",
-        "proj_bias",
-        "ls_init_value",
-        "embed_cls",
-        "pad_id",
-    ),
-}
-_OPENCLIP_DEFAULT_POOL = {"vision_cfg": "tok", "text_cfg": "argmax"}
+def resolve(
+    name_or_path: str | os.PathLike[str], *, progress: bool = True
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """``(local path, model settings, preprocessing hints)`` of any model name
+    (:func:`cliplab.checkpoints.registry.resolve_name`): a path as it is; a registry name or
+    repository fetched into the cache if it is not there yet
+    (:func:`cliplab.checkpoints.fetch.fetch`), with the settings and preprocessing its entry
+    says the files cannot tell."""
+    from cliplab.checkpoints.fetch import fetch
+    from cliplab.checkpoints.registry import resolve_name
 
-
-def _cache_dirs() -> list[Path]:
-    dirs = []
-    if env := os.environ.get("CLIPLAB_CHECKPOINTS"):
-        dirs += [Path(p) for p in env.split(os.pathsep) if p]
-    dirs.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip")
-    return dirs
-
-
-def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """A checkpoint path; an OpenAI model name is looked up in local caches (no download)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return path
-    try:
-        name = canonical_name(str(name_or_path))
-    except ValueError:
-        raise CheckpointError(f"no such checkpoint file or directory: {path}") from None
-    if name not in OPENAI_FILES:
-        raise CheckpointError(
-            f"{name!r} is an architecture without released weights; build it with "
-            f"cliplab.create_model({name!r}) or pass the path of a checkpoint"
-        )
-    searched = [d / OPENAI_FILES[name] for d in _cache_dirs()]
-    for candidate in searched:
-        if candidate.exists():
-            return candidate
-    raise CheckpointError(
-        f"OpenAI's {name} weights were not found locally (looked for "
-        f"{', '.join(str(p) for p in searched)}). cliplab never downloads at run time: copy "
-        f"the file there (as OpenAI's clip.load caches it), set CLIPLAB_CHECKPOINTS, or pass its path."
-    )
+    resolved = resolve_name(name_or_path)
+    if resolved.path is not None:
+        return resolved.path, {}, {}
+    entry = resolved.entry
+    assert entry is not None
+    path = fetch(entry, progress=progress)
+    preprocess = {k: tuple(v) for k, v in entry.preprocess.items() if k in ("mean", "std")}
+    return path, dict(entry.settings), preprocess
 
 
 def load_weights(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -180,28 +139,16 @@ def _read_directory(
     if (path / "open_clip_config.json").exists():
         cfg = read_json(path / "open_clip_config.json")
         model_cfg = cfg.get("model_cfg", {})
-        for tower, keys in _OPENCLIP_UNSUPPORTED.items():
-            for key in keys:
-                value = model_cfg.get(tower, {}).get(key)
-                if value not in (
-                    None,
-                    False,
-                    _OPENCLIP_DEFAULT_POOL.get(tower) if key == "pool_type" else None,
-                ):
-                    raise CheckpointError(
-                        f"{path}: OpenCLIP {tower}.{key}={value!r} is not supported by cliplab's architectures"
-                    )
+        config, resize = openclip.config_from_openclip(model_cfg, str(path), path, **overrides)
+        text_cfg = model_cfg.get("text_cfg") or {}
+        needs_files = bool(text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name"))
+        files = path if has_tokenizer_files(path) else openclip.text_directory(model_cfg, path)
+        config = attach_tokenizer(config, files or path, needs_files, directory_options(path))
         weights = _first_existing(
             path, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
         )
-        sd = _read_weights(weights)
-        activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
-        pp = cfg.get("preprocess_cfg", {})
-        preprocess = {k: tuple(pp[k]) for k in ("mean", "std") if k in pp}
-        config, sd = _from_state_dict(
-            sd, str(weights), None, **{"activation": activation, **overrides}
-        )
-        return config, sd, preprocess
+        sd = openclip.from_openclip(_read_weights(weights), bool(model_cfg.get("custom_text")))
+        return config, sd, openclip.preprocess_from_openclip(cfg, resize)
     config_path = path / "config.json"
     if not config_path.exists():
         raise CheckpointError(
@@ -212,12 +159,17 @@ def _read_directory(
         config = CLIPConfig.from_dict(data["config"])
         weights = _first_existing(path, ("model.safetensors",))
         sd = _read_weights(weights)
-        preprocess = {
-            k: tuple(data["preprocess"][k])
-            for k in ("mean", "std")
-            if k in data.get("preprocess", {})
-        }
+        from cliplab.transforms import preprocess_settings
+
+        preprocess = preprocess_settings(data.get("preprocess", {}))
+        config = attach_tokenizer(config, path, config.text.tokenizer != OPENAI_TOKENIZER)
         return config.replace(**overrides) if overrides else config, sd, preprocess
+    if siglip.is_siglip_config(data):
+        config = attach_tokenizer(siglip.config_from_hf(data, **overrides), path, True)
+        weights = _first_existing(path, ("model.safetensors", "pytorch_model.bin"))
+        sd = openai.strip_wrapper_prefixes(_read_weights(weights))
+        sd = siglip.from_hf(sd, config.vision.patch_size)
+        return config, sd, siglip.preprocess_from_hf(path, config)
     if data.get("model_type") == "clip" or "CLIPModel" in data.get("architectures", []):
         config = hf.config_from_hf(data, **overrides)
         weights = _first_existing(path, ("model.safetensors", "pytorch_model.bin"))
@@ -228,7 +180,8 @@ def _read_directory(
             preprocess = {k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp}
         return config, sd, preprocess
     raise CheckpointError(
-        f"{config_path}: neither a cliplab config (format: cliplab) nor a Hugging Face CLIPModel config (model_type: clip)"
+        f"{config_path}: neither a cliplab config (format: cliplab) nor a Hugging Face CLIPModel, "
+        f"SiglipModel or Siglip2Model config (model_type: clip, siglip, siglip2)"
     )
 
 
@@ -247,10 +200,14 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_checkpoint(
     name_or_path: str | os.PathLike[str], **overrides: Any
 ) -> tuple[CLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """(config, cliplab-keyed weights, preprocessing hints) of any supported checkpoint."""
-    path = resolve_path(name_or_path)
+    """(config, cliplab-keyed weights, preprocessing hints) of any supported checkpoint, by
+    path or by name (fetched into the cache when missing: :func:`resolve`)."""
+    path, settings, hints = resolve(name_or_path)
+    if settings:
+        overrides = {**settings, **overrides}
     if path.is_dir():
-        return _read_directory(path, **overrides)
+        config, sd, preprocess = _read_directory(path, **overrides)
+        return config, sd, {**hints, **preprocess}
     obj, metadata, _ = read_file(path)
     config = None
     if metadata.get("format") == "cliplab" and "config" in metadata:
@@ -261,7 +218,7 @@ def load_checkpoint(
     sd = unwrap_state_dict(obj, path)
     config, sd = _from_state_dict(sd, str(path), config, **overrides)
     preprocess = json.loads(metadata["preprocess"]) if "preprocess" in metadata else {}
-    return config, sd, preprocess
+    return config, sd, {**hints, **preprocess}
 
 
 def load(
@@ -272,9 +229,11 @@ def load(
 ) -> tuple[CLIP, Callable[[Any], torch.Tensor]]:
     """Load any supported checkpoint: ``model, preprocess = cliplab.load(path)``.
 
-    ``name_or_path`` is a checkpoint file or directory in any supported format, an OpenAI
-    model name found in the local caches, or ``random:<preset>`` for an untrained model of a
-    preset (seeded: the same weights every time; a chance-level reference). ``overrides``
+    ``name_or_path`` is a checkpoint file or directory in any supported format, a pretrained
+    name (``ViT-B-32/laion2b_s34b_b79k``, ``ViT-B/32``, ``hf-hub:ORG/REPO``, a Hugging Face
+    repository id: :mod:`cliplab.checkpoints.registry`; fetched and verified into the cache on
+    first use, :mod:`cliplab.checkpoints.fetch`), or ``random:<preset>`` for an untrained model
+    of a preset (seeded: the same weights every time; a chance-level reference). ``overrides``
     change what the file cannot say, by path as every command's ``--set`` (``activation="gelu"``
     for OpenCLIP's GELU models, ``vision={"heads": 16}``); the model is returned in eval mode, float32 unless ``dtype`` is
     given, with its eval preprocessing. Every command's ``--model`` accepts the same.
@@ -305,7 +264,8 @@ def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def _write_safetensors(path: Path, sd: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_safetensors(path: Path, sd: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``sd`` as one safetensors file at ``path``, written atomically (no pickle)."""
     from safetensors.torch import save_file
 
     atomic_write(path, lambda tmp: save_file(_cpu_contiguous(sd), str(tmp), metadata=metadata))
@@ -316,8 +276,9 @@ def save(
 ) -> Path:
     """Save in cliplab's format: ``path.safetensors`` (one file) or a directory.
 
-    A directory gets ``config.json`` and ``model.safetensors``; a ``.safetensors`` path
-    gets one file with the config in its metadata. No pickle either way.
+    A directory gets ``config.json`` and ``model.safetensors`` (and the tokenizer files of a
+    model that reads them: SigLIP's); a ``.safetensors`` path gets one file with the config in
+    its metadata. No pickle either way.
     """
     path = Path(path)
     config_json = json.dumps(model.config.to_dict())
@@ -326,17 +287,18 @@ def save(
         metadata["preprocess"] = json.dumps(preprocess)
     sd = model.state_dict()
     if path.suffix == ".safetensors":
-        _write_safetensors(path, sd, metadata)
+        write_safetensors(path, sd, metadata)
         return path
     if path.exists() and not path.is_dir():
         raise CheckpointError(
             f"{path} exists and is not a directory (use a .safetensors name for one file)"
         )
     path.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(path / "model.safetensors", sd, metadata)
+    write_safetensors(path / "model.safetensors", sd, metadata)
     doc = {"format": "cliplab", "version": FORMAT_VERSION, "config": model.config.to_dict()}
     if preprocess:
         doc["preprocess"] = preprocess
+    copy_files(model.config.text.tokenizer, path)  # a SigLIP model's tokenizer files, if read
     write_json(path / "config.json", doc)
     return path
 
@@ -352,13 +314,24 @@ def export_openai(model: CLIP, path: str | os.PathLike[str]) -> Path:
 
 
 def export_hf(model: CLIP, path: str | os.PathLike[str]) -> Path:
-    """A Hugging Face ``CLIPModel`` directory (weights, config, tokenizer, preprocessor)."""
+    """A Hugging Face ``CLIPModel`` directory (weights, config, tokenizer, preprocessor); a
+    ``SiglipModel`` one for SigLIP's architecture (its tokenizer files copied when the model
+    was read with them)."""
     from cliplab.transforms import OPENAI_MEAN, OPENAI_STD
 
     path = Path(path)
+    if siglip.is_siglip_architecture(model.config):
+        siglip_config = siglip.config_to_hf(model.config)
+        path.mkdir(parents=True, exist_ok=True)
+        sd = siglip.to_hf(model.state_dict())
+        write_safetensors(path / "model.safetensors", sd, {"format": "pt"})
+        write_json(path / "config.json", siglip_config)
+        write_json(path / "preprocessor_config.json", siglip.preprocessor_config(model.config))
+        copy_files(model.config.text.tokenizer, path)
+        return path
     hf_config = hf.config_to_hf(model.config)
     path.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(path / "model.safetensors", hf.to_hf(model.state_dict()), {"format": "pt"})
+    write_safetensors(path / "model.safetensors", hf.to_hf(model.state_dict()), {"format": "pt"})
     write_json(path / "config.json", hf_config)
     hf.write_hf_tokenizer_files(path, model.config.text.context_length)
     hf.write_hf_preprocessor_config(path, model.config.vision.image_size, OPENAI_MEAN, OPENAI_STD)
@@ -368,7 +341,7 @@ def export_hf(model: CLIP, path: str | os.PathLike[str]) -> Path:
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    to: Literal["cliplab", "openai", "hf"] = "cliplab",
+    to: Literal["cliplab", "openai", "hf", "open_clip"] = "cliplab",
     **overrides: Any,
 ) -> Path:
     """Read ``src`` in any supported format and write it as ``to``; the weights are unchanged."""
@@ -383,11 +356,16 @@ def convert(
         return export_openai(model, dst)
     if to == "hf":
         return export_hf(model, dst)
-    raise ValueError(f"unknown target format {to!r}; expected 'cliplab', 'openai' or 'hf'")
+    if to == "open_clip":
+        from cliplab.checkpoints.openclip import export_openclip
+
+        return export_openclip(model, dst, preprocess or None)
+    raise ValueError(
+        f"unknown target format {to!r}; expected 'cliplab', 'openai', 'hf' or 'open_clip'"
+    )
 
 
 __all__ = [
-    "OPENAI_FILES",
     "PRESETS",
     "convert",
     "export_hf",
@@ -397,6 +375,7 @@ __all__ = [
     "load_weights",
     "read_safetensors",
     "read_torch_file",
-    "resolve_path",
+    "resolve",
     "save",
+    "write_safetensors",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cliplab.checkpoints.errors import CheckpointError
+from cliplab.checkpoints.openai import is_clip_architecture
 from cliplab.config import CLIPConfig, TextConfig, ViTConfig
 
 # HF's defaults (CLIPTextConfig / CLIPVisionConfig), for config.json files that omit fields.
@@ -41,8 +42,14 @@ _HF_VISION_DEFAULTS = {
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
 }
-_HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
-
+#: transformers' ``hidden_act`` names -> cliplab's activations, and back
+HF_ACTIVATIONS = {
+    "quick_gelu": "quick_gelu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+}
+TO_HF_ACTIVATION = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 # Per-block renames: HF name -> cliplab name (q/k/v handled separately).
 _BLOCK_MAP = {
     "self_attn.out_proj.weight": "attn.out_proj.weight",
@@ -86,6 +93,74 @@ def is_hf_layout(state_dict: Mapping[str, Any]) -> bool:
     return "text_model.embeddings.token_embedding.weight" in state_dict
 
 
+def activation(tower: str, value: str) -> str:
+    """cliplab's activation for a transformers ``hidden_act``, or a CheckpointError."""
+    if value not in HF_ACTIVATIONS:
+        raise CheckpointError(
+            f"{tower}.hidden_act {value!r} is not supported ({', '.join(HF_ACTIVATIONS)})"
+        )
+    return HF_ACTIVATIONS[value]
+
+
+def text_tower(tc: Mapping[str, Any], **switches: Any) -> TextConfig:
+    """The ``TextConfig`` of a transformers text config dict (CLIP's or SigLIP's layout;
+    ``switches``: the TextConfig fields it does not say, e.g. SigLIP's)."""
+    return TextConfig(
+        context_length=int(tc["max_position_embeddings"]),
+        vocab_size=int(tc["vocab_size"]),
+        width=int(tc["hidden_size"]),
+        heads=int(tc["num_attention_heads"]),
+        layers=int(tc["num_hidden_layers"]),
+        mlp_ratio=int(tc["intermediate_size"]) / int(tc["hidden_size"]),
+        activation=activation("text_config", tc["hidden_act"]),
+        **switches,
+    )
+
+
+def vision_tower(vc: Mapping[str, Any], image_size: int, **switches: Any) -> ViTConfig:
+    """The ``ViTConfig`` of a transformers vision config dict (``switches``: as
+    :func:`text_tower`'s)."""
+    return ViTConfig(
+        image_size=image_size,
+        patch_size=int(vc["patch_size"]),
+        width=int(vc["hidden_size"]),
+        layers=int(vc["num_hidden_layers"]),
+        heads=int(vc["num_attention_heads"]),
+        mlp_ratio=int(vc["intermediate_size"]) / int(vc["hidden_size"]),
+        activation=activation("vision_config", vc["hidden_act"]),
+        **switches,
+    )
+
+
+def text_tower_dict(t: TextConfig) -> dict[str, Any]:
+    """The inverse of :func:`text_tower`: a transformers text config's sizes."""
+    return {
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.width,
+        "intermediate_size": t.mlp_width,
+        "num_hidden_layers": t.layers,
+        "num_attention_heads": t.heads,
+        "max_position_embeddings": t.context_length,
+        "hidden_act": TO_HF_ACTIVATION[t.activation],
+        "layer_norm_eps": t.layer_norm_eps,
+    }
+
+
+def vision_tower_dict(v: ViTConfig) -> dict[str, Any]:
+    """The inverse of :func:`vision_tower`: a transformers vision config's sizes."""
+    return {
+        "hidden_size": v.width,
+        "intermediate_size": v.mlp_width,
+        "num_hidden_layers": v.layers,
+        "num_attention_heads": v.heads,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "num_channels": 3,
+        "hidden_act": TO_HF_ACTIVATION[v.activation],
+        "layer_norm_eps": v.layer_norm_eps,
+    }
+
+
 def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
     """A ``CLIPConfig`` from the dict in a HF CLIPModel's ``config.json``."""
     model_type = hf.get("model_type", "clip")
@@ -96,10 +171,6 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
     tc = {**_HF_TEXT_DEFAULTS, **(hf.get("text_config") or hf.get("text_config_dict") or {})}
     vc = {**_HF_VISION_DEFAULTS, **(hf.get("vision_config") or hf.get("vision_config_dict") or {})}
     for name, c in (("text_config", tc), ("vision_config", vc)):
-        if c["hidden_act"] not in _HF_ACTIVATIONS:
-            raise CheckpointError(
-                f"{name}.hidden_act {c['hidden_act']!r} is not supported (quick_gelu or gelu)"
-            )
         if abs(float(c["layer_norm_eps"]) - 1e-5) > 1e-12:
             raise CheckpointError(
                 f"{name}.layer_norm_eps {c['layer_norm_eps']} is not supported (1e-5)"
@@ -108,24 +179,8 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
         raise CheckpointError(
             f"vision_config.num_channels {vc['num_channels']} is not supported (3)"
         )
-    text = TextConfig(
-        context_length=int(tc["max_position_embeddings"]),
-        vocab_size=int(tc["vocab_size"]),
-        width=int(tc["hidden_size"]),
-        heads=int(tc["num_attention_heads"]),
-        layers=int(tc["num_hidden_layers"]),
-        mlp_ratio=int(tc["intermediate_size"]) / int(tc["hidden_size"]),
-        activation=_HF_ACTIVATIONS[tc["hidden_act"]],
-    )
-    vision = ViTConfig(
-        image_size=int(vc["image_size"]),
-        patch_size=int(vc["patch_size"]),
-        width=int(vc["hidden_size"]),
-        layers=int(vc["num_hidden_layers"]),
-        heads=int(vc["num_attention_heads"]),
-        mlp_ratio=int(vc["intermediate_size"]) / int(vc["hidden_size"]),
-        activation=_HF_ACTIVATIONS[vc["hidden_act"]],
-    )
+    text = text_tower(tc)
+    vision = vision_tower(vc, int(vc["image_size"]))
     config = CLIPConfig(
         embed_dim=int(hf.get("projection_dim", 512)),
         vision=vision,
@@ -141,12 +196,19 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         raise CheckpointError(
             "Hugging Face's CLIPModel has no ResNet image tower; only ViT models convert to 'hf'"
         )
+    v, t = config.vision, config.text
+    if not is_clip_architecture(config):
+        raise CheckpointError(
+            "this model's architecture has no transformers equivalent: CLIPModel holds CLIP's "
+            "(class token, ln_pre, causal text read at EOT, ...) and SiglipModel holds SigLIP's "
+            "(no class token, MAP head, bicubic position resampling, a logit bias); convert it "
+            "to 'cliplab' instead"
+        )
     if config.logit_bias_init is not None:
         raise CheckpointError(
             "Hugging Face's CLIPModel has no logit bias (this model was trained with the SigLIP "
             "loss); convert it to 'cliplab' or 'openclip' instead"
         )
-    t, v = config.text, config.vision
     return {
         "architectures": ["CLIPModel"],
         "model_type": "clip",
@@ -156,14 +218,7 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         "torch_dtype": "float32",
         "text_config": {
             "model_type": "clip_text_model",
-            "vocab_size": t.vocab_size,
-            "hidden_size": t.width,
-            "intermediate_size": t.mlp_width,
-            "num_hidden_layers": t.layers,
-            "num_attention_heads": t.heads,
-            "max_position_embeddings": t.context_length,
-            "hidden_act": t.activation,
-            "layer_norm_eps": 1e-5,
+            **text_tower_dict(t),
             "projection_dim": config.embed_dim,
             # OpenAI's tokens: SOT 49406, EOT 49407. HF pools at the first EOT, OpenAI at the
             # highest id: the same position for every sequence cliplab's tokenizer makes.
@@ -173,32 +228,31 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         },
         "vision_config": {
             "model_type": "clip_vision_model",
-            "hidden_size": v.width,
-            "intermediate_size": v.mlp_width,
-            "num_hidden_layers": v.layers,
-            "num_attention_heads": v.heads,
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "num_channels": 3,
-            "hidden_act": v.activation,
-            "layer_norm_eps": 1e-5,
+            **vision_tower_dict(v),
             "projection_dim": config.embed_dim,
         },
     }
 
 
-def from_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF CLIPModel weights -> cliplab keys (q/k/v fused, projections transposed)."""
+def from_hf(
+    state_dict: Mapping[str, torch.Tensor],
+    flat: Mapping[str, str] = _FLAT_MAP,
+    transposed: Mapping[str, str] = _TRANSPOSED,
+    what: str = "a HF CLIPModel",
+) -> dict[str, torch.Tensor]:
+    """HF CLIPModel weights -> cliplab keys (q/k/v fused, projections transposed). ``flat``
+    and ``transposed`` rename the keys outside the blocks (other models of the CLIP family
+    in transformers, e.g. SiglipModel, share the block layout)."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     unknown = []
     for key, value in state_dict.items():
         if _IGNORED.match(key):
             continue
-        if key in _FLAT_MAP:
-            out[_FLAT_MAP[key]] = value
-        elif key in _TRANSPOSED:
-            out[_TRANSPOSED[key]] = value.t().contiguous()
+        if key in flat:
+            out[flat[key]] = value
+        elif key in transposed:
+            out[transposed[key]] = value.t().contiguous()
         elif m := _BLOCK.match(key):
             tower, index, rest = m.groups()
             prefix = _TOWERS[f"{tower}.encoder.layers."] + f"{index}."
@@ -212,7 +266,7 @@ def from_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             unknown.append(key)
     if unknown:
         raise CheckpointError(
-            f"unexpected keys for a HF CLIPModel: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+            f"unexpected keys for {what}: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
         )
     for (prefix, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
@@ -224,10 +278,16 @@ def from_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """cliplab weights (ViT) -> HF CLIPModel keys."""
-    flat = {v: k for k, v in _FLAT_MAP.items()}
-    transposed = {v: k for k, v in _TRANSPOSED.items()}
+def to_hf(
+    state_dict: Mapping[str, torch.Tensor],
+    flat_map: Mapping[str, str] = _FLAT_MAP,
+    transposed_map: Mapping[str, str] = _TRANSPOSED,
+    what: str = "Hugging Face CLIPModel",
+) -> dict[str, torch.Tensor]:
+    """cliplab weights (ViT) -> HF CLIPModel keys (``flat_map``, ``transposed_map``: as
+    :func:`from_hf`'s, HF name -> cliplab name)."""
+    flat = {v: k for k, v in flat_map.items()}
+    transposed = {v: k for k, v in transposed_map.items()}
     block_map = {v: k for k, v in _BLOCK_MAP.items()}
     towers = {v: k for k, v in _TOWERS.items()}
     out: dict[str, torch.Tensor] = {}
@@ -242,7 +302,7 @@ def to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 key,
             )
             if not m:
-                raise CheckpointError(f"key {key!r} has no Hugging Face CLIPModel equivalent")
+                raise CheckpointError(f"key {key!r} has no {what} equivalent")
             prefix = towers[m.group(1)] + f"{m.group(2)}."
             rest = m.group(3)
             if rest in block_map:
@@ -252,7 +312,7 @@ def to_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 for name, part in zip("qkv", value.chunk(3, dim=0)):
                     out[f"{prefix}self_attn.{name}_proj.{kind}"] = part.contiguous()
             else:
-                raise CheckpointError(f"key {key!r} has no Hugging Face CLIPModel equivalent")
+                raise CheckpointError(f"key {key!r} has no {what} equivalent")
     return out
 
 

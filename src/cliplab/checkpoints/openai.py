@@ -143,8 +143,48 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> CL
     return config.replace(**overrides) if overrides else config
 
 
+#: CLIP's architecture among cliplab's switches: what OpenAI's layout and transformers'
+#: CLIPModel hold (their LayerNorm eps included)
+_CLIP_VISION_SWITCHES = {
+    "class_token": True,
+    "patch_bias": False,
+    "ln_pre": True,
+    "pool": "tok",
+    "final_ln_after_pool": False,
+    "projection": "matrix",
+    "layer_norm_eps": 1e-5,
+    "pos_interpolation": "bicubic",
+}
+_CLIP_TEXT_SWITCHES = {
+    "causal": True,
+    "pool": "argmax",
+    "projection": "matrix",
+    "layer_norm_eps": 1e-5,
+    "tokenizer": "openai",
+}
+
+
+def is_clip_architecture(config: CLIPConfig) -> bool:
+    """Whether the model is CLIP's architecture (OpenAI's): none of the switches SigLIP and
+    OpenCLIP's variants set (a ResNet image tower qualifies)."""
+    v, t = config.vision, config.text
+    if not isinstance(t, TextConfig):
+        return False
+    text = all(getattr(t, k) == value for k, value in _CLIP_TEXT_SWITCHES.items())
+    vision = isinstance(v, ResNetConfig) or all(
+        getattr(v, k) == value for k, value in _CLIP_VISION_SWITCHES.items()
+    )
+    return text and vision
+
+
 def openai_compatibility_warnings(config: CLIPConfig) -> list[str]:
-    """What OpenAI's ``build_model`` would get wrong when reading this model's weights."""
+    """What OpenAI's ``build_model`` would get wrong when reading this model's weights (a
+    CheckpointError for an architecture it cannot hold at all: SigLIP's, OpenCLIP's variants)."""
+    if not is_clip_architecture(config):
+        raise CheckpointError(
+            "OpenAI's layout holds CLIP's architecture only (class token, ln_pre, causal text "
+            "read at EOT, OpenAI's tokenizer); convert this model to 'cliplab' instead"
+        )
     notes = []
     if (
         config.text.activation != "quick_gelu"

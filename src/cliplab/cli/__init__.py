@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from cliplab import __version__
 from cliplab.checkpoints.errors import CheckpointError
+from cliplab.checkpoints.fetch import FetchError
 from cliplab.cli import (
     classify,
     convert,
@@ -22,12 +23,13 @@ from cliplab.cli import (
     evaluate,
     export,
     models,
+    pull,
     search,
     serve,
     train,
 )
 
-COMMANDS = (models, convert, export, data, train, evaluate, classify, search, serve, demo)
+COMMANDS = (models, pull, convert, export, data, train, evaluate, classify, search, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +56,15 @@ def _show_library_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 2 bad input)."""
+    """Run one command; returns the exit status (0 ok, 1 weights that could not be fetched,
+    2 bad input)."""
     args = build_parser().parse_args(argv)
     _show_library_logs()
     try:
         return int(args.run(args) or 0)
+    except FetchError as e:  # the network or a server, not the user's input
+        print(f"cliplab {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"cliplab {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from typing import Any
 from cliplab.cli.common import add_device, add_model, add_runtime, add_set, load_model
 from cliplab.zeroshot import classify_images, load_templates, parse_labels
 
-#: The model used when ``--model`` is not given (an OpenAI name looked up in local caches).
+#: The model used when ``--model`` is not given (OpenAI's weights, fetched on first use).
 DEFAULT_MODEL = "ViT-B-32"
 
 

@@ -1,7 +1,7 @@
 """What every command shares, so the same flag means the same thing everywhere:
 
-- ``--model``: anything :func:`cliplab.load` reads (a checkpoint in any format, an OpenAI
-  model name in the local caches, ``random:<preset>``);
+- ``--model``: anything :func:`cliplab.load` reads (a checkpoint in any format, a pretrained
+  name fetched into the cache on first use, ``random:<preset>``);
 - ``--set KEY=VALUE`` (repeatable): a bare key is a model setting the checkpoint cannot tell
   (``--set activation=gelu``); commands with a training config also take
   ``section.key=value`` (``--set train.steps=100``). Values are TOML (``3``, ``1e-3``,
@@ -45,7 +45,8 @@ def add_model(
         nargs=nargs,
         default=default,
         help=help
-        or "checkpoint (any format cliplab.load reads), OpenAI model name, or random:<preset>",
+        or "a checkpoint (any format cliplab.load reads), a pretrained name (ARCH/TAG, ViT-B/32, "
+        "hf-hub:ORG/REPO, ORG/REPO: cliplab list-models --pretrained), or random:<preset>",
     )
 
 

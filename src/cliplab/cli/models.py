@@ -1,4 +1,5 @@
-"""``cliplab list-models``: the presets with their sizes."""
+"""``cliplab list-models``: the presets with their sizes; ``--pretrained``: the weights cliplab
+fetches by name, with their size, source and zero-shot ImageNet top-1."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from cliplab.models import CLIP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("list-models", help="list the model presets")
+    parser = subparsers.add_parser(
+        "list-models", help="list the model presets, or (--pretrained) the weights by name"
+    )
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="the pretrained weights cliplab fetches by name (and CLIPLAB_REGISTRY's)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run)
 
@@ -37,7 +45,57 @@ def describe(name: str) -> dict:
     }
 
 
+def pretrained_rows() -> list[dict]:
+    """One row per registry entry: name, source, size (stated or estimated), top-1, cached."""
+    from cliplab.checkpoints.fetch import find_local
+    from cliplab.checkpoints.registry import registry
+
+    rows = []
+    for name, e in registry().items():
+        size = e.download_bytes()
+        rows.append(
+            {
+                "name": name,
+                "source": e.url if e.source == "url" else f"hf:{e.repo}",
+                "layout": e.layout,
+                "bytes": size,
+                "size_stated": bool(e.size),
+                "params_m": e.params_m,
+                "imagenet_top1": e.imagenet_top1,
+                "top1_source": e.top1_source,
+                "license": e.license,
+                "cached": find_local(e) is not None,
+            }
+        )
+    return rows
+
+
+def run_pretrained(args: argparse.Namespace) -> int:
+    rows = pretrained_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'name':<52}{'params':>9}{'download':>11}{'top-1':>7}  {'layout':<13}cached"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        params = f"{r['params_m']:,.0f}M" if r["params_m"] else "?"
+        size = "?"
+        if r["bytes"]:
+            size = f"{'' if r['size_stated'] else '~'}{r['bytes'] / 1e6:,.0f} MB"
+        top1 = f"{100 * r['imagenet_top1']:.1f}" if r["imagenet_top1"] else "?"
+        cached = "yes" if r["cached"] else ""
+        print(f"{r['name']:<52}{params:>9}{size:>11}{top1:>7}  {r['layout']:<13}{cached}")
+    print(
+        "top-1: zero-shot ImageNet-1k as its publisher reports it (--json says where); "
+        "~: estimated from the parameters"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return run_pretrained(args)
     rows = [describe(name) for name in PRESETS]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliplab.config import CLIPConfig, ResNetConfig, ViTConfig
+from cliplab.config import CLIPConfig, HFTextConfig, ResNetConfig, TextConfig, ViTConfig
 from cliplab.models.resnet import ModifiedResNet
 from cliplab.models.text import TextTransformer
 from cliplab.models.vit import VisionTransformer
@@ -29,6 +29,15 @@ def build_vision_tower(config: ViTConfig | ResNetConfig, embed_dim: int) -> nn.M
     raise TypeError(f"unknown vision config {config!r}")
 
 
+def build_text_tower(config: TextConfig | HFTextConfig, embed_dim: int) -> nn.Module:
+    """The text encoder that ``config.kind`` names (a transformers model for ``"hf"``)."""
+    if isinstance(config, HFTextConfig):
+        from cliplab.models.hf_text import HFTextEncoder
+
+        return HFTextEncoder(config, embed_dim)
+    return TextTransformer(config, embed_dim)
+
+
 class CLIP(nn.Module):
     """Contrastive image-text model (Radford et al. 2021).
 
@@ -41,7 +50,7 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         self.visual = build_vision_tower(config.vision, config.embed_dim)
-        self.text = TextTransformer(config.text, config.embed_dim)
+        self.text = build_text_tower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         if config.logit_bias_init is not None:  # SigLIP's bias (a parameter only when used)
             self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init)))

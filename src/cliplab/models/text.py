@@ -1,4 +1,7 @@
-"""CLIP's text encoder: a GPT-2 style causal transformer read out at the EOT token."""
+"""CLIP's text encoder: a GPT-2 style causal transformer read out at the EOT token.
+
+With switches (:class:`~cliplab.config.TextConfig`) it is also SigLIP's: bidirectional, read
+out at the last position, projected by a linear layer with a bias."""
 
 from __future__ import annotations
 
@@ -74,7 +77,9 @@ class TextTransformer(nn.Module):
     """Token ids (B, L) -> text features (B, embed_dim), unnormalised.
 
     The feature is the top layer's activation at the EOT token (the highest id in each row,
-    as in OpenAI's code), layer-normalised and linearly projected.
+    as in OpenAI's code), layer-normalised and linearly projected. SigLIP's (``causal=False,
+    pool="last"``): at the last position, whatever it holds (texts are padded to the
+    context length, as SigLIP was trained).
     """
 
     def __init__(self, config: TextConfig, embed_dim: int) -> None:
@@ -85,10 +90,19 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
         self.transformer = Transformer(
-            config.width, config.layers, config.heads, config.mlp_width, config.activation
+            config.width,
+            config.layers,
+            config.heads,
+            config.mlp_width,
+            config.activation,
+            config.layer_norm_eps,
         )
-        self.ln_final = LayerNorm(config.width)
-        self.text_projection = nn.Parameter(torch.empty(config.width, embed_dim))
+        self.ln_final = LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.text_projection: nn.Parameter | nn.Linear | None = None
+        if config.projection == "matrix":
+            self.text_projection = nn.Parameter(torch.empty(config.width, embed_dim))
+        elif config.projection == "linear":
+            self.text_projection = nn.Linear(config.width, embed_dim)
         # Causal attention means positions after a row's EOT never influence its feature, so
         # padding is cut before the transformer: the batch is split into at most
         # ``config.length_groups`` groups by caption length, each cut to its own longest
@@ -106,7 +120,12 @@ class TextTransformer(nn.Module):
         self.transformer.init_weights()
         nn.init.ones_(self.ln_final.weight)
         nn.init.zeros_(self.ln_final.bias)
-        nn.init.normal_(self.text_projection, std=self.config.width**-0.5)
+        projection = self.text_projection
+        if isinstance(projection, nn.Linear):
+            nn.init.normal_(projection.weight, std=self.config.width**-0.5)
+            nn.init.zeros_(projection.bias)
+        elif projection is not None:
+            nn.init.normal_(projection, std=self.config.width**-0.5)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         if text.dim() != 2:
@@ -128,14 +147,23 @@ class TextTransformer(nn.Module):
             x = torch.cat(parts)[torch.argsort(torch.cat(index))]  # (B, width), batch order
         else:  # one group: the whole batch cut to its longest (or, untrimmed, as given)
             x = self._eot_features(text[:, : groups[0][1]] if groups else text)  # (B, width)
-        return self.ln_final(x) @ self.text_projection  # (B, embed_dim)
+        x = self.ln_final(x)
+        projection = self.text_projection
+        if isinstance(projection, nn.Linear):
+            return projection(x)  # (B, embed_dim)
+        return x if projection is None else x @ projection  # (B, embed_dim)
 
     def _eot_features(self, text: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, L) -> the top layer's activation at each row's EOT, (B, width)."""
+        """Token ids (B, L) -> the top layer's activation at each row's EOT (or the position
+        ``config.pool`` names), (B, width)."""
         eot = text.argmax(dim=-1)  # (B,)
         B, L = text.shape
-        dtype = self.text_projection.dtype
+        dtype = self.positional_embedding.dtype
         x = self.token_embedding(text).to(dtype)  # (B, L, width)
         x = x + self.positional_embedding[:L].to(dtype)
-        x = self.transformer(x, causal=True)  # (B, L, width)
+        x = self.transformer(x, causal=self.config.causal)  # (B, L, width)
+        if self.config.pool == "last":  # SigLIP: the last position, padding or not
+            return x[:, -1]
+        if self.config.pool == "first":
+            return x[:, 0]
         return x[torch.arange(B, device=x.device), eot]  # (B, width)

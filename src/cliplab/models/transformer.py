@@ -36,7 +36,22 @@ def make_activation(name: str) -> nn.Module:
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+    if name == "gelu_tanh":  # SigLIP's (big_vision's default GELU)
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}; expected 'quick_gelu', 'gelu' or 'gelu_tanh'")
+
+
+def mlp(width: int, mlp_width: int, activation: str) -> nn.Sequential:
+    """``c_fc``, the activation, ``c_proj`` (OpenAI's names)."""
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("c_fc", nn.Linear(width, mlp_width)),
+                ("gelu", make_activation(activation)),
+                ("c_proj", nn.Linear(mlp_width, width)),
+            ]
+        )
+    )
 
 
 class SelfAttention(nn.Module):
@@ -62,20 +77,14 @@ class SelfAttention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
 
-    def __init__(self, width: int, heads: int, mlp_width: int, activation: str) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_width: int, activation: str, eps: float = 1e-5
+    ) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = SelfAttention(width, heads)
-        self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, mlp_width)),
-                    ("gelu", make_activation(activation)),
-                    ("c_proj", nn.Linear(mlp_width, width)),
-                ]
-            )
-        )
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = mlp(width, mlp_width, activation)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
@@ -86,13 +95,19 @@ class Transformer(nn.Module):
     """A stack of residual attention blocks (``resblocks.N`` as in OpenAI's state dicts)."""
 
     def __init__(
-        self, width: int, layers: int, heads: int, mlp_width: int, activation: str
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_width: int,
+        activation: str,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_width, activation) for _ in range(layers)
+            ResidualAttentionBlock(width, heads, mlp_width, activation, eps) for _ in range(layers)
         )
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:

@@ -82,9 +82,13 @@ def compile_towers(towers: nn.Module, model: CLIP, backend: str = "inductor") ->
     return torch.compile(towers, backend=backend)
 
 
-def trim_tokens(tokens: torch.Tensor, compiled: bool) -> torch.Tensor:
+def trim_tokens(tokens: torch.Tensor, compiled: bool, exact: bool = True) -> torch.Tensor:
     """The batch's tokens cut after the last EOT (exact; see ``models.text.trim_padding``),
-    marked as dynamic in length for a compiled model, so one graph serves every length."""
+    marked as dynamic in length for a compiled model, so one graph serves every length.
+    ``exact=False`` (a bidirectional tower, or one read at the last position: SigLIP's)
+    keeps the whole padded length."""
+    if not exact:
+        return tokens
     tokens = trim_padding(tokens)
     if compiled:
         torch._dynamo.mark_dynamic(tokens, 1)

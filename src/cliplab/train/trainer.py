@@ -269,7 +269,9 @@ class Trainer:
             images = F.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        tokens = trim_tokens(tokens, compiled=self.config.train.compile)
+        text = self.model.config.text  # padding is cut only where it cannot matter
+        exact = getattr(text, "causal", False) and getattr(text, "pool", "") == "argmax"
+        tokens = trim_tokens(tokens, compiled=self.config.train.compile, exact=exact)
         lr = self.optimizer.param_groups[0]["lr"]
         local_loss = self._backward(images, tokens)
         world = self.env.world_size
