@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # refs.py: the reference packages, importable on CPU
 
 import refs  # noqa: E402
-from cliplab.config import CLIPConfig, get_config  # noqa: E402
+from cliplab.config import CLIPConfig  # noqa: E402
+from cliplab.presets import get_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

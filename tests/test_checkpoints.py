@@ -16,8 +16,8 @@ import cliplab
 import refs
 from cliplab.checkpoints import api, openai
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.config import PRESETS, get_config
 from cliplab.models import CLIP
+from cliplab.presets import PRESETS, get_config
 from test_models import openai_args, random_tokens, relative_error
 
 # Tiny models within OpenAI's conventions (64-wide heads), so its loader infers them exactly.

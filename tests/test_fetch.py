@@ -23,7 +23,7 @@ from cliplab.checkpoints.errors import CheckpointError
 from cliplab.checkpoints.fetch import FetchError, cache_root, download
 from cliplab.checkpoints.registry import resolve_name
 from cliplab.cli import main
-from cliplab.config import get_config
+from cliplab.presets import get_config
 from hubserver import serve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,16 +17,9 @@ import torch
 
 import refs
 from cliplab.checkpoints import hf, openai
-from cliplab.config import (
-    PRESETS,
-    CLIPConfig,
-    ResNetConfig,
-    TextConfig,
-    ViTConfig,
-    canonical_name,
-    get_config,
-)
+from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
 from cliplab.models import CLIP
+from cliplab.presets import PRESETS, canonical_name, get_config
 
 # Parameter counts of OpenAI's released models, as OpenCLIP reports them.
 KNOWN_COUNTS = {

@@ -14,8 +14,8 @@ import cliplab
 import refs
 import test_models
 from cliplab.checkpoints import openclip
-from cliplab.config import PRESETS
 from cliplab.models import CLIP
+from cliplab.presets import PRESETS
 from test_models import random_tokens, relative_error, with_bug
 
 TOL = 1e-4

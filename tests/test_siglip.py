@@ -22,8 +22,8 @@ import cliplab
 import refs
 import test_models
 from cliplab.checkpoints import api, openclip, siglip
-from cliplab.config import PRESETS
 from cliplab.models import CLIP
+from cliplab.presets import PRESETS
 from cliplab.tokenizer.files import FileTokenizer, get_tokenizer
 from cliplab.transforms import EvalTransform
 from test_models import relative_error, with_bug

@@ -13,9 +13,10 @@ The familiar entry points::
 
 from cliplab.checkpoints.api import convert, load, save
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig, get_config, list_models
+from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
 from cliplab.factory import create_model, create_model_and_transforms
 from cliplab.models import CLIP
+from cliplab.presets import get_config, list_models
 from cliplab.tokenizer import Tokenizer, decode, tokenize
 from cliplab.tokenizer.files import get_tokenizer
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
-from cliplab.config import CLIPConfig, get_config
+from cliplab.config import CLIPConfig
 from cliplab.models import CLIP
+from cliplab.presets import get_config
 
 
 def resolve_config(name_or_config: str | CLIPConfig, **overrides: Any) -> CLIPConfig:
@@ -42,7 +43,7 @@ def create_model_and_transforms(
     """``model, train_transform, eval_transform`` (OpenCLIP's convention; the train transform
     is cliplab's training augmentation for one image, :class:`cliplab.augment.TrainTransform`)."""
     from cliplab.augment import TrainTransform
-    from cliplab.config import PRESET_PREPROCESS, canonical_name
+    from cliplab.presets import PRESET_PREPROCESS, canonical_name
     from cliplab.transforms import EvalTransform
 
     model = create_model(name_or_config, device=device, dtype=dtype, **overrides)

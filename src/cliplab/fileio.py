@@ -29,7 +29,29 @@ def _umask() -> int:
     return mask
 
 
-class AtomicFile:
+class _Staged:
+    """A temporary ``tmp`` that replaces ``path`` on ``commit``; as a context manager it
+    yields ``tmp``, commits on success and discards on an error."""
+
+    tmp: Path
+
+    def commit(self) -> Path:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class AtomicFile(_Staged):
     """A temporary file beside ``path`` that replaces ``path`` on :meth:`commit`.
 
     As a context manager it yields the temporary path, commits on success and removes the
@@ -56,15 +78,6 @@ class AtomicFile:
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` writes the content to a temporary path, which then replaces ``path``."""
@@ -84,7 +97,7 @@ def write_json(path: str | os.PathLike[str], data: Any, indent: int | None = 2) 
     return write_text(path, text)
 
 
-class AtomicDirectory:
+class AtomicDirectory(_Staged):
     """A fresh staging directory beside ``path`` that replaces ``path`` on :meth:`commit`.
 
     As a context manager it yields the staging path, commits on success and removes the
@@ -108,12 +121,3 @@ class AtomicDirectory:
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()

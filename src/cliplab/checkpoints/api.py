@@ -32,9 +32,10 @@ from cliplab.checkpoints.io import (
     read_torch_file,
     unwrap_state_dict,
 )
-from cliplab.config import PRESETS, CLIPConfig, get_config
+from cliplab.config import CLIPConfig
 from cliplab.fileio import atomic_write, write_json
 from cliplab.models import CLIP
+from cliplab.presets import PRESETS, get_config
 from cliplab.tokenizer.files import OPENAI as OPENAI_TOKENIZER
 from cliplab.tokenizer.files import (
     attach_tokenizer,

@@ -132,33 +132,28 @@ def vision_tower(vc: Mapping[str, Any], image_size: int, **switches: Any) -> ViT
     )
 
 
+def _tower_sizes(c: TextConfig | ViTConfig) -> dict[str, Any]:
+    """What a transformers text or vision config says of a transformer's shape."""
+    return {
+        "hidden_size": c.width,
+        "intermediate_size": c.mlp_width,
+        "num_hidden_layers": c.layers,
+        "num_attention_heads": c.heads,
+        "hidden_act": TO_HF_ACTIVATION[c.activation],
+        "layer_norm_eps": c.layer_norm_eps,
+    }
+
+
 def text_tower_dict(t: TextConfig) -> dict[str, Any]:
     """The inverse of :func:`text_tower`: a transformers text config's sizes."""
-    return {
-        "vocab_size": t.vocab_size,
-        "hidden_size": t.width,
-        "intermediate_size": t.mlp_width,
-        "num_hidden_layers": t.layers,
-        "num_attention_heads": t.heads,
-        "max_position_embeddings": t.context_length,
-        "hidden_act": TO_HF_ACTIVATION[t.activation],
-        "layer_norm_eps": t.layer_norm_eps,
-    }
+    sizes = {"vocab_size": t.vocab_size, "max_position_embeddings": t.context_length}
+    return {**sizes, **_tower_sizes(t)}
 
 
 def vision_tower_dict(v: ViTConfig) -> dict[str, Any]:
     """The inverse of :func:`vision_tower`: a transformers vision config's sizes."""
-    return {
-        "hidden_size": v.width,
-        "intermediate_size": v.mlp_width,
-        "num_hidden_layers": v.layers,
-        "num_attention_heads": v.heads,
-        "image_size": v.image_size,
-        "patch_size": v.patch_size,
-        "num_channels": 3,
-        "hidden_act": TO_HF_ACTIVATION[v.activation],
-        "layer_norm_eps": v.layer_norm_eps,
-    }
+    sizes = {"image_size": v.image_size, "patch_size": v.patch_size, "num_channels": 3}
+    return {**_tower_sizes(v), **sizes}
 
 
 def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cliplab.checkpoints.errors import CheckpointError
-from cliplab.config import PRESETS, canonical_name
+from cliplab.presets import PRESETS, canonical_name
 
 try:
     import tomllib

@@ -1,6 +1,6 @@
 """Hugging Face ``transformers`` SiglipModel and Siglip2Model: config and weights, both ways.
 
-Both are cliplab's ViT and text towers with SigLIP's switches (``config._siglip``). Their
+Both are cliplab's ViT and text towers with SigLIP's switches (``presets._siglip``). Their
 blocks have CLIPModel's layout (:mod:`cliplab.checkpoints.hf` converts them); the rest is
 renamed here. The image feature is the MAP head's output (no projection); the text feature
 is the last position's, through ``text_model.head`` (a linear layer with a bias).

@@ -1,7 +1,8 @@
 """``cliplab classify IMAGE... --labels "cat,dog,car"``: zero-shot classification, the everyday use.
 
-Prints, for each image, the most probable labels with their probabilities (softmax over the
-model's scaled cosine similarities between the image and each label's prompts). A label may
+Prints, for each image, the most probable labels with their probabilities: a softmax over the
+model's scaled cosine similarities between the image and each label's prompts, or, for a
+model with a logit bias (SigLIP), each label's own sigmoid (they need not sum to 1). A label may
 list members after ``=``, separated by ``|`` (``--labels "animal=cat|dog|horse,vehicle=car|bus"``):
 it then scores as the best of its own name and its members' (hierarchical labels: a coarse
 class is recognised through the words for what it contains). An image

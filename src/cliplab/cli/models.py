@@ -8,8 +8,9 @@ import json
 
 import torch
 
-from cliplab.config import PRESETS, ViTConfig
+from cliplab.config import ViTConfig
 from cliplab.models import CLIP
+from cliplab.presets import PRESETS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -70,22 +71,38 @@ def pretrained_rows() -> list[dict]:
     return rows
 
 
+def print_table(columns: list[tuple[str, str]], rows: list[list[str]]) -> None:
+    """A plain-text table: ``columns`` are (title, "<" or ">"), each as wide as it needs."""
+    widths = [max([len(t), *(len(r[i]) for r in rows)]) for i, (t, _) in enumerate(columns)]
+    line = "  ".join(f"{t:{a}{w}}" for (t, a), w in zip(columns, widths))
+    print(line.rstrip())
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(f"{c:{a}{w}}" for c, (_, a), w in zip(r, columns, widths)).rstrip())
+
+
 def run_pretrained(args: argparse.Namespace) -> int:
     rows = pretrained_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<52}{'params':>9}{'download':>11}{'top-1':>7}  {'layout':<13}cached"
-    print(header)
-    print("-" * len(header))
+    cells = []
     for r in rows:
-        params = f"{r['params_m']:,.0f}M" if r["params_m"] else "?"
         size = "?"
         if r["bytes"]:
             size = f"{'' if r['size_stated'] else '~'}{r['bytes'] / 1e6:,.0f} MB"
-        top1 = f"{100 * r['imagenet_top1']:.1f}" if r["imagenet_top1"] else "?"
-        cached = "yes" if r["cached"] else ""
-        print(f"{r['name']:<52}{params:>9}{size:>11}{top1:>7}  {r['layout']:<13}{cached}")
+        cells.append(
+            [
+                r["name"],
+                f"{r['params_m']:,.0f}M" if r["params_m"] else "?",
+                size,
+                f"{100 * r['imagenet_top1']:.1f}" if r["imagenet_top1"] else "?",
+                r["layout"],
+                "yes" if r["cached"] else "",
+            ]
+        )
+    columns = [("name", "<"), ("params", ">"), ("download", ">"), ("top-1", ">")]
+    print_table([*columns, ("layout", "<"), ("cached", "<")], cells)
     print(
         "top-1: zero-shot ImageNet-1k as its publisher reports it (--json says where); "
         "~: estimated from the parameters"
@@ -100,11 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<14}{'image tower':<30}{'size':>6}  {'text':<10}{'embed':>6}{'params':>14}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['name']:<14}{r['vision']:<30}{r['image_size']:>6}  {r['text']:<10}{r['embed_dim']:>6}{r['parameters']:>14,}"
-        )
+    keys = ("name", "vision", "image_size", "text", "embed_dim")
+    cells = [[str(r[k]) for k in keys] + [f"{r['parameters']:,}"] for r in rows]
+    columns = [("name", "<"), ("image tower", "<"), ("size", ">"), ("text", "<")]
+    print_table([*columns, ("embed", ">"), ("params", ">")], cells)
     return 0

@@ -250,12 +250,19 @@ class ShardsSpec(SourceSpec):
 
 
 @dataclass(frozen=True)
-class CsvSpec(SourceSpec):
-    kind: ClassVar[str] = "csv"
+class _TableSpec(SourceSpec):
+    """A table of images and captions (a manifest): the columns to read and the folder its
+    relative paths start from."""
+
     path: str = ""
     image_column: str = "image"
     caption_column: str | None = "caption"
     root: str | None = None
+
+
+@dataclass(frozen=True)
+class CsvSpec(_TableSpec):
+    kind: ClassVar[str] = "csv"
     delimiter: str | None = None
 
     def open(self) -> Source:
@@ -270,12 +277,8 @@ class CsvSpec(SourceSpec):
 
 
 @dataclass(frozen=True)
-class ParquetSpec(SourceSpec):
+class ParquetSpec(_TableSpec):
     kind: ClassVar[str] = "parquet"
-    path: str = ""
-    image_column: str = "image"
-    caption_column: str | None = "caption"
-    root: str | None = None
 
     def open(self) -> Source:
         try:

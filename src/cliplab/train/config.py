@@ -31,12 +31,12 @@ from cliplab.augment import AugmentConfig
 from cliplab.config import (
     CLIPConfig,
     flatten_settings,
-    get_config,
     nest_settings,
     parse_override,
     unknown_message,
 )
 from cliplab.data.sources import ShardsSpec, SourceSpec, SyntheticSpec, spec_from_dict
+from cliplab.presets import get_config
 
 try:
     import tomllib
