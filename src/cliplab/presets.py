@@ -89,24 +89,14 @@ def _siglip(
     projection into the image width. ``text``: (width, layers, heads, mlp_ratio) when the
     text tower differs from the image tower (giant-opt)."""
     t_width, t_layers, t_heads, t_mlp = text or (width, layers, heads, mlp_ratio)
-    vision = ViTConfig(
-        image_size=image,
-        patch_size=patch,
-        width=width,
-        layers=layers,
-        heads=heads,
-        mlp_ratio=mlp_ratio,
-        activation="gelu_tanh",
-        **SIGLIP_VISION,
-    )
+    act = {"activation": "gelu_tanh"}
+    shape = {"width": width, "layers": layers, "heads": heads, "mlp_ratio": mlp_ratio, **act}
+    vision = ViTConfig(image_size=image, patch_size=patch, **shape, **SIGLIP_VISION)
+    t_shape = {"width": t_width, "layers": t_layers, "heads": t_heads, "mlp_ratio": t_mlp, **act}
     text_cfg = TextConfig(
         context_length=context,
         vocab_size=vocab,
-        width=t_width,
-        heads=t_heads,
-        layers=t_layers,
-        mlp_ratio=t_mlp,
-        activation="gelu_tanh",
+        **t_shape,
         **SIGLIP_TEXT,
         tokenizer="files:unknown",  # SentencePiece / Gemma: the checkpoint's files
     )
