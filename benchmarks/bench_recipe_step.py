@@ -23,13 +23,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
+
+
+def _cpu() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -46,9 +58,6 @@ def main() -> None:
     from cliplab.demo.plan import training_config
     from cliplab.demo.train import time_steps
     from cliplab.train.data import build_loader
-
-    sys.path.insert(0, str(HERE))
-    from common import machine
 
     code = Path(cliplab.__file__).resolve().parents[2]
     commit = subprocess.run(
@@ -72,7 +81,13 @@ def main() -> None:
             start = time.perf_counter()
             row[f"{name}_pairs_per_s"] = round(time_steps(c), 1)
             row[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
-    row["machine"] = machine()
+    row["machine"] = {  # not common.machine(): an older checkout on PYTHONPATH lacks its imports
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     print(json.dumps({k: v for k, v in row.items() if k != "machine"}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a", encoding="utf-8") as f:
