@@ -10,7 +10,9 @@ mixing ``weight`` and its ``caption_fn``. Kinds:
   whose ``build.json`` lists the shards and names the caption function);
 - ``csv``: a CSV/TSV manifest, ``path`` plus image and caption columns (:class:`CsvSource`);
 - ``parquet``: Parquet manifests, needs pyarrow (:class:`ParquetSource`);
-- ``folder``: images with sidecar ``.txt`` captions under ``root`` (:class:`FolderSource`).
+- ``folder``: images with sidecar ``.txt`` captions under ``root`` (:class:`FolderSource`);
+- ``classes``: labelled images (class folders or a ``path,label`` table), captioned by
+  their class names in prompt templates (:mod:`cliplab.data.classes`: fine-tuning, FLYP).
 
 ``caption_fn`` is ``"auto"`` (the function a shard set's ``build.json`` names, else the
 stored captions), ``"none"`` (the stored captions) or ``"package.module:function"``, called
@@ -43,6 +45,7 @@ from cliplab.data.webdataset import WebDatasetSource, expand_urls
 
 __all__ = [
     "KINDS",
+    "ClassesSpec",
     "CsvSpec",
     "FolderSpec",
     "ParquetSpec",
@@ -299,9 +302,55 @@ class FolderSpec(SourceSpec):
         return FolderSource(self.root, self.display_name, self.extensions)
 
 
+@dataclass(frozen=True)
+class ClassesSpec(SourceSpec):
+    """Labelled images (a folder of class folders, or a ``path,label`` table) as pairs whose
+    captions are class names in prompt templates (:mod:`cliplab.data.classes`)."""
+
+    kind: ClassVar[str] = "classes"
+    path: str = ""
+    classnames: str = ""  # a JSON object or CSV of label -> name; empty: the labels
+    templates: str = "photo"  # a bundled template set or a JSON file
+    split: str = "all"  # "train": all but a held-out validation split; "val": that split
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    path_column: str = "path"
+    label_column: str = "label"
+    # "train": the held-out split is classified zero-shot whenever the run evaluates
+    evaluate: bool = True
+
+    def open(self) -> Source:
+        from cliplab.data.classes import LabelledImages
+
+        return LabelledImages(
+            self.path,
+            name=self.name or "classes",
+            classnames=self.classnames,
+            templates=self.templates,
+            split=self.split,
+            val_fraction=self.val_fraction,
+            split_seed=self.split_seed,
+            path_column=self.path_column,
+            label_column=self.label_column,
+        )
+
+    def recorded_caption_fn(self) -> str | None:
+        from cliplab.data.classes import CAPTION_FN
+
+        return CAPTION_FN
+
+
 SPECS: dict[str, type[SourceSpec]] = {
     cls.kind: cls
-    for cls in (SyntheticSpec, WebDatasetSpec, ShardsSpec, CsvSpec, ParquetSpec, FolderSpec)
+    for cls in (
+        SyntheticSpec,
+        WebDatasetSpec,
+        ShardsSpec,
+        CsvSpec,
+        ParquetSpec,
+        FolderSpec,
+        ClassesSpec,
+    )
 }
 KINDS = tuple(SPECS)
 

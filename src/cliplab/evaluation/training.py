@@ -201,9 +201,13 @@ def resolve_evalset(value: str | os.PathLike[str], data_dir: str | os.PathLike[s
 
 
 def evaluator_from_spec(
-    spec: Mapping[str, Any], data_dir: str | os.PathLike[str] = "data", batch_size: int = 256
+    spec: Mapping[str, Any],
+    data_dir: str | os.PathLike[str] = "data",
+    batch_size: int = 256,
+    transform: Callable[[Any], torch.Tensor] | None = None,
 ) -> ProtocolEvaluator:
-    """The evaluator an ``[[eval.sets]]`` table describes (see the module docstring)."""
+    """The evaluator an ``[[eval.sets]]`` table describes (see the module docstring);
+    ``transform``: the model's evaluation preprocessing (default: CLIP's at its size)."""
     spec = dict(spec)
     if "protocol" not in spec:
         raise ValueError(f"every [[eval.sets]] table needs a 'protocol'; got {spec}")
@@ -232,6 +236,7 @@ def evaluator_from_spec(
         seed=int(extra.get("seed", 0)),
         prefix=extra.get("prefix"),
         batch_size=batch_size,
+        transform=transform,
     )
 
 
@@ -261,6 +266,7 @@ def build_evaluators(
     *,
     synthetic_pairs: int = 0,
     synthetic_image_size: int = 64,
+    transform: Callable[[Any], torch.Tensor] | None = None,
 ) -> list[Evaluator]:
     """The evaluators of a training config (``[eval]``): retrieval on ``synthetic_pairs``
     held-out synthetic pairs (drawn at ``synthetic_image_size``), then one per ``[[eval.sets]]``
@@ -271,5 +277,5 @@ def build_evaluators(
         evaluators.append(
             synthetic_retrieval_evaluator(synthetic_pairs, batch_size, synthetic_image_size)
         )
-    evaluators += [evaluator_from_spec(table, data_dir, batch_size) for table in sets]
+    evaluators += [evaluator_from_spec(t, data_dir, batch_size, transform) for t in sets]
     return evaluators

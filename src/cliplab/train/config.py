@@ -21,6 +21,7 @@ Every key is checked: an unknown section or key is an error that lists the valid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -62,6 +63,16 @@ def _at_least(owner: str, minimum: float, **values: float) -> None:
             raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value!r}")
 
 
+#: ``[model]`` keys that say how a run treats the model, not what the model is.
+RUN_KEYS = (
+    "pretrained",
+    "lock_image",
+    "lock_image_unlocked_groups",
+    "lock_text",
+    "lock_text_unlocked_layers",
+)
+
+
 @dataclass(frozen=True)
 class ModelSection:
     """``[model]``: a preset from ``cliplab.list_models()`` (``name``) and model settings by
@@ -74,17 +85,38 @@ class ModelSection:
         vision = { width = 96, layers = 3, patch_dropout = 0.5 }
         text = { width = 96, layers = 2 }
 
-    ``settings`` holds them flat (``{"vision.width": 96}``); they are saved with the model."""
+    ``settings`` holds them flat (``{"vision.width": 96}``); they are saved with the model.
+
+    Fine-tuning: ``pretrained`` (a path or name ``cliplab.load`` reads) starts the run from
+    those weights; the architecture, tokenizer and preprocessing then follow the checkpoint
+    (``name`` is ignored) and only settings that keep every weight's shape may change
+    (``vision.patch_dropout``...). ``lock_image`` / ``lock_text`` freeze a tower (no
+    gradients, no optimiser state) except its last ``lock_image_unlocked_groups`` groups /
+    ``lock_text_unlocked_layers`` layers, as OpenCLIP names them (:mod:`cliplab.train.finetune`).
+    """
 
     name: str = "tiny-vit"
     settings: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", flatten_settings(dict(self.settings)))
-        self.model_config()  # unknown names and settings fail here
+        _at_least(
+            "model",
+            0,
+            lock_image_unlocked_groups=self.lock_image_unlocked_groups,
+            lock_text_unlocked_layers=self.lock_text_unlocked_layers,
+        )
+        if not self.pretrained:
+            self.model_config()  # unknown names and settings fail here (a checkpoint's: at start)
 
     def model_config(self) -> CLIPConfig:
-        """The model this section describes."""
+        """The model this section describes (a ``pretrained`` run's comes from its
+        checkpoint: :func:`cliplab.train.finetune.pretrained_model`)."""
         return get_config(self.name, **self.settings)
 
     @classmethod
@@ -98,10 +130,17 @@ class ModelSection:
         name = table.pop("name", cls.name)
         if not isinstance(name, str):
             raise ValueError(f"model.name must be a string, got {name!r}")
-        return cls(name=name, settings=table)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        run = {k: _coerce(f"model.{k}", fields[k], table.pop(k)) for k in RUN_KEYS if k in table}
+        return cls(name=name, settings=table, **run)
 
     def to_table(self) -> dict[str, Any]:
-        return {"name": self.name, **nest_settings(self.settings)}
+        run = {k: getattr(self, k) for k in RUN_KEYS if getattr(self, k) != _default(k)}
+        return {"name": self.name, **run, **nest_settings(self.settings)}
+
+
+def _default(key: str) -> Any:
+    return next(f.default for f in dataclasses.fields(ModelSection) if f.name == key)
 
 
 @dataclass(frozen=True)
@@ -149,6 +188,12 @@ class OptimSection:
     grad_clip_norm: float = 0.0  # 0: no clipping (the norm is still logged)
     impl: str = "auto"  # fused / foreach where the device has them
     state_dtype: str = "float32"  # "bfloat16": half-precision Adam statistics, as the paper
+    # layer-wise learning-rate decay (fine-tuning): block i of L in a tower trains at
+    # lr * layer_decay ** (L + 1 - i), its embeddings at layer_decay ** (L + 1); 1: off
+    layer_decay: float = 1.0
+    # weight decay on the token, positional and class embeddings too (the paper decays every
+    # weight matrix; fine-tuning recipes exempt them: false)
+    embedding_decay: bool = True
 
     def __post_init__(self) -> None:
         _at_least(
@@ -158,6 +203,8 @@ class OptimSection:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
             raise ValueError("optim: need 0 <= beta1, beta2 < 1 and eps > 0")
         _choice("optim", "impl", self.impl, OPTIM_IMPLS)
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
         _choice("optim", "state_dtype", self.state_dtype, STATE_DTYPES)
 
 
@@ -190,6 +237,9 @@ class TrainSection:
     threads: int = 0  # torch CPU threads; 0: torch's default
     device: str = "auto"
     max_nonfinite: int = 10  # consecutive skipped steps before the run stops
+    # an exponential moving average of the weights (0: none), updated after every step,
+    # evaluated and saved beside the raw weights (OUTPUT/model-ema)
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _at_least("train", 1, steps=self.steps)
@@ -207,6 +257,8 @@ class TrainSection:
                 "train.accum_steps > 1 (use ddp for those)"
             )
         _at_least("train", 0, low_res_size=self.low_res_size)
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.low_res_until <= 1:
             raise ValueError(f"train.low_res_until must be in [0, 1], got {self.low_res_until}")
 
@@ -502,6 +554,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 def check_resume_compatible(saved: dict[str, Any], current: Config) -> list[str]:
     """Raise if the run in ``saved`` cannot be continued exactly with ``current``; return the
     settings that changed but may (steps, logging, checkpoints, evaluation)."""
+    with contextlib.suppress(ValueError):  # settings added since the run began: defaults
+        saved = Config.from_dict(saved).to_dict()
     diffs = config_differences(saved, current.to_dict())
     allowed = [d for d in diffs if d.startswith(RESUMABLE_CHANGES)]
     blocking = [d for d in diffs if d not in allowed]

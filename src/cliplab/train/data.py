@@ -19,6 +19,7 @@ from cliplab.data import ImageTextStream, StreamingLoader
 from cliplab.data.cache import MemoryCache
 from cliplab.data.sources import source_weights
 from cliplab.tokenizer import tokenize
+from cliplab.tokenizer.files import OPENAI, tokenizer_for
 from cliplab.train.config import Config
 
 log = logging.getLogger("cliplab.train")
@@ -37,13 +38,29 @@ def ignore_sigterm_in_worker(worker_id: int) -> None:
 
 class TokenizeCaptions:
     """Captions -> (B, context_length) token ids, long captions truncated (picklable for
-    spawned workers, unlike a lambda)."""
+    spawned workers, unlike a lambda): OpenAI's BPE, or the tokenizer a model's config names
+    (a pretrained SigLIP's files: :func:`cliplab.tokenizer.files.tokenizer_for`)."""
 
-    def __init__(self, context_length: int) -> None:
+    def __init__(self, context_length: int, model_config: Any = None) -> None:
         self.context_length = context_length
+        self.model_config = model_config
+        self._own: Any = None
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
-        return tokenize(captions, context_length=self.context_length, truncate=True)
+        spec = getattr(getattr(self.model_config, "text", None), "tokenizer", OPENAI)
+        if spec == OPENAI:
+            return tokenize(captions, context_length=self.context_length, truncate=True)
+        if self._own is None:
+            self._own = tokenizer_for(_ConfigHolder(self.model_config))
+        return self._own(captions)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_own": None}
+
+
+class _ConfigHolder:
+    def __init__(self, config: Any) -> None:
+        self.config = config
 
 
 def _decoders(config: Config, sources: list[Any], image_size: int) -> list[Any]:
@@ -81,10 +98,14 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    model_config: Any = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> StreamingLoader:
     """This rank's loader of ``batch_size``-sample batches (the rank's share of the global
     batch): the one stream, behind an in-memory cache of decoded images when
-    ``data.in_memory``, with the one augmentation (``[data.augment]``)."""
+    ``data.in_memory``, with the one augmentation (``[data.augment]``). ``model_config``
+    names the tokenizer and ``preprocess`` the normalisation (``mean``, ``std``) of a
+    pretrained model; the defaults are OpenAI's."""
     sources: list[Any] = [spec.open() for spec in config.data.sources]
     names = [s.name for s in sources]
     for i, source in enumerate(sources):  # samples go to their source's decoder by name
@@ -107,8 +128,11 @@ def build_loader(
     stream = ImageTextStream(
         sources,
         decoders,
-        Augment(config.data.augment),
-        TokenizeCaptions(context_length),
+        Augment(
+            config.data.augment,
+            **{k: v for k, v in (preprocess or {}).items() if k in ("mean", "std")},
+        ),
+        TokenizeCaptions(context_length, model_config),
         batch_size,
         image_size=image_size,
         weights=weights,

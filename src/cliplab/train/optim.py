@@ -1,4 +1,5 @@
-"""The optimiser and the learning-rate schedule, as the paper trains CLIP.
+"""The optimiser and the learning-rate schedule, as the paper trains CLIP (and as
+fine-tuning recipes adjust it: layer-wise learning-rate decay, no decay on embeddings).
 
 - AdamW with decoupled weight decay on weights only: every parameter with fewer than two
   dimensions (LayerNorm/BatchNorm gains, biases, the logit scale, the ViT class embedding)
@@ -19,16 +20,39 @@ from torch import nn
 
 from cliplab.train.config import OptimSection
 
+#: Embedding tables (by the last part of the name), exempt from weight decay when
+#: ``optim.embedding_decay`` is false: fine-tuning recipes do not shrink them.
+EMBEDDINGS = ("class_embedding", "positional_embedding", "token_embedding", "word_embeddings")
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: weights (ndim >= 2) with ``weight_decay``, everything else without."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    embedding_decay: bool = True,
+) -> list[dict]:
+    """AdamW groups over the trainable parameters: weights (ndim >= 2) with ``weight_decay``,
+    gains, biases and the logit scale without (and the embeddings unless
+    ``embedding_decay``); with ``layer_decay < 1`` each of those is split by layer group
+    (:func:`cliplab.train.finetune.layer_groups`), its ``lr_scale`` ``layer_decay ** (last -
+    group)``. The first group always has scale 1 (its lr is the schedule's)."""
+    from cliplab.train.finetune import layer_groups
+
+    layers = layer_groups(model) if layer_decay < 1 else {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        embedding = any(part in EMBEDDINGS for part in name.split("."))
+        decay = p.ndim >= 2 and (embedding_decay or not embedding)
+        scale = 1.0
+        if name in layers:
+            _, group, total = layers[name]
+            scale = layer_decay ** (total - 1 - group)
+        groups.setdefault((decay, scale), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in groups.items()
     ]
 
 
@@ -106,7 +130,9 @@ def build_optimizer(
     model: nn.Module, cfg: OptimSection, device_type: str = "cpu"
 ) -> torch.optim.Optimizer:
     """AdamW over ``param_groups(model)`` with the implementation ``cfg.impl`` asks for."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.embedding_decay)
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_scale"]
     betas = (cfg.beta1, cfg.beta2)
     if cfg.state_dtype == "bfloat16":
         return AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, state_dtype=torch.bfloat16)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from cliplab.checkpoints.api import save as save_model
-from cliplab.evaluation.training import Evaluator, build_evaluators
+from cliplab.evaluation.training import Evaluator, ProtocolEvaluator, build_evaluators
 from cliplab.factory import create_model
 from cliplab.fileio import write_json
 from cliplab.loss import chunked_clip_loss, distributed_clip_loss, distributed_siglip_loss
@@ -50,6 +50,7 @@ from cliplab.models import MAX_LOGIT_SCALE, VisionTransformer
 from cliplab.progress import Progress
 from cliplab.runtime import cpu_has_bf16
 from cliplab.train import checkpoint as ckpt
+from cliplab.train import finetune
 from cliplab.train.config import Config, check_resume_compatible
 from cliplab.train.data import build_loader
 from cliplab.train.distributed import (
@@ -116,19 +117,36 @@ def _check_vit_levers(config: Config, model: torch.nn.Module) -> None:
             )
 
 
-def _config_evaluators(config: Config) -> list[Evaluator]:
+def _config_evaluators(
+    config: Config, image_size: int, preprocess: dict[str, Any]
+) -> list[Evaluator]:
     """The evaluators ``[eval]`` asks for (the synthetic pairs drawn at the synthetic
-    source's image size)."""
-    from cliplab.data.sources import SyntheticSpec
+    source's image size; a pretrained model's own normalisation)."""
+    from cliplab.data.sources import ClassesSpec, SyntheticSpec
+    from cliplab.transforms import EvalTransform
 
     synthetic = [s for s in config.data.sources if isinstance(s, SyntheticSpec)]
-    return build_evaluators(
+    transform = EvalTransform(image_size, **preprocess) if preprocess else None
+    evaluators = build_evaluators(
         config.eval.sets,
         config.data.dir,
         config.eval.batch_size,
         synthetic_pairs=config.eval.synthetic_pairs,
         synthetic_image_size=synthetic[0].image_size if synthetic else 64,
+        transform=transform,
     )
+    for spec in config.data.sources:  # a labelled source's held-out split, zero-shot
+        if isinstance(spec, ClassesSpec) and spec.split == "train" and spec.evaluate:
+            held_out = spec.open().classification_set("val")  # type: ignore[attr-defined]
+            evaluators.append(
+                ProtocolEvaluator(
+                    "zeroshot",
+                    {"dataset": held_out},
+                    batch_size=config.eval.batch_size,
+                    transform=transform,
+                )
+            )
+    return evaluators
 
 
 class Trainer:
@@ -151,7 +169,14 @@ class Trainer:
 
         self.precision = resolve_precision(tc.precision, device)
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
-        self.model = create_model(config.model.model_config()).to(device)
+        resuming = bool(ckpt.list_checkpoints(self.output))
+        model, self.preprocess = finetune.run_model(
+            config.model, self.output, resuming, self.env.is_main
+        )
+        self.model = model.to(device)
+        self.frozen = finetune.lock_towers(self.model, config.model)
+        if tc.ema_decay and self.env.distributed and tc.parallelism == "fsdp":
+            raise ValueError('train.ema_decay does not yet combine with train.parallelism = "fsdp"')
         if tc.loss == "siglip" and not hasattr(self.model, "logit_bias"):
             raise ValueError('train.loss = "siglip" needs a model with a logit bias')
         _check_vit_levers(config, self.model)
@@ -170,15 +195,20 @@ class Trainer:
             self.env.rank,
             self.env.world_size,
             pin_memory=device.type == "cuda",
+            model_config=self.model.config,
+            preprocess=self.preprocess,
         )
         self.total_steps = math.ceil(tc.epochs * len(self.loader)) if tc.epochs > 0 else tc.steps
         self.optimizer = build_optimizer(self.model, config.optim, device.type)
+        self.average = finetune.WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
         self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.low_res_steps = round(tc.low_res_until * self.total_steps) if tc.low_res_size else 0
         # the config's evaluators (built now, so a missing set fails before training) + those given
         self.evaluators: list[Evaluator] = (
-            _config_evaluators(config) + list(evaluators) if self.env.is_main else []
+            _config_evaluators(config, self.model.image_size, self.preprocess) + list(evaluators)
+            if self.env.is_main
+            else []
         )
         self.step = 0
         self.counters = {"nonfinite_steps": 0, "nonfinite_in_a_row": 0, "overflow_steps": 0}
@@ -327,6 +357,8 @@ class Trainer:
             self.optimizer.step()
         with torch.no_grad():  # exp(t) <= 100
             self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+        if self.average is not None:
+            self.average.update(self.model)
         self.counters["nonfinite_in_a_row"] = 0
         return None
 
@@ -341,8 +373,10 @@ class Trainer:
             if include_weights
             else {}
         )
+        average = {"ema": self.average.state_dict()} if self.average is not None else {}
         return {
             **weights,
+            **average,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "counters": dict(self.counters),
@@ -362,6 +396,10 @@ class Trainer:
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            if "ema" not in state:
+                raise ValueError("the checkpoint has no weight average (train.ema_decay was 0)")
+            self.average.load_state_dict(state["ema"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -412,6 +450,10 @@ class Trainer:
                     with torch.no_grad():
                         for evaluator in self.evaluators:
                             results.update(evaluator(model, self.step))
+                        average = self.averaged_model()
+                        for evaluator in self.evaluators if average is not None else ():
+                            scores = evaluator(average, self.step)
+                            results.update({f"ema_{k}": v for k, v in scores.items()})
                 finally:
                     model.train()
         barrier()
@@ -428,6 +470,13 @@ class Trainer:
         plain = create_model(self.config.model.model_config())
         plain.load_state_dict(state)
         return plain
+
+    def averaged_model(self) -> torch.nn.Module | None:
+        """A plain copy of the model with the moving-average weights (None without one)."""
+        if self.average is None:
+            return None
+        copy = create_model(self.model.config)
+        return self.average.copy_into(copy).to(self.env.device).eval()
 
     # -- the loop --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -492,6 +541,11 @@ class Trainer:
             "resumed_from": self.step if resumed else None,
         }
         already_done = resumed and self.step >= self.total_steps
+        if self.config.model.pretrained and self.step == 0:  # what fine-tuning starts from
+            before = self.evaluate()
+            if before:
+                logger.log("eval", 0, before)
+                summary["eval_before"] = before
         started = time.perf_counter()
         try:
             with self._sigterm_checkpoints():
@@ -503,7 +557,7 @@ class Trainer:
                 progress.write(f"the run in {out} is already complete ({self.step} steps)")
                 final = self.gathered_model()
                 if main and not (out / "model").exists():
-                    save_model(final, out / "model")
+                    save_model(final, out / "model", self.preprocess)
             elif summary["status"] == "complete":
                 summary["eval"] = self._finish(logger)
         finally:
@@ -558,7 +612,10 @@ class Trainer:
             self.save_checkpoint()
         final = self.gathered_model()  # collective under FSDP
         if self.env.is_main:
-            save_model(final, self.output / "model")
+            save_model(final, self.output / "model", self.preprocess)
+            average = self.averaged_model()
+            if average is not None:
+                save_model(average, self.output / "model-ema", self.preprocess)
             logger.close()
             if self.config.log.plots:
                 plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")
