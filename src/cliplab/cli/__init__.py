@@ -22,6 +22,8 @@ from cliplab.cli import (
     demo,
     evaluate,
     export,
+    finetune,
+    merge,
     models,
     pull,
     search,
@@ -29,7 +31,21 @@ from cliplab.cli import (
     train,
 )
 
-COMMANDS = (models, pull, convert, export, data, train, evaluate, classify, search, serve, demo)
+COMMANDS = (
+    models,
+    pull,
+    convert,
+    export,
+    merge,
+    data,
+    train,
+    finetune,
+    evaluate,
+    classify,
+    search,
+    serve,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,7 +120,7 @@ class LabelledImages(_RowSource):
         *,
         name: str = "classes",
         classnames: str = "",
-        templates: str = "photo",
+        templates: str = "imagenet80",
         split: str = "all",
         val_fraction: float = 0.1,
         split_seed: int = 0,

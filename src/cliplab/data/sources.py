@@ -310,7 +310,7 @@ class ClassesSpec(SourceSpec):
     kind: ClassVar[str] = "classes"
     path: str = ""
     classnames: str = ""  # a JSON object or CSV of label -> name; empty: the labels
-    templates: str = "photo"  # a bundled template set or a JSON file
+    templates: str = "imagenet80"  # a bundled template set or a JSON file
     split: str = "all"  # "train": all but a held-out validation split; "val": that split
     val_fraction: float = 0.1
     split_seed: int = 0

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cliplab.demo.plan import Log
+from cliplab.train.budget import time_steps
 
 #: ``cliplab demo``'s default training budget, of its 15 minutes (set-up, data and evaluation
 #: take 4-5 on a fresh clone).
@@ -43,26 +43,6 @@ def train(config: Any, log: Log = print, threads: int | None = None) -> dict[str
     if summary.get("status") != "complete":
         raise RuntimeError(f"training stopped: {summary.get('status')}; re-run to resume")
     return summary
-
-
-def time_steps(config: Any, warmup: int = 8, timed: int = 16) -> float:
-    """Pairs per second of ``config``'s training step on this machine, data loading
-    included: ``warmup`` untimed steps (the first few run up to 1.4x slower: allocator and
-    thread-pool warm-up), then the median of ``timed`` timed ones. Nothing is saved."""
-    from cliplab.train import Trainer
-
-    trainer = Trainer(config.replace(eval=dataclasses.replace(config.eval, sets=())))
-    batches = iter(trainer.loader)
-    for _ in range(warmup):
-        batch = next(batches)
-        trainer.train_step(batch.images, batch.tokens, batch.second_tokens)
-    seconds = []
-    for _ in range(timed):
-        start = time.perf_counter()
-        batch = next(batches)
-        trainer.train_step(batch.images, batch.tokens, batch.second_tokens)
-        seconds.append(time.perf_counter() - start)
-    return config.data.batch_size / statistics.median(seconds)
 
 
 def run_steps(run_dir: str | Path) -> int | None:
