@@ -406,3 +406,17 @@ def test_finetune_command_end_to_end(pretrained, tmp_path):
         )
         == 2
     )
+
+
+def test_the_example_config_loads_and_round_trips():
+    from cliplab.train.config import Config, load_config
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "finetune-lit.toml")
+    assert config.model.pretrained and config.model.lock_image
+    assert config.data.sources[0].kind == "classes" and not config.optim.embedding_decay
+    assert Config.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="layer_decay"):
+        load_config(None, ["optim.layer_decay=0"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        load_config(None, ["train.ema_decay=1.5"])
+    assert load_config(None, ["model.lock_text=true"]).model.lock_text
