@@ -21,6 +21,7 @@ import torch
 from bench_train import trainer_config
 from common import machine, model_config, open_clip_model, rate, refs, sample_inputs, table, write
 
+from cliplab.runtime import cpu_has_bf16  # noqa: E402
 from cliplab.train import Config, Trainer  # noqa: E402
 
 
@@ -80,7 +81,10 @@ def main() -> None:
     config = model_config(args.model)
     n = args.batch
     rows: list[dict[str, Any]] = []
-    for precision in ("fp32", "bf16"):
+    precisions = ["fp32"] + (["bf16"] if cpu_has_bf16() or torch.cuda.is_available() else [])
+    if len(precisions) == 1:
+        print("  (no bf16 instructions on this CPU: bf16 autocast would be emulated; fp32 only)")
+    for precision in precisions:
         theirs = open_clip_step(config, n, args.repeat, bf16=precision == "bf16")
         ours, _, _ = cliplab_step(args.model, config, n, args.repeat, True, precision)
         for impl, value in (("openclip", theirs), ("cliplab", ours)):
