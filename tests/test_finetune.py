@@ -420,3 +420,48 @@ def test_the_example_config_loads_and_round_trips():
     with pytest.raises(ValueError, match="ema_decay"):
         load_config(None, ["train.ema_decay=1.5"])
     assert load_config(None, ["model.lock_text=true"]).model.lock_text
+
+
+# -- the demo ----------------------------------------------------------------------------
+def _idx(path: Path, array: np.ndarray) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_finetune_demo_end_to_end_on_tiny_data(pretrained, tmp_path, monkeypatch):
+    """The demo's whole path (class folder from IDX files, both variants, WiSE-FT curves,
+    report) on a few generated images, with the Fashion-MNIST and emoji sets stood in for."""
+    from cliplab.data.evalsets import write_classification_set
+    from cliplab.demo import finetune as demo
+
+    data = tmp_path / "data"
+    idx = data / "sources" / "apt" / "dataset-fashion-mnist" / "usr/share/datasets/fashion-mnist"
+    idx.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 4)
+    images = (rng.random((40, 28, 28)) * 255 * (labels[:, None, None] + 1) / 10).astype(np.uint8)
+    _idx(idx / "train-images-idx3-ubyte.gz", images)
+    _idx(idx / "train-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setattr(demo, "PER_CLASS", 3)
+    for name in (demo.TASK, *demo.SHIFTED):
+        write_classification_set(
+            data / "eval" / name,
+            [(Image.fromarray(images[i]).convert("RGB"), int(labels[i])) for i in range(0, 40, 4)],
+            name=name,
+            classnames=[f"class {k}" for k in range(10)],
+            templates=["a photo of a {}."],
+        )
+    monkeypatch.setattr(demo, "MAX_STEPS", 2)
+    result = demo.run_finetune_demo(data, tmp_path / "out", pretrained, seeds=(0,), steps=2)
+    folder = data / demo.FOLDER
+    assert sum(1 for _ in folder.rglob("*.png")) == 30  # 3 of each of the 10 classes
+    assert {e["variant"] for e in result["table"]} == set(demo.VARIANTS)
+    assert [e["alpha"] for e in result["table"]][: len(demo.ALPHAS)] == list(demo.ALPHAS)
+    zero = [e for e in result["table"] if e["alpha"] == 0.0]
+    assert zero[0]["task"] == zero[1]["task"]  # alpha 0 is the model before fine-tuning
+    assert (tmp_path / "out" / "wise-ft.png").stat().st_size > 1000
+    assert "locked image" in (tmp_path / "out" / "report.md").read_text()

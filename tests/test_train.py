@@ -16,8 +16,8 @@ import cliplab
 from cliplab.cli import main
 from cliplab.models import MAX_LOGIT_SCALE
 from cliplab.train import NonFiniteError, Trainer, load_config
-from cliplab.train.checkpoint import NonFiniteCheckpointError
-from cliplab.train.config import Config, check_resume_compatible
+from cliplab.train.checkpoint import NonFiniteCheckpointError, check_resume_compatible
+from cliplab.train.config import Config
 from cliplab.train.distributed import DistEnv
 from cliplab.train.optim import AdamW, build_optimizer, param_groups, warmup_cosine
 from cliplab.train.parallelize import apply_gradient_checkpointing

@@ -10,6 +10,7 @@ set or the new one. Loading uses ``torch.load(weights_only=True)``: no code runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from cliplab.fileio import atomic_write
+from cliplab.train.config import Config
 
 FORMAT = "cliplab-train"
 VERSION = 1
@@ -237,3 +239,49 @@ def load_latest(output: Path) -> dict[str, Any] | None:
         except Exception as e:  # a truncated file, a foreign file: fall back to the previous one
             warnings.warn(f"skipping unreadable checkpoint {path} (step {step}): {e}", stacklevel=2)
     return None
+
+
+# -- whether a run can be continued -----------------------------------------------------
+#: Settings a resumed run may change; anything else must match the checkpoint's run.
+RESUMABLE_CHANGES = (
+    "output",
+    "train.steps",
+    "train.epochs",
+    "train.threads",
+    "train.max_nonfinite",
+    "train.parallelism",  # the same maths sharded or replicated; checkpoints load either way
+    "checkpoint.",
+    "log.",
+    "eval.",
+)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        name = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, name + ".")
+        elif a != b:
+            diffs.append(name)
+    return diffs
+
+
+def check_resume_compatible(saved: dict[str, Any], current: Config) -> list[str]:
+    """Raise if the run in ``saved`` cannot be continued exactly with ``current``; return the
+    settings that changed but may (steps, logging, checkpoints, evaluation)."""
+    with contextlib.suppress(ValueError):  # settings added since the run began: defaults
+        saved = Config.from_dict(saved).to_dict()
+    diffs = config_differences(saved, current.to_dict())
+    allowed = [d for d in diffs if d.startswith(RESUMABLE_CHANGES)]
+    blocking = [d for d in diffs if d not in allowed]
+    if blocking:
+        raise ValueError(
+            "the output directory holds a run with a different configuration ("
+            + ", ".join(blocking)
+            + "); resuming would not continue it exactly. Use another --output, or restore those settings."
+        )
+    return allowed

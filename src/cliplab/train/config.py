@@ -21,7 +21,6 @@ Every key is checked: an unknown section or key is an error that lists the valid
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -135,12 +134,9 @@ class ModelSection:
         return cls(name=name, settings=table, **run)
 
     def to_table(self) -> dict[str, Any]:
-        run = {k: getattr(self, k) for k in RUN_KEYS if getattr(self, k) != _default(k)}
+        fields = {f.name: f.default for f in dataclasses.fields(self)}
+        run = {k: getattr(self, k) for k in RUN_KEYS if getattr(self, k) != fields[k]}
         return {"name": self.name, **run, **nest_settings(self.settings)}
-
-
-def _default(key: str) -> Any:
-    return next(f.default for f in dataclasses.fields(ModelSection) if f.name == key)
 
 
 @dataclass(frozen=True)
@@ -315,19 +311,6 @@ SECTIONS: dict[str, type] = {
     "log": LogSection,
     "eval": EvalSection,
 }
-
-#: Settings a resumed run may change; anything else must match the checkpoint's run.
-RESUMABLE_CHANGES = (
-    "output",
-    "train.steps",
-    "train.epochs",
-    "train.threads",
-    "train.max_nonfinite",
-    "train.parallelism",  # the same maths sharded or replicated; checkpoints load either way
-    "checkpoint.",
-    "log.",
-    "eval.",
-)
 
 
 @dataclass(frozen=True)
@@ -535,34 +518,3 @@ def load_config(
     for item in overrides:
         apply_override(d, item)
     return Config.from_dict(d)
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    keys = sorted(set(old) | set(new))
-    diffs = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        name = f"{prefix}{k}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, name + ".")
-        elif a != b:
-            diffs.append(name)
-    return diffs
-
-
-def check_resume_compatible(saved: dict[str, Any], current: Config) -> list[str]:
-    """Raise if the run in ``saved`` cannot be continued exactly with ``current``; return the
-    settings that changed but may (steps, logging, checkpoints, evaluation)."""
-    with contextlib.suppress(ValueError):  # settings added since the run began: defaults
-        saved = Config.from_dict(saved).to_dict()
-    diffs = config_differences(saved, current.to_dict())
-    allowed = [d for d in diffs if d.startswith(RESUMABLE_CHANGES)]
-    blocking = [d for d in diffs if d not in allowed]
-    if blocking:
-        raise ValueError(
-            "the output directory holds a run with a different configuration ("
-            + ", ".join(blocking)
-            + "); resuming would not continue it exactly. Use another --output, or restore those settings."
-        )
-    return allowed

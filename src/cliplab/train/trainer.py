@@ -51,7 +51,7 @@ from cliplab.progress import Progress
 from cliplab.runtime import cpu_has_bf16
 from cliplab.train import checkpoint as ckpt
 from cliplab.train import finetune
-from cliplab.train.config import Config, check_resume_compatible
+from cliplab.train.config import Config
 from cliplab.train.data import build_loader
 from cliplab.train.distributed import (
     DistEnv,
@@ -430,7 +430,7 @@ class Trainer:
         state = ckpt.load_latest(self.output)
         if state is None:
             return False
-        changed = check_resume_compatible(state["config"], self.config)
+        changed = ckpt.check_resume_compatible(state["config"], self.config)
         if changed and self.env.is_main:
             print(f"resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
         self.load_state_dict(state)
