@@ -13,13 +13,12 @@ Writes ``benchmarks/results/finetune.json``.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from typing import Any
 
 import torch
-from bench_train import trainer_config
-from common import machine, model_config, open_clip_model, rate, refs, sample_inputs, table, write
+from bench_train import open_clip_rate, trainer_config
+from common import machine, model_config, rate, sample_inputs, table, write
 
 from cliplab.runtime import cpu_has_bf16  # noqa: E402
 from cliplab.train import Config, Trainer  # noqa: E402
@@ -49,28 +48,6 @@ def cliplab_step(name: str, config: Any, n: int, repeat: int, lock: bool, precis
         return value, trainable, _state_bytes(trainer.optimizer)
 
 
-def open_clip_step(config: Any, n: int, repeat: int, bf16: bool) -> float:
-    oc = refs.open_clip()
-    model = open_clip_model(config).train()
-    model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=False)
-    loss_fn = oc.loss.ClipLoss()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
-    images, tokens = sample_inputs(config, n)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            image_features, text_features, scale = model(images, tokens)
-            loss = loss_fn(image_features.float(), text_features.float(), scale)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-
-    return rate(step, n, repeat)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-B-32")
@@ -85,7 +62,7 @@ def main() -> None:
     if len(precisions) == 1:
         print("  (no bf16 instructions on this CPU: bf16 autocast would be emulated; fp32 only)")
     for precision in precisions:
-        theirs = open_clip_step(config, n, args.repeat, bf16=precision == "bf16")
+        theirs = open_clip_rate(config, n, args.repeat, precision == "bf16", lock_image=True)
         ours, _, _ = cliplab_step(args.model, config, n, args.repeat, True, precision)
         for impl, value in (("openclip", theirs), ("cliplab", ours)):
             rows.append(

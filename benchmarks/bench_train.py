@@ -74,11 +74,16 @@ def cliplab_rate(name: str, config, n: int, repeat: int, **train: Any) -> float:
         return rate(lambda: trainer.train_step(images, tokens), n, repeat, warmup)
 
 
-def open_clip_rate(config, n: int, repeat: int, bf16: bool) -> float:
+def open_clip_rate(config, n: int, repeat: int, bf16: bool, lock_image: bool = False) -> float:
+    """OpenCLIP's training step (its model, ClipLoss, AdamW over the trainable parameters);
+    ``lock_image``: its ``--lock-image`` path (``lock_image_tower()``)."""
     oc = refs.open_clip()
     model = open_clip_model(config).train()
+    if lock_image:
+        model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=False)
     loss_fn = oc.loss.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     images, tokens = sample_inputs(config, n)
 
     def step() -> None:

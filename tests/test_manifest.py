@@ -220,14 +220,18 @@ def test_parquet_without_pyarrow_names_the_extra(
 
 def test_build_source_every_kind(tmp_path: Path, image_folder: Path) -> None:
     write_csv(tmp_path / "m.csv", [["images/a.jpg", "x", ""]])
+    (tmp_path / "classes" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "classes" / "cat" / "1.png")
     specs = {
         "synthetic": {"num_samples": 10},
         "folder": {"root": str(image_folder)},
         "csv": {"path": str(tmp_path / "m.csv")},
+        "classes": {"path": str(tmp_path / "classes")},
     }
     for kind, spec in specs.items():
         assert build_source({"kind": kind, **spec}).num_samples() > 0
-    assert set(KINDS) == {"synthetic", "webdataset", "shards", "csv", "parquet", "folder"}
+    kinds = {"synthetic", "webdataset", "shards", "csv", "parquet", "folder", "classes"}
+    assert set(KINDS) == kinds
     with pytest.raises(ValueError, match="unknown field of a csv source: 'nope'"):
         build_source({"kind": "csv", "nope": 1})
     with pytest.raises(ValueError, match="unknown data source kind"):

@@ -335,3 +335,50 @@ def test_page_in_a_real_browser(server: str, tmp_path: Path) -> None:
         assert driver.find_element(By.ID, "error").text == ""
     finally:
         driver.quit()
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_a_token_guards_every_request(collection: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cliplab.serve import create_app
+
+    client = TestClient(create_app(Searcher(collection), token=TOKEN))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        response = client.get("/health", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert client.get("/image/0").status_code == 401
+    upload = {"image": ("a.png", png_bytes(COLOURS["red"]), "image/png")}
+    assert client.post("/search", files=upload).status_code == 401
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/health", headers=good).status_code == 200
+    assert client.get("/search", params={"q": "red", "k": 2}, headers=good).status_code == 200
+    assert client.post("/search", files=upload, headers=good).status_code == 200
+
+
+def test_cross_origin_calls_are_closed_unless_listed(collection: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cliplab.serve import create_app
+
+    origin = {"Origin": "https://evil.example"}
+    closed = TestClient(create_app(Searcher(collection)))
+    assert "access-control-allow-origin" not in closed.get("/health", headers=origin).headers
+    app = create_app(Searcher(collection), cors_origins=["https://photos.example"])
+    opened = TestClient(app)
+    allowed = opened.get("/health", headers={"Origin": "https://photos.example"})
+    assert allowed.headers["access-control-allow-origin"] == "https://photos.example"
+    assert "access-control-allow-origin" not in opened.get("/health", headers=origin).headers
+
+
+def test_serving_beyond_loopback_needs_a_token(collection: Path, monkeypatch) -> None:
+    from cliplab.cli import main
+
+    monkeypatch.delenv("CLIPLAB_TOKEN", raising=False)
+    assert main(["serve", str(collection), "--host", "0.0.0.0"]) == 2
+    assert main(["serve", str(collection), "--host", "192.168.1.5", "--token", "short"]) == 2
+    monkeypatch.setenv("CLIPLAB_TOKEN", "short")
+    assert main(["serve", str(collection), "--host", "0.0.0.0"]) == 2

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -598,3 +599,44 @@ def test_zero_shot_probabilities_are_sigmoids(tmp_path: Path) -> None:
     assert relative_error(probs, torch.sigmoid(logits)) <= TOL
     assert not torch.allclose(probs.sum(-1), torch.ones(3))  # one sigmoid per label
     assert math.exp(float(model.logit_scale)) == pytest.approx(float(ref.logit_scale.exp()))
+
+
+def test_fine_tuning_a_siglip_checkpoint_uses_its_tokenizer_and_normalisation(
+    tmp_path: Path,
+) -> None:
+    """``[model] pretrained`` on a SigLIP directory: training captions go through its
+    SentencePiece tokenizer (ids equal to transformers'), images through its 0.5/0.5
+    normalisation; the saved fine-tune carries the tokenizer files, and a resumed run in a
+    fresh process (the tokenizer registry emptied) reads them from the run directory."""
+    from cliplab.tokenizer import files
+    from cliplab.train import Config, Trainer
+
+    directory, _ = hf_directory(tmp_path, 1)
+    folder = tmp_path / "classes"
+    for name, colour in (("cat", "orange"), ("dog", "brown"), ("snow fox", "white")):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (SIZE, SIZE), colour).save(folder / name / f"{i}.png")
+    config = {
+        "model": {"pretrained": str(directory)},
+        "data": {"batch_size": 4, "sources": [{"kind": "classes", "path": str(folder)}]},
+        "optim": {"lr": 1e-4, "warmup_steps": 1},
+        "train": {"steps": 2, "loss": "siglip", "threads": 1},
+        "log": {"tensorboard": False, "progress": False, "plots": False},
+    }
+    out = tmp_path / "run"
+    trainer = Trainer(Config.from_dict(config), output=out)
+    tokenizer = refs.transformers().AutoTokenizer.from_pretrained(directory)
+    captions = ["a photo of a snow fox.", "a cat"]
+    expected = tokenizer(captions, padding="max_length", max_length=CONTEXT, truncation=True)
+    stream = trainer.loader.stream
+    assert stream.tokenize(captions).tolist() == expected["input_ids"]
+    assert stream.augment.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    assert trainer.fit()["status"] == "complete"
+    assert (out / "model" / "spiece.model").is_file()
+    files._REGISTRY.clear()  # as in a new process
+    shutil.rmtree(directory)  # and the source gone
+    config["train"]["steps"] = 3
+    resumed = Trainer(Config.from_dict(config), output=out)
+    assert resumed.loader.stream.tokenize(captions).tolist() == expected["input_ids"]
+    assert resumed.fit()["resumed_from"] == 2

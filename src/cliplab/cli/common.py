@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "number_list",
     "add_device",
     "add_model",
     "add_out",
@@ -68,6 +69,29 @@ def add_set(parser: argparse.ArgumentParser, sections: bool = False) -> None:
             "repeatable"
         ),
     )
+
+
+def number_list(
+    kind: type = float,
+    low: float = float("-inf"),
+    high: float = float("inf"),
+    what: str = "numbers",
+) -> Any:
+    """An argparse ``type``: comma-separated numbers of ``kind`` within ``[low, high]``
+    (``--alpha 0,0.5,1``, ``--lr 1e-5,1e-4``, ``--shots 1,2,4``); a clear error otherwise."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+        if not values or not all(low <= v <= high for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return values
+
+    return parse
 
 
 def add_device(parser: argparse.ArgumentParser, default: str | None = None) -> None:

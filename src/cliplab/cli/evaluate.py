@@ -26,7 +26,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cliplab.cli.common import add_device, add_model, add_out, add_runtime, add_set, load_model
+from cliplab.cli.common import (
+    add_device,
+    add_model,
+    add_out,
+    add_runtime,
+    add_set,
+    load_model,
+    number_list,
+)
 from cliplab.data.evalsets import load_classification, load_retrieval
 from cliplab.encode import BadImages, FeatureStore
 from cliplab.evaluation.protocol import Input, Protocol
@@ -47,16 +55,7 @@ def default_cache_dir() -> Path:
 # --------------------------------------------------------------------------- flags
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+_ints = number_list(int, 1, what="positive integers")
 
 
 def _flag(name: str) -> str:

@@ -6,17 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from cliplab.cli.common import add_model, add_out, add_set
-
-
-def _lrs(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1e-5,1e-4; got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"learning rates must be positive; got {text!r}")
-    return values
+from cliplab.cli.common import add_model, add_out, add_set, number_list
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--lr",
-        type=_lrs,
+        type=number_list(float, 1e-12, what="positive learning rates"),
         default=RECIPE["lrs"],
         help="candidate learning rates, comma-separated (default: "
         + ",".join(f"{v:g}" for v in RECIPE["lrs"])

@@ -13,19 +13,7 @@ import json
 
 from cliplab.checkpoints.api import save
 from cliplab.checkpoints.merge import interpolate, read_pair
-from cliplab.cli.common import add_device, add_out, add_set, model_settings
-
-
-def _alphas(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers like 0.3 or 0,0.5,1; got {text!r}"
-        ) from None
-    if not values or not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"alphas must be in [0, 1]; got {text!r}")
-    return values
+from cliplab.cli.common import add_device, add_out, add_set, model_settings, number_list
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("a", help="the first checkpoint (alpha = 0), e.g. the zero-shot model")
     parser.add_argument("b", help="the second checkpoint (alpha = 1), e.g. its fine-tune")
     parser.add_argument(
-        "--alpha", type=_alphas, default=(0.5,), help="one alpha or a comma list (default 0.5)"
+        "--alpha",
+        type=number_list(float, 0.0, 1.0, "alphas in [0, 1]"),
+        default=(0.5,),
+        help="one alpha or a comma list (default 0.5)",
     )
     add_out(parser, help="output: a model directory (one alpha) or a folder of them")
     parser.add_argument(

@@ -10,6 +10,10 @@
     GET  /image/{id}              the image of one result (only ids of the collection)
     GET  /                        the page: search box, result grid, drop an image, classify
 
+With a token (``cliplab serve --token``, required beyond loopback) every request needs
+``Authorization: Bearer TOKEN`` (401 otherwise, before anything else is read); cross-origin
+calls from other pages are refused unless their origin is listed (``--cors-origin``).
+
 Bad input is a 4xx with a one-line ``detail``, never a 500: empty or over-long queries, k
 out of range, uploads over ``max_upload_bytes`` (413, checked while the body streams in),
 non-images (415), truncated images (400), decompression bombs (413), unknown ids (404). The
@@ -20,8 +24,10 @@ in object storage): no path from a request ever reaches the file system.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
+from collections.abc import Sequence
 from importlib import resources
 from typing import Annotated, Any
 
@@ -87,7 +93,29 @@ class LimitBody:
         await self.app(scope, replay, send)
 
 
-async def _plain(send: Any, status: int, detail: str) -> None:
+class RequireToken:
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``
+    (compared in constant time); anything else gets 401 before the app sees it."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        if not token:
+            raise ValueError("the token must not be empty")
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                extra = [(b"www-authenticate", b'Bearer realm="cliplab"')]
+                await _plain(send, 401, "missing or wrong bearer token", extra)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _plain(
+    send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     import json
 
     body = json.dumps({"detail": detail}).encode()
@@ -98,6 +126,7 @@ async def _plain(send: Any, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )
@@ -109,8 +138,13 @@ def create_app(
     *,
     max_upload_bytes: int = 10 * 2**20,
     classify_templates: str = "imagenet7",
+    token: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Any:
-    """The ASGI app (FastAPI, wrapped in the body limit) serving ``searcher``'s collection."""
+    """The ASGI app (FastAPI, wrapped in the body limit) serving ``searcher``'s collection.
+    ``token``: every request needs ``Authorization: Bearer <token>`` (401 otherwise).
+    ``cors_origins``: the origins other web pages may call it from (none by default: browsers
+    refuse cross-origin reads)."""
     from cliplab.templates import list_templates, load_templates
 
     bundled = list_templates()
@@ -227,4 +261,14 @@ def create_app(
             raise HTTPException(404, f"image {image_id} is no longer readable") from None
         return Response(data, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
-    return LimitBody(app, max_upload_bytes + 64 * 1024)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    limited = LimitBody(app, max_upload_bytes + 64 * 1024)
+    return RequireToken(limited, token) if token else limited
