@@ -105,6 +105,14 @@ def speed(
         with torch.no_grad():
             feats = (fast.encode_image(images), fast.encode_text(tokens))
         add("cliplab", runtime, fast.encode_image, fast.encode_text, feats)
+    from cliplab.runtime import auto_runtime
+
+    choice = auto_runtime(model, cache_dir=cache)  # measured by auto itself, same run
+    timed = {r["runtime"]: r["images_per_s"] for r in rows if r["impl"] == "cliplab"}
+    fastest = max(timed, key=timed.__getitem__) if timed else None
+    print(f"  auto picks {choice}; the fastest timed here: {fastest}", flush=True)
+    for r in rows:
+        r["auto_choice"] = choice if r["impl"] == "cliplab" else None
     base = {
         k: next(r for r in rows if r["impl"] == "openclip" and r["runtime"] == "fp32")[k]
         for k in ("images_per_s", "texts_per_s")

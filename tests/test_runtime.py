@@ -169,3 +169,31 @@ def test_classify_eval_and_embed_take_the_runtime(saved, tmp_path, capsys, monke
     capsys.readouterr()
     assert main([*argv, "--runtime", "onnx"]) == 2  # a collection keeps its runtime
     assert "different runtime" in capsys.readouterr().err
+
+
+def test_auto_measures_once_per_architecture_and_remembers(tmp_path, monkeypatch) -> None:
+    """``auto`` on a CPU times each candidate runtime for this model's architecture, picks
+    the fastest, and reads the choice back from its cache without timing again; another
+    architecture is measured afresh."""
+    from cliplab import runtime
+
+    model = cliplab.create_model("tiny-vit").eval()
+    calls = []
+    real = runtime.measure_runtimes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "measure_runtimes", counted)
+    choice = runtime.resolve_runtime("auto", "cpu", model, tmp_path)
+    assert choice in runtime.auto_candidates() and calls == [1]
+    record = json.loads((tmp_path / "runtime-auto.json").read_text())
+    (entry,) = record.values()
+    assert set(entry["images_per_s"]) == set(runtime.auto_candidates())
+    assert entry["choice"] == max(entry["images_per_s"], key=entry["images_per_s"].get)
+    assert runtime.accelerate(model, "auto", cache_dir=tmp_path) is not None
+    assert runtime.resolve_runtime("auto", "cpu", model, tmp_path) == choice and calls == [1]
+    wider = cliplab.create_model("tiny-vit", embed_dim=48).eval()
+    runtime.resolve_runtime("auto", "cpu", wider, tmp_path)
+    assert calls == [1, 1] and len(json.loads((tmp_path / "runtime-auto.json").read_text())) == 2

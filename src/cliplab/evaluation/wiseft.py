@@ -79,12 +79,9 @@ def plot_curve(
 ) -> Path:
     """Task accuracy (x) against the mean accuracy under shift (y), one line per run
     (``{label: rows}``), alpha written at each end and at 0.5."""
-    import matplotlib
+    from cliplab.evaluation.output import pyplot, save_figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 4.5))
     for label, rows in runs.items():
         rows = [r for r in rows if r.get("shift") is not None]
         if not rows:
@@ -108,8 +105,4 @@ def plot_curve(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

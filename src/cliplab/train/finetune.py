@@ -121,6 +121,7 @@ def run_model(
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
         if config.text.tokenizer != OPENAI:
+            (output / TOKENIZER_DIR).mkdir(exist_ok=True)
             copy_files(config.text.tokenizer, output / TOKENIZER_DIR)
         record = {"source": section.pretrained, "config": config.to_dict()}
         write_json(output / PRETRAINED_FILE, {**record, "preprocess": preprocess})

@@ -115,10 +115,9 @@ _PANELS = (
 
 def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     """A PNG with the training curves (and evaluation metrics, if any); None without data."""
-    import matplotlib
+    from cliplab.evaluation.output import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
@@ -156,8 +155,4 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path, dpi=110)
