@@ -213,12 +213,23 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search",
         help="search an embedded collection with words or an image",
-        description="Text -> images (QUERY), image -> images (--image), image -> captions "
-        "(--image --captions, when captions were embedded). The model is the collection's own.",
+        description="Text -> images (QUERY), image -> images (--image), both mixed (QUERY and "
+        "--image), image -> captions (--image --captions, when captions were embedded). "
+        'Words after a minus are subtracted ("beach -people", -"red car"). Each result has a '
+        "relevance: the share of unrelated queries whose best match in this collection scores "
+        "lower (a SigLIP model's own probability). The model is the collection's own.",
     )
     p.add_argument("collection", type=Path)
-    p.add_argument("query", nargs="?", help="words to search for")
-    p.add_argument("--image", type=Path, help="search with an image instead")
+    p.add_argument(
+        "query", nargs="?", help='words to search for; -word subtracts ("beach -people")'
+    )
+    p.add_argument("--image", type=Path, help="search with an image (with QUERY: a mix of both)")
+    p.add_argument("--image-weight", type=float, default=0.5,
+                   help="with QUERY and --image: the image's share of the mix (default 0.5)")  # fmt: skip
+    p.add_argument("--negative-weight", type=float, default=0.5,
+                   help="how much the -terms subtract (default 0.5)")  # fmt: skip
+    p.add_argument("--min-relevance", type=float, default=None,
+                   help="only results at least this relevant (0-1), possibly none")  # fmt: skip
     p.add_argument("--captions", action="store_true", help="with --image: the nearest captions")
     p.add_argument("-k", type=int, default=20, help="results (default 20)")
     p.add_argument("--exact", action="store_true", help="exact search, even with an index")
@@ -231,29 +242,42 @@ def run_search(args: argparse.Namespace) -> int:
     from cliplab.data.stream import BadSample
     from cliplab.search.query import Searcher
 
-    if (args.query is None) == (args.image is None):
-        raise ValueError("give either QUERY words or --image")
-    if args.captions and args.image is None:
-        raise ValueError("--captions searches captions with an image: give --image")
+    if args.query is None and args.image is None:
+        raise ValueError("give QUERY words, --image, or both")
+    if args.captions and (args.image is None or args.query is not None):
+        raise ValueError("--captions searches captions with an image alone: give --image only")
     if not 1 <= args.k <= 10_000:
         raise ValueError(f"-k must be between 1 and 10000, got {args.k}")
+    if args.min_relevance is not None and not 0 <= args.min_relevance <= 1:
+        raise ValueError(f"--min-relevance must be in [0, 1], got {args.min_relevance}")
     searcher = Searcher(args.collection, device=args.device, use_index=not args.exact)
     try:
-        if args.image is not None and args.captions:
+        if args.captions:
             hits = searcher.captions_for_image(args.image, args.k)
-        elif args.image is not None:
-            hits = searcher.search_image(args.image, args.k)
         else:
-            hits = searcher.search_text(args.query, args.k)
+            hits = searcher.search(
+                args.query,
+                args.image,
+                args.k,
+                min_relevance=args.min_relevance,
+                image_weight=args.image_weight,
+                negative_weight=args.negative_weight,
+            )
     except BadSample as e:
         raise ValueError(f"{args.image}: {e.reason}") from None
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
         return 0
+    if not hits:
+        print(
+            "no results"
+            + (f" with relevance >= {args.min_relevance}" if args.min_relevance else "")
+        )
     for rank, h in enumerate(hits, 1):
         where = h.path or h.key
         caption = f"  {h.caption}" if h.caption else ""
-        print(f"{rank:>3}  {h.score:.3f}  {where}{caption}")
+        relevance = f"  {h.relevance:.2f}" if h.relevance is not None else ""
+        print(f"{rank:>3}  {h.score:.3f}{relevance}  {where}{caption}")
     return 0
 
 

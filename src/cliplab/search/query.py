@@ -22,6 +22,7 @@ from cliplab.data.images import open_rgb
 from cliplab.encode import FeatureStore, encode_texts, model_fingerprint
 from cliplab.search.collection import Collection
 from cliplab.search.index import SearchIndex
+from cliplab.search.relevance import Calibration, combine, parse_query
 
 __all__ = ["Hit", "Searcher"]
 
@@ -31,7 +32,8 @@ MAX_QUERY_CHARS = 1000
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: the image's id, its cosine similarity to the query, its metadata."""
+    """One result: the image's id, its cosine similarity to the query, its metadata, and
+    its relevance (:mod:`cliplab.search.relevance`; None for caption results)."""
 
     id: int
     score: float
@@ -40,11 +42,13 @@ class Hit:
     caption: str | None
     width: int
     height: int
+    relevance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "score": round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
             "key": self.key,
             "path": self.path,
             "caption": self.caption,
@@ -93,7 +97,27 @@ class Searcher:
                 )
         self._vectors: np.ndarray | None = None
         self._texts: np.ndarray | None = None
+        self._calibration: Calibration | None = None
         self._classifiers = FeatureStore(model, preprocess, progress=False)
+
+    @property
+    def calibration(self) -> Calibration:
+        """This collection's relevance calibration (measured once, then read back)."""
+        if self._calibration is None:
+            from cliplab.encode import unwrap_model
+
+            def best_scores(texts: Sequence[str]) -> np.ndarray:
+                queries = encode_texts(self.model, None, list(texts)).numpy()
+                return (self._all_vectors() @ queries.T.astype(np.float32)).max(axis=0)
+
+            self._calibration = Calibration.for_collection(
+                self.collection.path,
+                self.collection.fingerprint,
+                len(self.collection),
+                best_scores,
+                unwrap_model(self.model),
+            )
+        return self._calibration
 
     # -- embeddings of queries -------------------------------------------------------------
     @torch.no_grad()
@@ -122,8 +146,9 @@ class Searcher:
             self._vectors = self.collection.image_embeddings()
         return self._vectors
 
-    def nearest(self, query: np.ndarray, k: int) -> list[Hit]:
-        """The ``k`` images nearest to a unit query vector, best first."""
+    def nearest(self, query: np.ndarray, k: int, min_relevance: float | None = None) -> list[Hit]:
+        """The ``k`` images nearest to a unit query vector, best first, each with its
+        relevance; ``min_relevance``: only those at least that relevant (possibly none)."""
         k = max(1, min(int(k), len(self.collection)))
         if self.index is not None:
             scores, ids = self.index.search(query[None], k)
@@ -132,17 +157,67 @@ class Searcher:
             sims = self._all_vectors() @ query.astype(np.float32)
             top = np.argsort(-sims, kind="stable")[:k]
             pairs = [(int(i), float(sims[i])) for i in top]
-        rows = self.collection.rows([i for i, _ in pairs])
+        relevance = self.calibration.relevance([s for _, s in pairs])
+        keep = [
+            (pair, float(r))
+            for pair, r in zip(pairs, relevance)
+            if min_relevance is None or r >= min_relevance
+        ]
+        if not keep:
+            return []
+        rows = self.collection.rows([i for (i, _), _ in keep])
         return [
-            Hit(i, s, r["key"], r["path"], r["caption"], r["width"], r["height"])
-            for (i, s), r in zip(pairs, rows)
+            Hit(i, s, r["key"], r["path"], r["caption"], r["width"], r["height"], rel)
+            for ((i, s), rel), r in zip(keep, rows)
         ]
 
-    def search_text(self, text: str, k: int = 20) -> list[Hit]:
-        return self.nearest(self.embed_text(text), k)
+    def query_vector(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        *,
+        image_weight: float = 0.5,
+        negative_weight: float = 0.5,
+    ) -> np.ndarray:
+        """The unit vector of a query: words (``-word`` / ``-"a phrase"`` subtract), an
+        image, or both mixed (``image_weight`` on the image, the rest on the words)."""
+        if not 0 <= image_weight <= 1:
+            raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+        positive, negatives = parse_query(text) if text is not None else ("", [])
+        if text is not None and not positive and not negatives:
+            raise ValueError("empty query")
+        parts = []
+        if positive:
+            parts.append(
+                (self.embed_text(positive), 1.0 - image_weight if image is not None else 1.0)
+            )
+        if image is not None:
+            parts.append((self.embed_image(image), image_weight if positive else 1.0))
+        return combine(parts, [self.embed_text(n) for n in negatives], negative_weight)
 
-    def search_image(self, image: Any, k: int = 20) -> list[Hit]:
-        return self.nearest(self.embed_image(image), k)
+    def search(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        k: int = 20,
+        *,
+        min_relevance: float | None = None,
+        image_weight: float = 0.5,
+        negative_weight: float = 0.5,
+    ) -> list[Hit]:
+        """Images for words, an image or both (:meth:`query_vector`), best first."""
+        query = self.query_vector(
+            text, image, image_weight=image_weight, negative_weight=negative_weight
+        )
+        return self.nearest(query, k, min_relevance)
+
+    def search_text(self, text: str, k: int = 20, min_relevance: float | None = None) -> list[Hit]:
+        return self.search(text, None, k, min_relevance=min_relevance)
+
+    def search_image(
+        self, image: Any, k: int = 20, min_relevance: float | None = None
+    ) -> list[Hit]:
+        return self.search(None, image, k, min_relevance=min_relevance)
 
     def captions_for_image(self, image: Any, k: int = 20) -> list[Hit]:
         """The ``k`` embedded captions nearest to an image (image -> caption retrieval)."""

@@ -1,9 +1,11 @@
 """The web app: FastAPI over a :class:`cliplab.search.query.Searcher`.
 
     GET  /health                  the collection, model and index
-    GET  /search?q=TEXT&k=K       text -> images
-    POST /search                  image (multipart ``image``) -> images; ``captions=true``:
-                                  the nearest captions instead
+    GET  /search?q=TEXT&k=K       text -> images (``-word`` subtracts; ``min_relevance=R``:
+                                  only results at least that relevant, possibly none)
+    POST /search                  image (multipart ``image``) -> images; with ``q``: a mix of
+                                  both (``image_weight``); ``captions=true``: the nearest
+                                  captions instead
     POST /classify                image + ``labels`` ("cat, dog, car"; "animal=cat|dog" gives
                                   a label members it may score by) -> probabilities, with
                                   prompt ensembling (``templates``, a bundled set)
@@ -196,32 +198,56 @@ def create_app(
             "captions": collection.has_texts,
         }
 
+    def check_query(q: str | None, min_relevance: float | None, image_weight: float) -> None:
+        if q is not None and len(q) > MAX_QUERY_CHARS:
+            raise HTTPException(400, f"query longer than {MAX_QUERY_CHARS} characters")
+        if min_relevance is not None and not 0 <= min_relevance <= 1:
+            raise HTTPException(400, f"min_relevance must be in [0, 1], got {min_relevance}")
+        if not 0 <= image_weight <= 1:
+            raise HTTPException(400, f"image_weight must be in [0, 1], got {image_weight}")
+
+    def run_search(q: str | None, picture: Any, k: int, min_relevance: float | None,
+                   image_weight: float) -> list[dict[str, Any]]:  # fmt: skip
+        try:
+            with lock:
+                found = searcher.search(
+                    q, picture, k, min_relevance=min_relevance, image_weight=image_weight
+                )
+        except ValueError as e:  # an empty query, parts that cancel out
+            raise HTTPException(400, str(e)) from None
+        return hits(found)
+
     @app.get("/search")
     def search_text(
-        q: Annotated[str, Query(max_length=10 * MAX_QUERY_CHARS)] = "", k: int = 20
+        q: Annotated[str, Query(max_length=10 * MAX_QUERY_CHARS)] = "",
+        k: int = 20,
+        min_relevance: float | None = None,
     ) -> Any:
         check_k(k)
         if not q.strip():
             raise HTTPException(400, "empty query: give q=words")
-        if len(q) > MAX_QUERY_CHARS:
-            raise HTTPException(400, f"query longer than {MAX_QUERY_CHARS} characters")
-        with lock:
-            return {"query": q, "results": hits(searcher.search_text(q, k))}
+        check_query(q, min_relevance, 0.5)
+        return {"query": q, "results": run_search(q, None, k, min_relevance, 0.5)}
 
     @app.post("/search")
     async def search_image(
         image: Annotated[UploadFile, File()],
         k: Annotated[int, Form()] = 20,
         captions: Annotated[bool, Form()] = False,
+        q: Annotated[str | None, Form(max_length=10 * MAX_QUERY_CHARS)] = None,
+        min_relevance: Annotated[float | None, Form()] = None,
+        image_weight: Annotated[float, Form()] = 0.5,
     ) -> Any:
         check_k(k)
+        check_query(q, min_relevance, image_weight)
         picture = await read_upload(image)
-        with lock:
-            if captions:
-                if not collection.has_texts:
-                    raise HTTPException(400, "this collection has no caption embeddings")
+        if captions:
+            if not collection.has_texts:
+                raise HTTPException(400, "this collection has no caption embeddings")
+            with lock:
                 return {"results": hits(searcher.captions_for_image(picture, k))}
-            return {"results": hits(searcher.search_image(picture, k))}
+        words = q if q and q.strip() else None
+        return {"results": run_search(words, picture, k, min_relevance, image_weight)}
 
     @app.post("/classify")
     async def classify(
