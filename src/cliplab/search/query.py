@@ -59,7 +59,9 @@ class Hit:
 
 class Searcher:
     """Search one collection. ``model``/``preprocess`` default to loading the model the
-    collection records (``embed.json``); a given model must have the same fingerprint."""
+    collection records (``embed.json``); a given model must have the same fingerprint.
+    ``relevance``: how hits' relevance is calibrated (:class:`Calibration`: ``auto``, a
+    SigLIP model's sigmoid where it has a bias, else the null queries; ``null``; ``sigmoid``)."""
 
     def __init__(
         self,
@@ -69,8 +71,10 @@ class Searcher:
         *,
         device: str | torch.device | None = None,
         use_index: bool = True,
+        relevance: str = "auto",
     ) -> None:
         self.collection = Collection(path)
+        self.relevance_kind = relevance
         if model is None:
             import cliplab
 
@@ -116,6 +120,7 @@ class Searcher:
                 len(self.collection),
                 best_scores,
                 unwrap_model(self.model),
+                self.relevance_kind,
             )
         return self._calibration
 

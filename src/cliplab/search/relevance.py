@@ -100,14 +100,20 @@ class Calibration:
         size: int,
         best_scores: Callable[[Sequence[str]], np.ndarray],
         model: Any = None,
+        kind: str = "auto",
     ) -> Calibration:
-        """The collection's calibration: a SigLIP-style model's own sigmoid, or the stored
+        """The collection's calibration: a SigLIP-style model's own sigmoid (``kind``
+        "auto" or "sigmoid"), or (``"auto"`` without a bias, or ``"null"``) the stored
         null-query scores when they were measured for this model and size, else measured
         now with ``best_scores(texts) -> (n,)`` (each text's best similarity) and stored."""
+        if kind not in ("auto", "null", "sigmoid"):
+            raise ValueError(f"relevance must be auto, null or sigmoid, got {kind!r}")
         bias = getattr(model, "logit_bias", None)
-        if bias is not None:
-            scale = math.exp(float(model.logit_scale))
-            return cls(scale=scale, bias=float(bias))
+        if kind == "sigmoid" and bias is None:
+            raise ValueError("sigmoid relevance needs a model with a logit bias (SigLIP)")
+        if bias is not None and kind != "null":
+            scale = math.exp(float(model.logit_scale.detach()))
+            return cls(scale=scale, bias=float(bias.detach()))
         path = Path(directory) / CALIBRATION_FILE
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
