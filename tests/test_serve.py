@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -77,9 +78,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(collection: Path) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
+    yield from run_server(collection)
+
+
+def run_server(collection: Path, **options) -> Iterator[str]:
     from cliplab.serve import create_app
 
-    app = create_app(Searcher(collection), max_upload_bytes=LIMIT)
+    app = create_app(Searcher(collection), max_upload_bytes=LIMIT, **options)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
@@ -87,9 +92,10 @@ def server(collection: Path) -> Iterator[str]:
     thread.start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
+    headers = {"Authorization": f"Bearer {options['token']}"} if options.get("token") else {}
     while True:
         try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/health", timeout=1, headers=headers).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -173,6 +179,20 @@ def test_api_answers(server: str) -> None:
         ("get", "/static/..%2F..%2Fapp.py", {}, 404),
         ("get", "/%2e%2e/%2e%2e/etc/passwd", {}, 404),
         ("delete", "/search", {}, 405),
+        ("get", "/search", {"params": {"q": "cat", "min_relevance": 1.5}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "min_relevance": "nan"}}, 400),
+        ("get", "/search", {"params": {"q": "-cat -dog"}}, 400),
+        ("post", "/search", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"image_weight": "-1"}}, 400),
+        ("post", "/search", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"q": "x" * 1001}}, 400),
+        ("post", "/embed", {"json": {"texts": "a cat"}}, 400),
+        ("post", "/embed", {"json": {"texts": [1, 2]}}, 400),
+        ("post", "/embed", {"json": {"texts": ["x" * 1001]}}, 400),
+        ("post", "/embed", {"json": [["a"]]}, 400),
+        ("post", "/embed", {"content": b"\xff\xfe", "headers": {"Content-Type": "application/json"}}, 400),
+        ("post", "/embed", {"files": {"other": ("x.png", png_bytes((1, 2, 3)))}}, 400),
+        ("post", "/embed", {"files": {"images": ("x.png", bomb())}}, 413),
+        ("post", "/embed", {"files": {"images": ("x.png", b"\x00" * (LIMIT + 1))}}, 413),
+        ("get", "/embed", {}, 405),
     ],
 )  # fmt: skip
 def test_hostile_requests_get_4xx_never_500(
@@ -382,3 +402,68 @@ def test_serving_beyond_loopback_needs_a_token(collection: Path, monkeypatch) ->
     assert main(["serve", str(collection), "--host", "192.168.1.5", "--token", "short"]) == 2
     monkeypatch.setenv("CLIPLAB_TOKEN", "short")
     assert main(["serve", str(collection), "--host", "0.0.0.0"]) == 2
+
+
+def test_the_client_covers_every_endpoint(server: str, collection: Path, tmp_path: Path) -> None:
+    """``cliplab.client`` against the real server: each endpoint's answer equals the
+    library's own, errors come back as ClientError with the server's status and detail."""
+    from cliplab.client import Client, ClientError
+
+    client = Client(server)
+    searcher = Searcher(collection)
+    assert client.health()["images"] == 18
+    hits = client.search("a red square -blue", k=4)
+    ours = searcher.search_text("a red square -blue", k=4)
+    assert [h["id"] for h in hits] == [h.id for h in ours]
+    assert [h["relevance"] for h in hits] == pytest.approx([h.relevance for h in ours], abs=1e-4)
+    picture = tmp_path / "q.png"
+    picture.write_bytes(png_bytes(COLOURS["green"]))
+    assert client.search_image(picture, k=3)[0]["key"].startswith("green")
+    assert client.search_image(picture.read_bytes(), k=2, text="a square", image_weight=0.3)
+    assert all(h["caption"] for h in client.search_image(picture, k=2, captions=True))
+    probs = client.classify(picture, ["red", "green"])
+    assert {p["label"] for p in probs} == {"red", "green"}
+    texts = client.embed_texts(["a red square", "a blue square"])
+    assert texts.shape == (2, 32)
+    assert np.allclose(texts, searcher.embed_texts(["a red square", "a blue square"]), atol=1e-6)
+    images = client.embed_images([picture, png_bytes(COLOURS["red"])])
+    expected = searcher.embed_images([picture, png_bytes(COLOURS["red"])])
+    assert np.allclose(images, expected, atol=1e-6)
+    assert client.image(0) == Collection(collection).image_bytes(0)
+    for call, status in (
+        (lambda: client.image(999), 404),
+        (lambda: client.search("x", min_relevance=2.0), 400),
+        (lambda: client.embed_texts([]), 400),
+        (lambda: client.embed_texts(["x"] * 257), 400),
+        (lambda: client.embed_images([b"not an image"]), 415),
+        (lambda: client.embed_images([picture] * 33), 400),
+    ):
+        with pytest.raises(ClientError) as error:
+            call()
+        assert error.value.status == status and error.value.detail
+    raw = httpx.post(f"{server}/embed", content=b"texts", headers={"Content-Type": "text/plain"})
+    assert raw.status_code == 415
+    assert (
+        httpx.post(
+            f"{server}/embed", content=b"{", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+    with pytest.raises(ClientError) as gone:
+        Client(f"http://127.0.0.1:{free_port()}", timeout=2).health()
+    assert gone.value.status == 0
+
+
+def test_the_client_sends_its_token(collection: Path) -> None:
+    from cliplab.client import Client, ClientError
+
+    servers = run_server(collection, token=TOKEN)
+    base = next(servers)
+    try:
+        assert Client(base, token=TOKEN).health()["status"] == "ok"
+        assert Client(base, token=TOKEN).embed_texts(["a red square"]).shape == (1, 32)
+        with pytest.raises(ClientError) as refused:
+            Client(base).health()
+        assert refused.value.status == 401
+    finally:
+        next(servers, None)

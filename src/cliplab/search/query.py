@@ -145,6 +145,23 @@ class Searcher:
         features = self.model.encode_image(pixels.to(device, self.model.dtype))
         return F.normalize(features.float(), dim=-1)[0].cpu().numpy()
 
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, D) unit vectors of texts, batched (``ValueError`` for an empty or huge one)."""
+        cleaned = [t.strip() for t in texts]
+        if not cleaned or any(not t or len(t) > MAX_QUERY_CHARS for t in cleaned):
+            raise ValueError(f"texts must be non-empty and at most {MAX_QUERY_CHARS} characters")
+        return encode_texts(self.model, None, cleaned).numpy()
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """(n, D) unit vectors of images (PIL images, bytes or files), batched, as
+        :meth:`embed_image` sees each."""
+        pixels = torch.stack([self.preprocess(open_rgb(image)) for image in images])
+        device = next(self.model.parameters()).device
+        features = self.model.encode_image(pixels.to(device, self.model.dtype))
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
+
     # -- search ----------------------------------------------------------------------------
     def _all_vectors(self) -> np.ndarray:
         if self._vectors is None:

@@ -9,6 +9,8 @@
     POST /classify                image + ``labels`` ("cat, dog, car"; "animal=cat|dog" gives
                                   a label members it may score by) -> probabilities, with
                                   prompt ensembling (``templates``, a bundled set)
+    POST /embed                   ``{"texts": [...]}`` (JSON) or multipart ``images`` ->
+                                  ``{"dim", "embeddings"}``: unit vectors, batched
     GET  /image/{id}              the image of one result (only ids of the collection)
     GET  /                        the page: search box, result grid, drop an image, classify
 
@@ -33,8 +35,9 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from cliplab.data.images import MEDIA_TYPES, open_rgb, probe_image
 from cliplab.data.stream import BadSample
@@ -46,6 +49,8 @@ log = logging.getLogger("cliplab.serve")
 MAX_K = 200
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 100
+MAX_EMBED_TEXTS = 256
+MAX_EMBED_IMAGES = 32
 #: BadSample reasons of an upload -> HTTP status.
 UPLOAD_STATUS = {"decompression-bomb": 413, "not-an-image": 415, "zero-bytes": 400}
 
@@ -272,6 +277,39 @@ def create_app(
         return {
             "templates": len(chosen),
             "results": [{"label": n, "probability": round(p, 6)} for n, p in probs],
+        }
+
+    @app.post("/embed")
+    async def embed(request: Request) -> Any:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPException(400, "invalid JSON") from None
+            texts = body.get("texts") if isinstance(body, dict) else None
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise HTTPException(400, 'give {"texts": ["...", ...]}')
+            if not 1 <= len(texts) <= MAX_EMBED_TEXTS:
+                raise HTTPException(400, f"1 to {MAX_EMBED_TEXTS} texts per request")
+            try:
+                with lock:
+                    vectors = searcher.embed_texts(texts)
+            except ValueError as e:
+                raise HTTPException(400, str(e)) from None
+        elif kind == "multipart/form-data":
+            form = await request.form()
+            uploads = [f for f in form.getlist("images") if isinstance(f, StarletteUpload)]
+            if not 1 <= len(uploads) <= MAX_EMBED_IMAGES:
+                raise HTTPException(400, f"1 to {MAX_EMBED_IMAGES} files named 'images'")
+            pictures = [await read_upload(f) for f in uploads]  # type: ignore[arg-type]
+            with lock:
+                vectors = searcher.embed_images(pictures)
+        else:
+            raise HTTPException(415, "send JSON texts or multipart images")
+        return {
+            "dim": int(vectors.shape[1]),
+            "embeddings": [[round(float(x), 7) for x in row] for row in vectors],
         }
 
     @app.get("/image/{image_id}")
