@@ -23,18 +23,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # refs.py: the reference packages, impo
 import refs  # noqa: E402
 from cliplab.config import CLIPConfig  # noqa: E402
 from cliplab.presets import get_config  # noqa: E402
+from cliplab.runtime import cpu_name  # noqa: E402  (re-exported for the scripts)
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:

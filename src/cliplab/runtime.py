@@ -55,6 +55,7 @@ __all__ = [
     "accelerate",
     "auto_runtime",
     "cpu_has_bf16",
+    "cpu_name",
     "measure_runtimes",
     "export_onnx",
     "resolve_runtime",
@@ -104,7 +105,8 @@ def auto_candidates() -> list[str]:
     )
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -156,7 +158,7 @@ def auto_runtime(model: nn.Module, cache_dir: str | os.PathLike[str] | None = No
     base = unwrap_model(model)
     config = getattr(base, "config", None)
     arch = json.dumps(config.to_dict() if config is not None else repr(base), sort_keys=True)
-    parts = [_cpu_name(), str(cpu_has_bf16()), torch.__version__, ",".join(auto_candidates())]
+    parts = [cpu_name(), str(cpu_has_bf16()), torch.__version__, ",".join(auto_candidates())]
     key = hashlib.sha256("\n".join([*parts, arch]).encode()).hexdigest()[:32]
     path = _cache_root(cache_dir) / "runtime-auto.json"
     try:
