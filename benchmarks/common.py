@@ -67,27 +67,14 @@ def model_config(name: str) -> CLIPConfig:
 
 
 def open_clip_model(config: CLIPConfig) -> torch.nn.Module:
-    """OpenCLIP's ``CLIP`` with the same architecture as ``config`` (ViT towers)."""
+    """OpenCLIP's model with the same architecture as ``config``: the ``model_cfg`` that
+    ``cliplab convert --to open_clip`` writes (:func:`config_to_openclip`)."""
+    from cliplab.checkpoints.openclip import config_to_openclip
+
     oc = refs.open_clip()
-    v, t = config.vision, config.text
-    vision_cfg = {
-        "image_size": v.image_size,
-        "patch_size": v.patch_size,
-        "width": v.width,
-        "layers": v.layers,
-        "head_width": v.width // v.heads,
-        "mlp_ratio": v.mlp_ratio,
-    }
-    text_cfg = {
-        "context_length": t.context_length,
-        "vocab_size": t.vocab_size,
-        "width": t.width,
-        "heads": t.heads,
-        "layers": t.layers,
-        "mlp_ratio": t.mlp_ratio,
-    }
-    quick = config.text.activation == "quick_gelu"
-    return oc.model.CLIP(config.embed_dim, vision_cfg, text_cfg, quick_gelu=quick)
+    model_cfg = config_to_openclip(config)
+    custom = model_cfg.pop("custom_text", False)
+    return (oc.model.CustomTextCLIP if custom else oc.model.CLIP)(**model_cfg)
 
 
 #: Caption words of the benchmarks' inputs.

@@ -8,31 +8,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cliplab.checkpoints.merge import MergeInputs, interpolate
 from cliplab.data.evalsets import ClassificationSet
-from cliplab.encode import FeatureStore
-from cliplab.evaluation.registry import get
+from cliplab.evaluation.training import ProtocolEvaluator
 from cliplab.transforms import EvalTransform
 
 __all__ = ["curve", "plot_curve"]
-
-
-def zero_shot_top1(
-    model: torch.nn.Module,
-    preprocess: Callable[[Any], torch.Tensor],
-    sets: Sequence[ClassificationSet],
-    *,
-    templates: str | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-) -> dict[str, float]:
-    """``{set name: zero-shot top-1}`` of one model (the sets' own templates by default)."""
-    protocol = get("zeroshot")
-    options = protocol.make_options({"templates": templates})
-    store = FeatureStore(model, preprocess, batch_size=batch_size, device=device, progress=False)
-    return {s.name: float(protocol(store, options, dataset=s).top1) for s in sets}
 
 
 def curve(
@@ -49,17 +30,23 @@ def curve(
     """One row per alpha: ``{"alpha", "task", "shift" (mean over the shifted sets),
     "sets": {name: top-1}}``."""
     preprocess = EvalTransform(inputs.config.vision.image_size, **inputs.preprocess)
-    rows = []
-    for alpha in alphas:
-        model = interpolate(inputs, alpha)
-        scores = zero_shot_top1(
-            model,
-            preprocess,
-            [task, *shifted],
-            templates=templates,
+    # one evaluator per set: its images are decoded and preprocessed once, for every alpha
+    evaluators = {
+        s.name: ProtocolEvaluator(
+            "zeroshot",
+            {"dataset": s},
+            {"templates": templates},
+            prefix="",
             batch_size=batch_size,
-            device=device,
+            transform=preprocess,
         )
+        for s in (task, *shifted)
+    }
+    rows = []
+    for step, alpha in enumerate(alphas):
+        model = interpolate(inputs, alpha)
+        model = model.to(device) if device else model
+        scores = {name: ev(model, step)["top1"] for name, ev in evaluators.items()}
         shift = [scores[s.name] for s in shifted]
         row = {
             "alpha": alpha,

@@ -206,7 +206,8 @@ def _evaluation_mode(module: nn.Module, args: Any) -> None:
 # -- the moving average ------------------------------------------------------------------
 class WeightAverage:
     """``ema = decay * ema + (1 - decay) * weights`` after every optimiser step, over the
-    model's floating-point state (parameters and buffers), in fp32."""
+    model's floating-point state (parameters and buffers), in fp32. Frozen parameters (a
+    locked tower) are copied once and never averaged again: their average is themselves."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -215,14 +216,17 @@ class WeightAverage:
             for k, v in model.state_dict().items()
             if v.is_floating_point()
         }
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        self.moving = [k for k in self.state if k not in frozen]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        if not self.moving:
+            return
         current = model.state_dict()
-        names = list(self.state)
         torch._foreach_lerp_(
-            [self.state[k] for k in names],
-            [current[k].detach().float() for k in names],
+            [self.state[k] for k in self.moving],
+            [current[k].detach().float() for k in self.moving],
             1.0 - self.decay,
         )
 
