@@ -24,6 +24,7 @@ from cliplab.presets import get_config
 from cliplab.train import Trainer
 from cliplab.train.distributed import DistEnv
 from cliplab.train.finetune import layer_groups
+from gloo import join_gloo, leave_gloo
 from train_helpers import fixed_batch, tiny_config
 
 B = 8
@@ -225,9 +226,7 @@ def test_weight_average_is_evaluated_saved_and_resumed(pretrained, tmp_path):
 
 # -- DDP and FSDP: locks across processes --------------------------------------------------
 def _locked_worker(rank: int, init_file: str, pretrained: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    join_gloo(rank, 2, init_file)
     env = DistEnv(rank=rank, world_size=2)
     mine = slice(rank * B, (rank + 1) * B)
     report = {}
@@ -241,7 +240,7 @@ def _locked_worker(rank: int, init_file: str, pretrained: str, out: str) -> None
         report[kind] = gathered.state_dict() if gathered is not None else None
     if rank == 0:
         torch.save(report, f"{out}.report")
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_locked_tower_is_identical_under_ddp_and_fsdp(pretrained, tmp_path):

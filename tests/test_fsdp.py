@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from cliplab.train import Trainer
 from cliplab.train import checkpoint as ckpt
 from cliplab.train.distributed import DistEnv
+from gloo import join_gloo, leave_gloo
 from train_helpers import fixed_batch, max_abs_diff, tiny_config
 
 B = 8
@@ -29,9 +30,7 @@ def _config(parallelism: str, **train):
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    join_gloo(rank, 2, init_file)
     env = DistEnv(rank=rank, world_size=2)
     mine = slice(rank * B, (rank + 1) * B)
     batches = [(i[mine], t[mine]) for i, t in _batches()]
@@ -57,7 +56,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     report["ddp-from-fsdp"] = ddp.model.state_dict()
     report["ddp-from-fsdp-loss4"] = ddp.train_step(*batches[3]).loss
     torch.save(report, f"{out}.{rank}")
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_fsdp_equals_ddp_and_its_sharded_checkpoints_reload_anywhere(tmp_path: Path) -> None:

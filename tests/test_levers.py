@@ -22,6 +22,7 @@ from cliplab.runtime import cpu_has_bf16
 from cliplab.train import Trainer
 from cliplab.train.distributed import DistEnv
 from cliplab.train.trainer import resolve_precision
+from gloo import join_gloo, leave_gloo
 from train_helpers import fixed_batch, max_abs_diff, run_steps, tiny_config
 
 
@@ -214,9 +215,7 @@ B = 4
 
 
 def _compiled_ddp_worker(rank: int, init_file: str, out_file: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    join_gloo(rank, 2, init_file)
     torch.set_num_threads(1)
     config = tiny_config(data={"batch_size": 2 * B}, train={"compile": True}, optim={"lr": 1e-4})
     trainer = Trainer(config, output=f"{out_file}-run", env=DistEnv(rank=rank, world_size=2))
@@ -224,7 +223,7 @@ def _compiled_ddp_worker(rank: int, init_file: str, out_file: str) -> None:
     batches = [fixed_batch(2 * B, seed=30 + k) for k in range(2)]
     results, grads = run_steps(trainer, [(i[mine], t[mine]) for i, t in batches])
     torch.save({"losses": [r.loss for r in results], "grads": grads}, f"{out_file}.{rank}")
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_compile_then_ddp_on_two_gloo_processes_equals_one_eager_process(tmp_path) -> None:

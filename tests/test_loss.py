@@ -22,6 +22,7 @@ from cliplab.loss import (
     gather_features,
     siglip_loss,
 )
+from gloo import join_gloo, leave_gloo
 
 
 def naive_clip_loss(
@@ -117,7 +118,7 @@ LOCAL = 6
 def _dist_worker(rank: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    join_gloo(rank, WORLD, init_file)
     images, texts = features(WORLD * LOCAL, 16, seed=7)
     mine = slice(rank * LOCAL, (rank + 1) * LOCAL)
     results = {}
@@ -138,7 +139,7 @@ def _dist_worker(rank: int, init_file: str, out_file: str) -> None:
     dist.all_gather_object(gathered, results)
     if rank == 0:
         torch.save(gathered, out_file)
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_distributed_losses_equal_single_process_on_the_concatenated_batch(tmp_path) -> None:
@@ -206,7 +207,7 @@ def test_siglip_loss_matches_naive_reference_forward_and_backward() -> None:
 def _siglip_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    join_gloo(rank, world, init_file)
     images, texts = features(world * LOCAL, 16, seed=8)
     mine = slice(rank * LOCAL, (rank + 1) * LOCAL)
     loss, gi, gt, gs, gb = siglip_grads(
@@ -218,7 +219,7 @@ def _siglip_worker(rank: int, world: int, init_file: str, out_file: str) -> None
     dist.all_gather_object(gathered, {"stats": stats / world, "gi": gi, "gt": gt})
     if rank == 0:
         torch.save(gathered, out_file)
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -21,6 +21,7 @@ from cliplab.train.config import Config
 from cliplab.train.distributed import DistEnv
 from cliplab.train.optim import AdamW, build_optimizer, param_groups, warmup_cosine
 from cliplab.train.parallelize import apply_gradient_checkpointing
+from gloo import join_gloo, leave_gloo
 from train_helpers import fixed_batch, max_abs_diff, run_steps, tiny_config, tiny_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,9 +321,7 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _ddp_worker(rank: int, init_file: str, out_file: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    join_gloo(rank, 2, init_file)
     env = DistEnv(rank=rank, world_size=2)
     mine = slice(rank * B, (rank + 1) * B)
     report = {}
@@ -343,7 +342,7 @@ def _ddp_worker(rank: int, init_file: str, out_file: str) -> None:
         assert resumed.loader.positions == {rank: 100 + rank}
         assert max_abs_diff(resumed.model.state_dict(), trainer.model.state_dict()) == 0.0
     torch.save(report, f"{out_file}.{rank}")
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_two_gloo_processes_equal_one_process_with_the_whole_batch(tmp_path: Path) -> None:

@@ -51,14 +51,16 @@ def run(args: argparse.Namespace) -> int:
     if not config.output:
         raise ValueError("no output directory: pass --out DIR or set 'output' in the config")
     env = init_distributed(config.train.device)
+    finished = False
     try:
         trainer = Trainer(config, env=env)
         summary = trainer.fit()
+        finished = True
     except NonFiniteError as e:
         print(f"cliplab train: stopped: {e}", file=sys.stderr)
         return 3
     finally:
-        shutdown()
+        shutdown(wait=finished)
     if env.is_main:
         brief = {k: v for k, v in summary.items() if k != "last"}
         print(json.dumps(brief, default=str))

@@ -63,9 +63,14 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def shutdown() -> None:
-    """Leave the process group (if this process joined one)."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group (if this process joined one). With ``wait`` every rank first
+    meets at a barrier, so none tears down its connections while a peer is still in a last
+    collective or writing (a rank that leaves early can abort its peer); pass it only when
+    every rank got here normally, since a barrier after one rank's error would hang."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
