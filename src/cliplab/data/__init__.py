@@ -1,17 +1,41 @@
 """Image-text data: typed source specs, formats (WebDataset, CSV/Parquet manifests, folders,
 evaluation sets), robust decoding, deterministic resumable streaming, curation."""
 
-from cliplab.data.sources import KINDS, SourceSpec, build_source, spec_for_path, spec_from_dict
-from cliplab.data.stream import (
-    BadSample,
-    Batch,
-    ImageTextStream,
-    RawSample,
-    Source,
-    StreamingLoader,
-    stable_seed,
-)
-from cliplab.data.synthetic import SyntheticSource
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each public name lives, imported on first use (``cliplab.data.download`` and the
+#: manifest readers need no torch).
+_EXPORTS = {
+    **dict.fromkeys(
+        ("KINDS", "SourceSpec", "build_source", "spec_for_path", "spec_from_dict"),
+        "cliplab.data.sources",
+    ),
+    **dict.fromkeys(
+        (
+            "BadSample",
+            "Batch",
+            "ImageTextStream",
+            "RawSample",
+            "Source",
+            "StreamingLoader",
+            "stable_seed",
+        ),
+        "cliplab.data.stream",
+    ),
+    "SyntheticSource": "cliplab.data.synthetic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cliplab.data' has no attribute {name!r}")
+
 
 __all__ = [
     "KINDS",

@@ -32,7 +32,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cliplab.data.stream import BadSample
+from cliplab.data.samples import BadSample
 from cliplab.transforms import resized_output_size, to_rgb
 
 __all__ = [

@@ -69,6 +69,7 @@ class ShardWriter:
         prefix: str = "shard",
         max_samples: int = 10000,
         max_bytes: int | None = None,
+        first_index: int = 0,
     ) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples must be positive, got {max_samples}")
@@ -81,6 +82,7 @@ class ShardWriter:
         self.prefix = prefix
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.first_index = first_index  # the number in the first shard's name
         self.shards: list[Path] = []
         self.samples = 0
         self.bytes = 0
@@ -92,9 +94,10 @@ class ShardWriter:
         self._shard_failures: Counter[str] = Counter()
         self._last_key: str | None = None
         self._closed = False
+        self._extra: Mapping[str, Any] | None = None
 
     def _shard_path(self, index: int) -> Path:
-        return self.directory / f"{self.prefix}-{index:06d}.tar"
+        return self.directory / f"{self.prefix}-{self.first_index + index:06d}.tar"
 
     def _open(self) -> None:
         self._tmp = AtomicFile(self._shard_path(len(self.shards)))
@@ -108,16 +111,24 @@ class ShardWriter:
         self.shards.append(final)
         size = final.stat().st_size
         self.bytes += size
-        self._write_stats(len(self.shards) - 1, self._shard_samples, size, self._shard_failures)
+        self._write_stats(
+            len(self.shards) - 1, self._shard_samples, size, self._shard_failures, self._extra
+        )
         self._tar, self._tmp = None, None
         self._shard_failures = Counter()
         self._last_key = None
 
     def _write_stats(
-        self, index: int, samples: int, size: int, failures: Mapping[str, int]
+        self,
+        index: int,
+        samples: int,
+        size: int,
+        failures: Mapping[str, int],
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         path = self._shard_path(index).with_suffix(".json")
         stats = {
+            **(extra or {}),
             "shard": self._shard_path(index).name,
             "samples": samples,
             "bytes": size,
@@ -169,12 +180,14 @@ class ShardWriter:
         self._shard_failures[reason] += count
         self.failures[reason] += count
 
-    def close(self) -> dict[str, Any]:
+    def close(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Finish the last shard; returns a summary: shards, samples, bytes, failures by reason.
 
         Failures reported after the last sample go to the last shard's stats (an empty shard
         is written when no sample was written at all, so the counts are never lost).
+        ``extra`` fields are added to the last shard's stats (a downloader's timings).
         """
+        self._extra = extra
         if not self._closed:
             self._closed = True
             if self._tar is not None:
@@ -184,7 +197,7 @@ class ShardWriter:
                     index = len(self.shards) - 1
                     stats = json.loads(self._shard_path(index).with_suffix(".json").read_text())
                     merged = Counter(stats.get("failures", {})) + self._shard_failures
-                    self._write_stats(index, stats["samples"], stats["bytes"], merged)
+                    self._write_stats(index, stats["samples"], stats["bytes"], merged, extra)
                     self._shard_failures = Counter()
                 else:
                     self._open()

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cliplab.augment import square
+from cliplab.data.samples import BadSample, RawSample
 
 log = logging.getLogger("cliplab.data")
 
@@ -49,29 +50,6 @@ def stable_seed(*parts: object) -> int:
     """A 63-bit seed from any printable parts; identical across processes and runs."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-class BadSample(Exception):
-    """A sample that cannot be used; ``reason`` is a short counter name ("truncated-image")."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class RawSample:
-    """An undecoded sample: WebDataset-style members by extension (``{"png": b"..", "txt": b".."}``).
-
-    ``image``: the sample's prepared pixels, (S, S, 3) uint8, when a cache stage
-    (:mod:`cliplab.data.cache`) decoded them already; the stream then draws only the caption.
-    """
-
-    key: str
-    members: dict[str, bytes]
-    source: str = ""
-    image: Any = None
 
 
 class Source(Protocol):
