@@ -22,7 +22,7 @@ paths ask for the web's bad behaviour:
 
 ``Site(opt_out="noai")`` sends ``X-Robots-Tag`` with every answer; ``Site(robots=TEXT)``
 serves a robots.txt (otherwise 404). Each site counts its requests and the most
-connections it had open at once.
+connections it had open at once (``requests`` by behaviour, ``paths`` by whole path).
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hangs up mid-body is part of the weather here
+
 
 class Site:
     """One host of the local web (see the module docstring)."""
@@ -88,6 +91,7 @@ class Site:
     ) -> None:
         self.images, self.opt_out, self.robots = dict(images), opt_out, robots
         self.requests: Counter[str] = Counter()  # by first path segment
+        self.paths: Counter[str] = Counter()  # by whole path and query
         self.open = self.max_open = 0
         self._lock = threading.Lock()
         self._busy_seen: set[str] = set()
@@ -116,6 +120,7 @@ class Site:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as real servers do: no 40 ms delayed-ACK stalls
 
             def log_message(self, *args: object) -> None:  # quiet
                 pass
@@ -148,6 +153,7 @@ class Site:
                 kind = parts[0]
                 with site._lock:
                     site.requests[kind] += 1
+                    site.paths[self.path] += 1
                 if kind == "robots.txt":
                     if site.robots is None:
                         self.send(404, b"no robots", "text/plain")
