@@ -371,3 +371,33 @@ def test_processes_and_ray_write_the_same_shards(emoji: dict[str, bytes], tmp_pa
     assert _shard_bytes(tmp_path / "two") == one
     assert _shard_bytes(tmp_path / "ray") == one
     assert summary["successes"] == 119 and summary["failures"] == {"http-404": 1}
+
+
+def test_shards_go_to_object_storage_and_a_rerun_keeps_them(
+    emoji: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("moto")
+    from objectstore import object_store
+
+    from cliplab.data import storage
+
+    monkeypatch.setenv("CLIPLAB_CACHE", str(tmp_path / "cache"))
+    names = sorted(emoji)
+    site = Site(emoji)
+    with local_web(site), object_store() as store:
+        rows = [(site.url("img", names[i]), f"emoji {i}") for i in range(30)]
+        pairs = _table(tmp_path / "pairs.csv", rows)
+        store.client().put_object(Bucket="cliplab", Key="in/pairs.csv", Body=pairs.read_bytes())
+        url = "s3://cliplab/shards"
+        argv = ["data", "download", "s3://cliplab/in/pairs.csv", "--out", url, "--quiet"]
+        assert main([*argv, "--shard-size", "10"]) == 0
+        assert storage.list_files(url, ".tar") == [f"{url}/shard-{i:06d}.tar" for i in range(3)]
+        summary = json.loads(storage.read_text(f"{url}/summary.json"))
+        assert summary["successes"] == 30
+        assert main(["data", "stats", url]) == 0  # the data layer reads them where they are
+        before = site.requests["img"]
+        assert main([*argv, "--shard-size", "10"]) == 0  # complete: nothing fetched again
+        assert site.requests["img"] == before == 30
+        assert json.loads(storage.read_text(f"{url}/summary.json"))["shards_resumed"] == 3
+        # staged files are gone once uploaded
+        assert not list((tmp_path / "cache").rglob("*.tar"))

@@ -113,12 +113,17 @@ def add_runtime(parser: argparse.ArgumentParser) -> None:
 
 
 def add_out(
-    parser: argparse.ArgumentParser, default: str | None = None, help: str = "output directory"
+    parser: argparse.ArgumentParser,
+    default: str | None = None,
+    help: str = "output directory",
+    url: bool = False,
 ) -> None:
+    """``--out``: a local folder (a Path), or with ``url`` also object storage (a string,
+    since a Path would fold ``s3://`` into ``s3:/``)."""
     parser.add_argument(
         "--out",
         "-o",
-        type=Path,
+        type=str if url else Path,
         default=Path(default) if default else None,
         required=default is None,
         help=help,

@@ -29,7 +29,11 @@ def add_download(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         "Re-run the same command to resume.",
     )
     parser.add_argument("pairs", nargs="+", help="tables of pairs: files, folders or globs")
-    add_out(parser, help="output folder for shard-NNNNNN.tar/.json and summary.json")
+    add_out(
+        parser,
+        help="folder or object-storage URL for shard-NNNNNN.tar/.json and summary.json",
+        url=True,
+    )
     parser.add_argument("--url-column", default=d.url_column)
     parser.add_argument(
         "--caption-column", default=d.caption_column, help="(curate output: its 'text')"
@@ -78,6 +82,7 @@ def add_download(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def run_download(args: argparse.Namespace) -> int:
+    from cliplab.data import storage
     from cliplab.data.curate.inputs import expand_inputs
     from cliplab.data.download import DownloadConfig, download
     from cliplab.data.download.http import split_tags
@@ -130,5 +135,5 @@ def run_download(args: argparse.Namespace) -> int:
     )
     for reason, count in summary["failures"].items():
         print(f"  {reason:<22} {count:>8,}")
-    print(f"summary: {args.out / 'summary.json'}")
+    print(f"summary: {storage.join(args.out, 'summary.json')}")
     return 0

@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import posixpath
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ __all__ = [
     "read_range",
     "read_text",
     "retry_policy",
+    "upload",
 ]
 
 log = logging.getLogger(__name__)
@@ -320,3 +322,17 @@ def parent(location: str | os.PathLike[str]) -> str:
     if is_remote(text):
         return posixpath.dirname(text.rstrip("/"))
     return str(Path(_local(text)).parent)
+
+
+def upload(local: str | os.PathLike[str], location: str | os.PathLike[str]) -> None:
+    """Put the local file ``local`` at ``location`` (a URL, or a local path: copied into
+    place atomically), retried like reads. Object stores make a whole object appear at
+    once, so a reader never sees a partly uploaded file."""
+    text = os.fspath(location)
+    if not is_remote(text):
+        from cliplab.fileio import atomic_write
+
+        atomic_write(_local(text), lambda tmp: shutil.copyfile(local, tmp))
+        return
+    fs, path = fs_and_path(text)
+    _retry(f"uploading {text}", lambda: fs.put_file(os.fspath(local), path))

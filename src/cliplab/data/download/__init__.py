@@ -30,14 +30,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import posixpath
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cliplab import __version__
+from cliplab.data import storage
 from cliplab.data.download.http import DEFAULT_OPT_OUTS, HttpClient
 from cliplab.data.download.shards import (
     RESIZE_MODES,
@@ -45,6 +46,7 @@ from cliplab.data.download.shards import (
     Politeness,
     ShardDownloader,
     shard_name,
+    staging,
 )
 from cliplab.data.manifest import iter_rows
 from cliplab.fileio import write_json
@@ -152,13 +154,15 @@ def _shards(rows: Iterator[Row], size: int) -> Iterator[tuple[int, list[Row]]]:
         yield batch[0][0] // size, batch
 
 
-def _complete(out: Path, index: int) -> bool:
+def _complete(out: str, index: int) -> bool:
     name = shard_name(index)
-    return (out / f"{name}.json").exists() and (out / f"{name}.tar").exists()
+    return storage.exists(storage.join(out, f"{name}.json")) and storage.exists(
+        storage.join(out, f"{name}.tar")
+    )
 
 
 # --------------------------------------------------------------------------- engines
-def _downloader(out: Path, config: DownloadConfig, **hooks: Any) -> ShardDownloader:
+def _downloader(out: str, config: DownloadConfig, **hooks: Any) -> ShardDownloader:
     client = HttpClient(config.user_agent, config.timeout, config.max_bytes)
     return ShardDownloader(
         out,
@@ -174,7 +178,7 @@ def _downloader(out: Path, config: DownloadConfig, **hooks: Any) -> ShardDownloa
 
 def download_shard(out: str, index: int, rows: list[Row], config: DownloadConfig) -> int:
     """One shard, start to end, in this process (a Ray task's body). Returns its index."""
-    worker = _downloader(Path(out), config)
+    worker = _downloader(out, config)
     worker.add(index, rows)
     worker.finish()
     return index
@@ -182,7 +186,7 @@ def download_shard(out: str, index: int, rows: list[Row], config: DownloadConfig
 
 def _process_worker(out: str, config: DownloadConfig, tasks: Any, done: Any) -> None:
     """A worker process of the local engine: shards from ``tasks`` until a None."""
-    worker = _downloader(Path(out), config, on_shard=done.put)
+    worker = _downloader(out, config, on_shard=done.put)
     try:
         while (task := tasks.get()) is not None:
             worker.add(*task)
@@ -194,7 +198,7 @@ def _process_worker(out: str, config: DownloadConfig, tasks: Any, done: Any) -> 
 
 
 def _run_local(
-    out: Path, shards: Iterator[tuple[int, list[Row]]], config: DownloadConfig, bar: Progress
+    out: str, shards: Iterator[tuple[int, list[Row]]], config: DownloadConfig, bar: Progress
 ) -> None:
     def shard_done(stats: dict[str, Any]) -> None:
         bar.update(stats["rows"], {"ok": stats["samples"]})
@@ -211,7 +215,7 @@ def _run_local(
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     tasks, done = ctx.Queue(maxsize=config.processes), ctx.Queue()
     procs = [
-        ctx.Process(target=_process_worker, args=(str(out), config, tasks, done), daemon=True)
+        ctx.Process(target=_process_worker, args=(out, config, tasks, done), daemon=True)
         for _ in range(config.processes)
     ]
     for p in procs:
@@ -240,7 +244,7 @@ def _drain(message: dict[str, Any] | None, shard_done: Any) -> None:
 
 
 def _run_ray(
-    out: Path, shards: Iterator[tuple[int, list[Row]]], config: DownloadConfig, bar: Progress
+    out: str, shards: Iterator[tuple[int, list[Row]]], config: DownloadConfig, bar: Progress
 ) -> None:
     from cliplab.data.curate import ray_engine
 
@@ -262,7 +266,7 @@ def _run_ray(
             while len(inflight) >= 2 * cpus:
                 collect(block=True)
             sizes[index] = len(rows)
-            inflight[task.remote(str(out), index, rows, config)] = index
+            inflight[task.remote(out, index, rows, config)] = index
         while inflight:
             collect(block=True)
     finally:
@@ -270,11 +274,12 @@ def _run_ray(
 
 
 # --------------------------------------------------------------------------- the run
-def _summary(out: Path, started: float, resumed: int, done: list[int]) -> dict[str, Any]:
+def _summary(out: str, started: float, resumed: int, done: list[int]) -> dict[str, Any]:
     stats = {}
-    for path in sorted(out.glob("shard-*.json")):
-        with open(path) as f:
-            stats[int(path.stem.split("-")[1])] = json.load(f)
+    for path in storage.list_files(out, ".json"):
+        name = posixpath.basename(path)
+        if name.startswith("shard-"):
+            stats[int(name[6:-5])] = json.loads(storage.read_text(path))
     this_run = [stats[i] for i in done if i in stats]
     stats = list(stats.values())
     failures: Counter[str] = Counter()
@@ -308,8 +313,9 @@ def _summary(out: Path, started: float, resumed: int, done: list[int]) -> dict[s
 def download(inputs: Sequence[str], out: str | os.PathLike[str], config: DownloadConfig) -> dict:
     """Download every pair of ``inputs`` into shards in ``out``; returns the run summary
     (also written to ``out/summary.json``). Complete shards of an earlier run are kept."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = os.fspath(out)
+    stage = staging(out)
+    stage.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     counts = {"resumed": 0}
     done: list[int] = []
@@ -329,5 +335,7 @@ def download(inputs: Sequence[str], out: str | os.PathLike[str], config: Downloa
             _run_local(out, todo(), config, bar)
     summary = _summary(out, started, counts["resumed"], done)
     summary["config"] = {**asdict(config), "user_agent": config.user_agent}
-    write_json(out / "summary.json", summary)
+    write_json(stage / "summary.json", summary)
+    if storage.is_remote(out):
+        storage.upload(stage / "summary.json", storage.join(out, "summary.json"))
     return summary

@@ -11,6 +11,7 @@ resumed run writes the same bytes as an uninterrupted one, and the journal is de
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -24,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from cliplab.data import storage
 from cliplab.data.download.hosts import HostScheduler, Item
 from cliplab.data.download.http import Failure, HttpClient, agent_token, host_of, opted_out
 from cliplab.data.images import decode_image, probe_image
@@ -39,6 +41,18 @@ _HEADER = struct.Struct("<I")
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}"
+
+
+def staging(out: str) -> Path:
+    """Where shards are written before they are in ``out``: ``out`` itself when it is a
+    local folder; for object storage, a folder in cliplab's cache (journals live there, so
+    a run resumed on the same machine continues its part-done shards)."""
+    if not storage.is_remote(out):
+        return Path(out)
+    from cliplab.checkpoints.fetch import cache_root
+
+    digest = hashlib.sha1(out.rstrip("/").encode()).hexdigest()[:16]
+    return cache_root() / "download" / digest
 
 
 # --------------------------------------------------------------------------- images
@@ -188,7 +202,7 @@ class ShardDownloader:
 
     def __init__(
         self,
-        out: Path,
+        out: str,
         *,
         image: ImageOptions,
         politeness: Politeness,
@@ -201,6 +215,8 @@ class ShardDownloader:
         on_row: Callable[[str | None], None] | None = None,
     ) -> None:
         self.out, self.image, self.polite, self.client = out, image, politeness, client
+        self.stage = staging(out)
+        self.stage.mkdir(parents=True, exist_ok=True)
         self.scheduler = HostScheduler(per_host, host_rate)
         self.backlog = backlog or max(4 * threads, 256)
         self.on_shard, self.on_row = on_shard, on_row
@@ -218,7 +234,7 @@ class ShardDownloader:
 
     # -- feeding -------------------------------------------------------------------------
     def add(self, index: int, rows: list[tuple[int, str, str, dict[str, Any]]]) -> None:
-        journal = Journal(self.out / f"{shard_name(index)}.journal")
+        journal = Journal(self.stage / f"{shard_name(index)}.journal")
         settled = journal.read()
         todo = [r for r in rows if r[0] not in settled]
         shard = _Shard(index, len(rows), journal, settled, len(todo))
@@ -338,7 +354,7 @@ class ShardDownloader:
         """All rows settled: the tar in row order, its stats, then the journal goes."""
         shard.journal.close()
         writer = ShardWriter(
-            self.out, prefix="shard", max_samples=shard.rows + 1, first_index=shard.index
+            self.stage, prefix="shard", max_samples=shard.rows + 1, first_index=shard.index
         )
         for row in sorted(shard.settled):
             reason, members = shard.settled[row]
@@ -350,6 +366,11 @@ class ShardDownloader:
         summary = writer.close(
             extra={"rows": shard.rows, "received_bytes": shard.received, "seconds": seconds}
         )
+        if storage.is_remote(self.out):  # the tar, then the stats that say it is complete
+            for ext in ("tar", "json"):
+                local = self.stage / f"{shard_name(shard.index)}.{ext}"
+                storage.upload(local, storage.join(self.out, local.name))
+                local.unlink()
         shard.journal.remove()
         with self._lock:
             self._shards.pop(shard.index, None)
