@@ -377,9 +377,8 @@ def test_shards_go_to_object_storage_and_a_rerun_keeps_them(
     emoji: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("moto")
-    from objectstore import object_store
-
     from cliplab.data import storage
+    from objectstore import object_store
 
     monkeypatch.setenv("CLIPLAB_CACHE", str(tmp_path / "cache"))
     names = sorted(emoji)
