@@ -400,3 +400,15 @@ def test_shards_go_to_object_storage_and_a_rerun_keeps_them(
         assert json.loads(storage.read_text(f"{url}/summary.json"))["shards_resumed"] == 3
         # staged files are gone once uploaded
         assert not list((tmp_path / "cache").rglob("*.tar"))
+
+
+def test_a_host_slower_than_the_timeout_counts_as_timeout(
+    emoji: dict[str, bytes], tmp_path: Path
+) -> None:
+    names = sorted(emoji)
+    site = Site(emoji)
+    with local_web(site):
+        rows = [(site.url("slow", names[0], 2), "too slow"), (site.url("img", names[1]), "ok")]
+        table = _table(tmp_path / "p.csv", rows)
+        summary = download([str(table)], tmp_path / "o", _config(timeout=0.5, retries=0))
+    assert summary["failures"] == {"timeout": 1} and summary["successes"] == 1

@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import posixpath
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -203,8 +204,16 @@ def _run_local(
     def shard_done(stats: dict[str, Any]) -> None:
         bar.update(stats["rows"], {"ok": stats["samples"]})
 
-    if config.processes == 1:
-        worker = _downloader(out, config, on_shard=shard_done)
+    if config.processes == 1:  # progress row by row (worker threads share the bar)
+        lock = threading.Lock()
+        tally = Counter()
+
+        def row_done(reason: str | None) -> None:
+            with lock:
+                tally["ok" if reason is None else "failed"] += 1
+                bar.update(1, dict(tally))
+
+        worker = _downloader(out, config, on_row=row_done)
         for index, rows in shards:
             worker.add(index, rows)
         worker.finish()
