@@ -201,17 +201,20 @@ def _process_worker(out: str, config: DownloadConfig, tasks: Any, done: Any) -> 
 def _run_local(
     out: str, shards: Iterator[tuple[int, list[Row]]], config: DownloadConfig, bar: Progress
 ) -> None:
-    def shard_done(stats: dict[str, Any]) -> None:
-        bar.update(stats["rows"], {"ok": stats["samples"]})
+    totals: Counter[str] = Counter()
+
+    def shard_done(stats: dict[str, Any]) -> None:  # from worker processes, shard by shard
+        totals["ok"] += stats["samples"]
+        totals["failed"] += stats["rows"] - stats["samples"]
+        bar.update(stats["rows"], dict(totals))
 
     if config.processes == 1:  # progress row by row (worker threads share the bar)
         lock = threading.Lock()
-        tally = Counter()
 
         def row_done(reason: str | None) -> None:
             with lock:
-                tally["ok" if reason is None else "failed"] += 1
-                bar.update(1, dict(tally))
+                totals["ok" if reason is None else "failed"] += 1
+                bar.update(1, dict(totals))
 
         worker = _downloader(out, config, on_row=row_done)
         for index, rows in shards:
