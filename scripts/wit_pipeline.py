@@ -179,21 +179,53 @@ def main() -> None:
         w.writerows(rows)
     figures: dict = {"pool": len(rows)}
     with local_web(*sites):
-        figures["curate_s"] = run(["data", "curate", str(pool), "--out", str(out / "curated"),
-                                   "--text-column", "caption", "--cap", "20000"])
+        figures["curate_s"] = run(
+            [
+                "data",
+                "curate",
+                str(pool),
+                "--out",
+                str(out / "curated"),
+                "--text-column",
+                "caption",
+                "--cap",
+                "20000",
+            ]
+        )
         report = json.loads((out / "curated" / "report.json").read_text())
         figures["curate"] = {k: report[k] for k in ("kept", "dropped") if k in report}
-        figures["download_s"] = run(["data", "download", str(out / "curated" / "kept.jsonl"),
-                                     "--out", str(out / "shards"), "--size", "64",
-                                     "--respect-robots", "--shard-size", "2000", "--processes", "2"])
+        figures["download_s"] = run(
+            [
+                "data",
+                "download",
+                str(out / "curated" / "kept.jsonl"),
+                "--out",
+                str(out / "shards"),
+                "--size",
+                "64",
+                "--respect-robots",
+                "--shard-size",
+                "2000",
+                "--processes",
+                "2",
+            ]
+        )
         summary = json.loads((out / "shards" / "summary.json").read_text())
         figures["download"] = {k: summary[k] for k in ("rows", "successes", "failures")}
         figures["download"]["images_per_s"] = summary["this_run"]["images_per_s"]
     tars = sorted(str(p.resolve()) for p in (out / "shards").glob("shard-*.tar"))
     config = out / "train.toml"
     config.write_text(TRAIN.format(urls=json.dumps(tars), steps=args.steps))
-    figures["train_s"] = run(["train", str(config), "--out", str(out / "train"),
-                              "--set", f"data.dir={json.dumps(str(args.data))}"])
+    figures["train_s"] = run(
+        [
+            "train",
+            str(config),
+            "--out",
+            str(out / "train"),
+            "--set",
+            f"data.dir={json.dumps(str(args.data))}",
+        ]
+    )
     lines = [json.loads(x) for x in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if x.get("kind") == "eval"]
     figures["zeroshot"] = {k: v for k, v in evals[-1].items() if k not in ("kind", "time")}

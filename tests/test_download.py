@@ -24,6 +24,7 @@ from cliplab.data.download.http import HttpClient, opted_out
 from cliplab.data.download.shards import ImageOptions, Journal
 from cliplab.demo.localweb import Site, local_web, read_images
 from cliplab.recipes.install import source_path
+from cliplab.search.collection import Collection
 
 
 @pytest.fixture(scope="module")
@@ -136,16 +137,20 @@ def test_thousands_of_real_images_from_several_hosts(
     with local_web(*sites):
         rows = [
             (f"{sites[i % 3].url('img', names[i % len(names)])}?n={i}", f"picture {i}")
-            for i in range(1500)
+            for i in range(2000)
         ]
         table = _table(tmp_path / "pairs.csv", rows, license=["cc-by"] * len(rows))
-        summary = download(
-            [str(table)], tmp_path / "out", _config(shard_size=500, image=ImageOptions(size=96))
+        config = _config(
+            shard_size=500, image=ImageOptions(size=96), agent_url="https://example.org/crawl"
         )
-    assert summary["successes"] == 1500 and summary["failed"] == 0 and summary["shards"] == 3
+        summary = download([str(table)], tmp_path / "out", config)
+    assert summary["successes"] == 2000 and summary["failed"] == 0 and summary["shards"] == 4
+    agents = set().union(*(site.agents for site in sites))
+    assert agents == {config.user_agent} and config.user_agent.startswith("cliplab/")
+    assert "(+https://example.org/crawl)" in config.user_agent
     assert summary["this_run"]["received_bytes"] > 0
     samples = _samples(tmp_path / "out")
-    assert sorted(samples) == [f"{i:09d}" for i in range(1500)]
+    assert sorted(samples) == [f"{i:09d}" for i in range(2000)]
     sample = samples["000000007"]
     meta = json.loads(sample["json"])
     assert meta["license"] == "cc-by" and sample["txt"] == b"picture 7"
@@ -155,8 +160,11 @@ def test_thousands_of_real_images_from_several_hosts(
     big = [json.loads(s["json"]) for s in samples.values()]
     big = [m for m in big if min(m["original_width"], m["original_height"]) > 96]
     assert big and all(min(m["width"], m["height"]) == 96 for m in big)  # shrunk, never grown
-    # the data layer reads the shards as they are
+    # the data layer reads the shards as they are: a survey, and an embedded collection
     assert main(["data", "stats", str(tmp_path / "out")]) == 0
+    argv = ["embed", str(tmp_path / "out"), "--model", "random:tiny-vit", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "collection"), "--batch-size", "256"]) == 0
+    assert len(Collection(tmp_path / "collection")) == 2000
 
 
 # -- politeness --------------------------------------------------------------------------

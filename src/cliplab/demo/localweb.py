@@ -92,6 +92,7 @@ class Site:
         self.images, self.opt_out, self.robots = dict(images), opt_out, robots
         self.requests: Counter[str] = Counter()  # by first path segment
         self.paths: Counter[str] = Counter()  # by whole path and query
+        self.agents: Counter[str] = Counter()  # User-Agent headers seen
         self.open = self.max_open = 0
         self._lock = threading.Lock()
         self._busy_seen: set[str] = set()
@@ -154,6 +155,7 @@ class Site:
                 with site._lock:
                     site.requests[kind] += 1
                     site.paths[self.path] += 1
+                    site.agents[self.headers.get("User-Agent", "")] += 1
                 if kind == "robots.txt":
                     if site.robots is None:
                         self.send(404, b"no robots", "text/plain")
