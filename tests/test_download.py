@@ -145,6 +145,8 @@ def test_thousands_of_real_images_from_several_hosts(
         )
         summary = download([str(table)], tmp_path / "out", config)
     assert summary["successes"] == 2000 and summary["failed"] == 0 and summary["shards"] == 4
+    # connections are kept alive: far fewer than requests (8 per host at most in flight)
+    assert sum(site.connections for site in sites) <= 3 * 8 * 2
     agents = set().union(*(site.agents for site in sites))
     assert agents == {config.user_agent} and config.user_agent.startswith("cliplab/")
     assert "(+https://example.org/crawl)" in config.user_agent
@@ -417,6 +419,9 @@ def test_a_host_slower_than_the_timeout_counts_as_timeout(
     site = Site(emoji)
     with local_web(site):
         rows = [(site.url("slow", names[0], 2), "too slow"), (site.url("img", names[1]), "ok")]
+        rows += [(site.url("trickle", names[2]), "a byte at a time: each read is quick")]
         table = _table(tmp_path / "p.csv", rows)
+        start = time.monotonic()
         summary = download([str(table)], tmp_path / "o", _config(timeout=0.5, retries=0))
-    assert summary["failures"] == {"timeout": 1} and summary["successes"] == 1
+    assert summary["failures"] == {"timeout": 2} and summary["successes"] == 1
+    assert time.monotonic() - start < 5  # the trickle is cut at 3 x the timeout

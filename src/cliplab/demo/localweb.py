@@ -10,6 +10,7 @@ paths ask for the web's bad behaviour:
 ``/liar/NAME``             the image, served as ``text/html``
 ``/html/NAME``             an HTML page served as ``image/jpeg``
 ``/slow/SECONDS/NAME``     the image after a delay
+``/trickle/NAME``          the image one byte every 0.2 s
 ``/drop/NAME``             full ``Content-Length``, half the body, then the socket closes
 ``/truncated/NAME``        the first 60% of the image as a complete response
 ``/huge/NAME``             ``Content-Length`` of 1 GB (nothing is sent)
@@ -93,7 +94,7 @@ class Site:
         self.requests: Counter[str] = Counter()  # by first path segment
         self.paths: Counter[str] = Counter()  # by whole path and query
         self.agents: Counter[str] = Counter()  # User-Agent headers seen
-        self.open = self.max_open = 0
+        self.open = self.max_open = self.connections = 0
         self._lock = threading.Lock()
         self._busy_seen: set[str] = set()
         self._server = _Server(("127.0.0.1", 0), self._handler())
@@ -129,6 +130,7 @@ class Site:
             def setup(self) -> None:
                 super().setup()
                 with site._lock:
+                    site.connections += 1
                     site.open += 1
                     site.max_open = max(site.max_open, site.open)
 
@@ -184,6 +186,17 @@ class Site:
                 elif kind == "slow":
                     time.sleep(float(parts[1]))
                     self.send(200, data, ctype)
+                elif kind == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        for i in range(len(data)):
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.2)
                 elif kind == "truncated":
                     self.send(200, data[: len(data) * 6 // 10], ctype)
                 elif kind == "busy":

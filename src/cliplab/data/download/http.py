@@ -226,9 +226,15 @@ class HttpClient:
             resp.close()
             raise Failure("too-large", f"Content-Length {length}")
         chunks, size = [], 0
+        # a server that trickles bytes never trips the per-read timeout: a whole-body deadline
+        deadline = time.monotonic() + 3 * self.timeout
+        expected = int(length) if known else None  # type: ignore[arg-type]
         try:
-            while True:
-                chunk = resp.read(_CHUNK)
+            while expected is None or size < expected:
+                if time.monotonic() > deadline:
+                    resp.close()
+                    raise Failure("timeout", f"body not complete in {3 * self.timeout:g} s")
+                chunk = resp.read1(_CHUNK)  # one recv: the deadline is checked between them
                 if not chunk:
                     break
                 size += len(chunk)
@@ -240,9 +246,10 @@ class HttpClient:
             raise Failure(
                 "truncated-body", f"{len(e.partial)} bytes then EOF", retry=True
             ) from None
-        if known and size < int(length):  # type: ignore[arg-type]
-            # http.client's read(n) returns b"" at an early EOF instead of raising
+        if expected is not None and size < expected:
+            # http.client's read1 returns b"" at an early EOF instead of raising
             raise Failure("truncated-body", f"{size} of {length} bytes", retry=True)
+        resp.close()  # the body is complete: the connection is free for the next request
         return b"".join(chunks), True
 
     def get(self, url: str) -> Response:

@@ -317,6 +317,8 @@ class ShardDownloader:
             encoded, sizes = self.image.process(response.body)
         except BadSample as e:
             return e.reason, {}
+        except Exception:  # noqa: BLE001 - a hostile image must not stop the run: counted
+            return "image-error", {}
         meta = {
             **item.extra,
             "url": item.url,
