@@ -85,7 +85,33 @@ def add_embed(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--address", default=None, help="--engine ray: a cluster (default: start a local one)"
     )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="a folder: keep the collection in step as files appear, change or go (Ctrl-C stops)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, help="--watch without inotify: seconds between polls"
+    )
     p.set_defaults(run=run_embed)
+
+
+def _watch(spec: Any, args: argparse.Namespace, run_once: Any) -> int:
+    """``--watch``: sync again whenever the folder changes, until interrupted."""
+    from cliplab.search.sync import Watcher
+
+    watcher = Watcher(spec.root, interval=args.interval, ignore=args.out)
+    print(f"watching {spec.root} ({watcher.kind}); Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            watcher.wait()
+            run_once()
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("stopped watching")
+        return 0
+    finally:
+        watcher.close()
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -108,22 +134,30 @@ def run_embed(args: argparse.Namespace) -> int:
 
         on_gpu = next(model.parameters()).device.type != "cpu"
         workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if on_gpu else 0
-    result = embed(
-        spec,
-        args.out,
-        model,
-        preprocess,
-        model_spec=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
-        model_settings=model_settings(args),
-        batch_size=args.batch_size,
-        workers=workers,
-        dtype=args.dtype,
-        captions=not args.no_captions,
-        part_size=args.part_size,
-        progress=not args.quiet,
-        engine=args.engine,
-        address=args.address,
-    )
+    if args.watch and spec.kind != "folder":
+        raise ValueError("--watch keeps a folder's collection in step: SOURCE must be a folder")
+
+    def run_once() -> Any:
+        return embed(
+            spec,
+            args.out,
+            model,
+            preprocess,
+            model_spec=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+            model_settings=model_settings(args),
+            batch_size=args.batch_size,
+            workers=workers,
+            dtype=args.dtype,
+            captions=not args.no_captions,
+            part_size=args.part_size,
+            progress=not args.quiet,
+            engine=args.engine,
+            address=args.address,
+        )
+
+    result = run_once()
+    if args.watch:
+        return _watch(spec, args, run_once)
     failed = sum(result.failures.values())
     print(
         f"embedded {result.embedded} images in {result.seconds:.1f} s "

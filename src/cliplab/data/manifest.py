@@ -264,13 +264,14 @@ class FolderSource(_RowSource):
     """Every image under ``root`` (recursively, sorted), captioned by a sidecar ``.txt`` of
     the same stem (``cats/tabby.jpg`` + ``cats/tabby.txt``); a sidecar ``.json`` becomes the
     ``json`` member. An image without a sidecar caption is rejected as ``missing-caption``.
-    Keys are the paths relative to ``root``."""
+    Keys are the paths relative to ``root``; ``only``: just those of them."""
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         name: str = "folder",
         extensions: Sequence[str] = IMAGE_EXTS,
+        only: Sequence[str] | None = None,
     ) -> None:
         self.root = os.fspath(root)
         if not storage.is_dir(self.root):
@@ -286,6 +287,9 @@ class FolderSource(_RowSource):
             if os.path.splitext(rel)[1].lower().lstrip(".") in wanted
             and not posixpath.basename(rel).startswith(".")
         )
+        if only is not None:  # a subset (a sync's new and changed files)
+            keep = set(only)
+            self.files = [rel for rel in self.files if rel in keep]
 
     def __len__(self) -> int:
         return len(self.files)

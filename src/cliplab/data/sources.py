@@ -297,9 +297,22 @@ class FolderSpec(SourceSpec):
     kind: ClassVar[str] = "folder"
     root: str = ""
     extensions: tuple[str, ...] = IMAGE_EXTS
+    #: only these files (paths relative to root), when given: what a sync re-embeds
+    only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.only, list):
+            object.__setattr__(self, "only", tuple(self.only))
 
     def open(self) -> Source:
-        return FolderSource(self.root, self.display_name, self.extensions)
+        return FolderSource(self.root, self.display_name, self.extensions, self.only or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        table = super().to_dict()
+        if not self.only:
+            table.pop("only")  # the whole folder: as collections recorded it before subsets
+        return table
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,17 @@ Layout of a collection directory::
     parts/000000.json      written last: the part is complete (records read, images, failures)
     failures.jsonl         key and reason of every record that could not be embedded
     index/                 what ``cliplab index`` builds (see :mod:`cliplab.search.index`)
+    state.json             a folder collection kept in step (:mod:`cliplab.search.sync`): the
+                           generation, how many parts it holds, its tombstones
+                           (``sync/deleted-G.npy``: ids of deleted or replaced images) and
+                           its file list (``sync/files-G.parquet``: path, size, mtime, hash, id)
 
 Ids are row numbers across parts, in source order. Every file is written atomically and a
 part counts only once its ``parts/*.json`` exists, so a killed run leaves complete parts
-only and resumes after them.
+only and resumes after them. Where ``state.json`` exists it is the snapshot a reader sees:
+read once when the collection is opened, it names the parts (later ones are a sync still
+writing) and the tombstones, so a reader sees the collection before a sync or after it,
+never a mix.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from cliplab.data import storage
 from cliplab.data.images import IMAGE_EXTS
 from cliplab.data.webdataset import ShardIndex
 
-__all__ = ["FORMAT", "META_COLUMNS", "Collection", "Part"]
+__all__ = ["FORMAT", "META_COLUMNS", "STATE_FILE", "Collection", "Part"]
 
 FORMAT = "cliplab-embeddings"
 VERSION = 1
 #: Metadata columns of every part.
 META_COLUMNS = ("id", "key", "path", "caption", "width", "height")
+#: The snapshot a synced collection's readers see (see the module docstring).
+STATE_FILE = "state.json"
 
 
 def _pyarrow() -> Any:
@@ -70,7 +79,7 @@ class Part:
 class Collection:
     """A collection directory, read-only: its info, parts, embeddings and metadata."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], state: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         info_file = self.path / "embed.json"
         if not info_file.is_file():
@@ -83,6 +92,40 @@ class Collection:
             raise ValueError(f"{info_file}: unreadable ({e})") from None
         if self.info.get("format") != FORMAT:
             raise ValueError(f"{info_file}: not a {FORMAT} file")
+        #: the snapshot (None: a collection never synced, every complete part counts);
+        #: ``state`` given: a writer's view of the snapshot it is about to commit
+        self.state: dict[str, Any] | None = state
+        if state is None and (self.path / STATE_FILE).is_file():
+            self.state = json.loads((self.path / STATE_FILE).read_text(encoding="utf-8"))
+
+    @property
+    def generation(self) -> int:
+        """The sync generation this reader sees (0: never synced)."""
+        return int(self.state["generation"]) if self.state else 0
+
+    @cached_property
+    def deleted(self) -> np.ndarray:
+        """Sorted ids of images deleted or replaced by a sync (tombstones): never returned."""
+        name = (self.state or {}).get("deleted")
+        if not name:
+            return np.zeros(0, dtype=np.int64)
+        return np.load(self.path / name).astype(np.int64)
+
+    def is_deleted(self, index: int) -> bool:
+        """Whether id ``index`` is a tombstone."""
+        j = int(np.searchsorted(self.deleted, index))
+        return j < len(self.deleted) and int(self.deleted[j]) == index
+
+    def alive(self) -> np.ndarray:
+        """(N,) bool: which ids are live images (not tombstones)."""
+        mask = np.ones(len(self), dtype=bool)
+        mask[self.deleted[self.deleted < len(self)]] = False
+        return mask
+
+    @property
+    def live(self) -> int:
+        """Images a search can return: rows minus tombstones."""
+        return len(self) - len(self.deleted)
 
     @property
     def fingerprint(self) -> str:
@@ -100,7 +143,10 @@ class Collection:
     def parts(self) -> list[Part]:
         """The complete parts, in order (a part without its record is not complete)."""
         parts = []
-        for file in sorted((self.path / "parts").glob("*.json")):
+        files = sorted((self.path / "parts").glob("*.json"))
+        if self.state is not None:
+            files = files[: int(self.state["parts"])]  # later ones: a sync still writing
+        for file in files:
             record = json.loads(file.read_text(encoding="utf-8"))
             parts.append(
                 Part(int(file.stem), record["records"], record["images"], record["failures"])

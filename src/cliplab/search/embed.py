@@ -12,6 +12,8 @@ decoder's reason; a killed run resumes after its last complete part and embeds n
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -34,6 +36,7 @@ from cliplab.encode import (
 )
 from cliplab.fileio import atomic_write, write_json
 from cliplab.progress import Progress
+from cliplab.search import sync
 from cliplab.search.batches import Batch, decode_batch, encode_batch, records
 from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
 
@@ -88,6 +91,7 @@ class EmbedResult:
     failures: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     resumed_from: int = 0  # records already done when the run started
+    sync: dict[str, int] | None = None  # a sync's counts: added, changed, removed, ...
 
     @property
     def images_per_s(self) -> float:
@@ -227,21 +231,96 @@ def embed(
         "source": spec.to_dict(),
         "captions": captions,
     }
+    previous = _read_info(out)
+    if previous.get("complete") and _syncable(spec):
+        _check_existing(out, info)
+        return _sync(spec, out, model, preprocess, info, batch_size, workers, part_size,
+                     progress, log, engine, address)  # fmt: skip
     _check_existing(out, info)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "embed.json", {**info, "complete": False})
     done = Collection(out)
     result = EmbedResult(out, resumed_from=done.records)
-    writer = _PartWriter(out, len(done.parts), dtype, captions, info["dim"])
-    next_id = len(done)
-    total = _count(spec)
     if done.records:
         log(
             f"resuming after {done.records} records ({len(done)} images in {len(done.parts)} parts)"
         )
+    _encode_parts(
+        spec, out, model, preprocess, info, result,
+        start_record=done.records, first_part=len(done.parts), first_id=len(done),
+        batch_size=batch_size, workers=workers, part_size=part_size, progress=progress,
+        engine=engine, address=address,
+    )  # fmt: skip
+    final = Collection(out)
+    result.total = len(final)
+    _write_complete(out, info, final)
+    if _syncable(spec):  # the first snapshot: a re-run brings the collection in step
+        embedded = dict(zip(final.metadata.column("key").to_pylist(),
+                            final.metadata.column("id").to_pylist()))  # fmt: skip
+        sync.commit(final, spec.root, None, len(final.parts), {**_failed_keys(out), **embedded})
+    return result
+
+
+def _read_info(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "embed.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_complete(out: Path, info: dict[str, Any], final: Collection) -> None:
+    write_json(
+        out / "embed.json",
+        {**info, "complete": True, "count": len(final), "records": final.records,
+         "failures": dict(final.failures())},
+    )  # fmt: skip
+
+
+def _syncable(spec: SourceSpec) -> bool:
+    """A local folder source: its collection can be kept in step (:mod:`cliplab.search.sync`)."""
+    from cliplab.data.sources import FolderSpec
+    from cliplab.data.storage import is_remote
+
+    return isinstance(spec, FolderSpec) and not spec.only and not is_remote(spec.root)
+
+
+def _failed_keys(out: Path) -> dict[str, int]:
+    """Keys of records that failed (id -1 in the file list: not retried until they change)."""
+    failed: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in (out / "failures.jsonl").read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                failed[json.loads(line)["key"]] = -1
+    return failed
+
+
+def _encode_parts(
+    spec: SourceSpec,
+    out: Path,
+    model: torch.nn.Module,
+    preprocess: Callable[[Any], torch.Tensor],
+    info: dict[str, Any],
+    result: EmbedResult,
+    *,
+    start_record: int,
+    first_part: int,
+    first_id: int,
+    batch_size: int,
+    workers: int,
+    part_size: int,
+    progress: bool,
+    engine: str,
+    address: str | None,
+) -> int:
+    """Embed ``spec``'s records from ``start_record`` into parts numbered from ``first_part``
+    with ids from ``first_id``; returns the number of the next part."""
+    captions = info["captions"]
+    writer = _PartWriter(out, first_part, info["dtype"], captions, info["dim"])
+    next_id = first_id
+    total = _count(spec)
     start = time.perf_counter()
     meter = Progress(
-        None if total is None else total - done.records,
+        None if total is None else total - start_record,
         desc="embedding",
         unit="img",
         enabled=progress,
@@ -253,7 +332,7 @@ def embed(
             spec,
             preprocess,
             model,
-            done.records,
+            start_record,
             batch_size,
             captions,
             info["dim"],
@@ -261,7 +340,7 @@ def embed(
             workers,
         )
     elif engine == "local":
-        dataset = _DecodedBatches(spec, preprocess, done.records, batch_size, captions)
+        dataset = _DecodedBatches(spec, preprocess, start_record, batch_size, captions)
         loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
         encoded = (encode_batch(model, batch, captions, info["dim"]) for batch in loader)
     else:
@@ -295,14 +374,66 @@ def embed(
     if writer.records:
         next_id += writer.flush(next_id)
     meter.close()
-    result.seconds = time.perf_counter() - start
+    result.seconds += time.perf_counter() - start
+    return writer.number
+
+
+def _sync(
+    spec: Any,
+    out: Path,
+    model: torch.nn.Module,
+    preprocess: Callable[[Any], torch.Tensor],
+    info: dict[str, Any],
+    batch_size: int,
+    workers: int,
+    part_size: int,
+    progress: bool,
+    log: Callable[[str], None],
+    engine: str,
+    address: str | None,
+) -> EmbedResult:
+    """Bring a complete folder collection in step with its folder (:mod:`cliplab.search.sync`)."""
+    from cliplab.data.manifest import FolderSource
+
+    start = time.perf_counter()
+    old = Collection(out)
+    listing = FolderSource(spec.root, extensions=spec.extensions).files
+    todo = sync.plan(old, spec.root, listing)
+    result = EmbedResult(out, resumed_from=old.records)
+    result.sync = todo.summary()
+    parts = len(old.parts)
+    if todo.embed:
+        delta = dataclasses.replace(spec, only=tuple(todo.embed))
+        parts = _encode_parts(
+            delta, out, model, preprocess, info, result,
+            start_record=0, first_part=parts, first_id=len(old),
+            batch_size=batch_size, workers=workers, part_size=part_size, progress=progress,
+            engine=engine, address=address,
+        )  # fmt: skip
+    new_ids: dict[str, int] = {}
+    if parts > len(old.parts):
+        pending = Collection(out, state={**(old.state or {}), "parts": parts})
+        new_rows = pending.metadata.slice(len(old))
+        new_ids = dict(zip(new_rows.column("key").to_pylist(), new_rows.column("id").to_pylist()))
+        if (out / "index" / "info.json").is_file():
+            from cliplab.search.index import add_new
+
+            add_new(pending)  # new rows into the index before the state names them
+    if todo.embed or todo.removed or todo.touched or old.state is None:
+        state = sync.commit(old, spec.root, todo, parts, new_ids)
+    else:
+        state = old.state
     final = Collection(out)
-    result.total = len(final)
-    write_json(
-        out / "embed.json",
-        {**info, "complete": True, "count": len(final), "records": final.records,
-         "failures": dict(final.failures())},
-    )  # fmt: skip
+    result.total = final.live
+    _write_complete(out, info, final)
+    result.seconds = time.perf_counter() - start
+    counts = todo.summary()
+    log(
+        f"sync: {counts['added']} added, {counts['changed']} changed, {counts['removed']} "
+        f"removed, {counts['unchanged'] + counts['touched']} unchanged "
+        f"({counts['touched']} touched, same content); generation {state['generation']}, "
+        f"{final.live} images ({time.perf_counter() - start:.1f} s)"
+    )
     return result
 
 

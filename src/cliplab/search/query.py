@@ -91,18 +91,43 @@ class Searcher:
             )
         self.model = model.eval()
         self.preprocess = preprocess
+        self.use_index = use_index
+        self._open(self.collection)
+        self._classifiers = FeatureStore(model, preprocess, progress=False)
+
+    def _open(self, collection: Collection) -> None:
+        """Read ``collection``'s snapshot: its index (read after the state, so it holds at
+        least the snapshot's rows; rows a newer sync added are skipped) and caches."""
+        self.collection = collection
         self.index: SearchIndex | None = None
-        if use_index and (self.collection.path / "index" / "info.json").is_file():
-            self.index = SearchIndex(self.collection)
-            if self.index.ntotal != len(self.collection):
+        if self.use_index and (collection.path / "index" / "info.json").is_file():
+            self.index = SearchIndex(collection)
+            if self.index.ntotal < len(collection):
                 raise ValueError(
-                    f"the index holds {self.index.ntotal} of {len(self.collection)} embeddings: "
-                    f"run `cliplab index {self.collection.path}` to add the new ones"
+                    f"the index holds {self.index.ntotal} of {len(collection)} embeddings: "
+                    f"run `cliplab index {collection.path}` to add the new ones"
                 )
+        self._dead = set(collection.deleted.tolist())
         self._vectors: np.ndarray | None = None
         self._texts: np.ndarray | None = None
         self._calibration: Calibration | None = None
-        self._classifiers = FeatureStore(model, preprocess, progress=False)
+
+    def refresh(self) -> bool:
+        """Move to the collection's newest snapshot if a sync committed one since (a stat of
+        ``state.json``); True when it did. Searches in between keep seeing the old one."""
+        state = self.collection.path / "state.json"
+        try:
+            stamp = state.stat().st_mtime_ns
+        except OSError:
+            return False
+        if stamp == getattr(self, "_stamp", None):
+            return False
+        self._stamp = stamp
+        fresh = Collection(self.collection.path)
+        if fresh.generation == self.collection.generation:
+            return False
+        self._open(fresh)
+        return True
 
     @property
     def calibration(self) -> Calibration:
@@ -112,12 +137,13 @@ class Searcher:
 
             def best_scores(texts: Sequence[str]) -> np.ndarray:
                 queries = encode_texts(self.model, None, list(texts)).numpy()
-                return (self._all_vectors() @ queries.T.astype(np.float32)).max(axis=0)
+                vectors = self._all_vectors()[self.collection.alive()]
+                return (vectors @ queries.T.astype(np.float32)).max(axis=0)
 
             self._calibration = Calibration.for_collection(
                 self.collection.path,
                 self.collection.fingerprint,
-                len(self.collection),
+                self.collection.live,
                 best_scores,
                 unwrap_model(self.model),
                 self.relevance_kind,
@@ -164,21 +190,34 @@ class Searcher:
 
     # -- search ----------------------------------------------------------------------------
     def _all_vectors(self) -> np.ndarray:
+        """(N, D) image embeddings of the snapshot; tombstones' rows are zero."""
         if self._vectors is None:
-            self._vectors = self.collection.image_embeddings()
+            vectors = self.collection.image_embeddings()
+            if self._dead:
+                vectors[~self.collection.alive()] = 0.0
+            self._vectors = vectors
         return self._vectors
 
     def nearest(self, query: np.ndarray, k: int, min_relevance: float | None = None) -> list[Hit]:
         """The ``k`` images nearest to a unit query vector, best first, each with its
         relevance; ``min_relevance``: only those at least that relevant (possibly none)."""
-        k = max(1, min(int(k), len(self.collection)))
+        n = len(self.collection)
+        k = max(1, min(int(k), n - len(self._dead)))
         if self.index is not None:
-            scores, ids = self.index.search(query[None], k)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            # ask for enough to make up for tombstones and rows of a newer sync
+            extra = len(self._dead) + self.index.ntotal - n
+            scores, ids = self.index.search(query[None], min(k + extra, self.index.ntotal))
+            pairs = [
+                (int(i), float(s))
+                for i, s in zip(ids[0], scores[0])
+                if 0 <= i < n and int(i) not in self._dead
+            ][:k]
         else:
             sims = self._all_vectors() @ query.astype(np.float32)
+            if self._dead:
+                sims[~self.collection.alive()] = -np.inf
             top = np.argsort(-sims, kind="stable")[:k]
-            pairs = [(int(i), float(sims[i])) for i in top]
+            pairs = [(int(i), float(sims[i])) for i in top if np.isfinite(sims[i])]
         relevance = self.calibration.relevance([s for _, s in pairs])
         keep = [
             (pair, float(r))
@@ -249,6 +288,8 @@ class Searcher:
             self._texts = self.collection.text_embeddings()
         sims = self._texts @ self.embed_image(image)
         sims[np.linalg.norm(self._texts, axis=1) == 0] = -np.inf  # images without a caption
+        if self._dead:
+            sims[~self.collection.alive()] = -np.inf
         top = [
             int(i) for i in np.argsort(-sims, kind="stable")[: max(1, k)] if np.isfinite(sims[i])
         ]

@@ -160,7 +160,12 @@ def create_app(
 
     app = FastAPI(title="cliplab search", docs_url=None, redoc_url=None)
     lock = threading.Lock()  # one query at a time on the model: steady latency on a CPU
-    collection = searcher.collection
+
+    def current() -> Any:
+        """The collection's newest snapshot (a sync may have committed one since)."""
+        with lock:
+            searcher.refresh()
+            return searcher.collection
     page = resources.files("cliplab.serve").joinpath("static", "index.html").read_text("utf-8")
 
     @app.exception_handler(Exception)
@@ -195,12 +200,16 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
+        collection = current()
+        state = collection.state or {}
         return {
             "status": "ok",
-            "images": len(collection),
+            "images": collection.live,
             "model": collection.info.get("model"),
             "index": searcher.index.info["plan"]["kind"] if searcher.index else "exact (no index)",
             "captions": collection.has_texts,
+            "sync": {k: state[k] for k in ("generation", "synced_at", "last") if k in state}
+            or None,
         }
 
     def check_query(q: str | None, min_relevance: float | None, image_weight: float) -> None:
@@ -215,6 +224,7 @@ def create_app(
                    image_weight: float) -> list[dict[str, Any]]:  # fmt: skip
         try:
             with lock:
+                searcher.refresh()
                 found = searcher.search(
                     q, picture, k, min_relevance=min_relevance, image_weight=image_weight
                 )
@@ -247,7 +257,7 @@ def create_app(
         check_query(q, min_relevance, image_weight)
         picture = await read_upload(image)
         if captions:
-            if not collection.has_texts:
+            if not current().has_texts:
                 raise HTTPException(400, "this collection has no caption embeddings")
             with lock:
                 return {"results": hits(searcher.captions_for_image(picture, k))}
@@ -314,7 +324,8 @@ def create_app(
 
     @app.get("/image/{image_id}")
     def image(image_id: int) -> Response:
-        if not 0 <= image_id < len(collection):
+        collection = current()
+        if not 0 <= image_id < len(collection) or collection.is_deleted(image_id):
             raise HTTPException(404, f"no image with id {image_id}")
         data = collection.image_bytes(image_id)
         if data is None:
