@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,9 +94,13 @@ def test_resume_after_a_lost_part_embeds_nothing_twice(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "pics")
     run_embed(folder, tmp_path / "straight", batch_size=4, part_size=8)
     run_embed(folder, tmp_path / "c", batch_size=4, part_size=8)
-    # a kill during part 2: its files may exist, its record does not
+    # a kill during part 2: its files may exist, its record does not; the run never
+    # finished, so the collection is not complete and has no snapshot yet
     for n in (2, 3):
         (tmp_path / "c" / "parts" / f"{n:06d}.json").unlink()
+    info = json.loads((tmp_path / "c" / "embed.json").read_text())
+    (tmp_path / "c" / "embed.json").write_text(json.dumps({**info, "complete": False}))
+    (tmp_path / "c" / "state.json").unlink()
     kept = Collection(tmp_path / "c")
     assert kept.records == 16 and len(kept) == 14  # the two bad files come early
     result = run_embed(folder, tmp_path / "c", batch_size=4, part_size=8)
@@ -253,11 +258,16 @@ def test_index_grows_merges_and_refuses_another_model(tmp_path: Path, capsys) ->
     folder = make_folder(tmp_path / "pics")
     run_embed(folder, tmp_path / "c", part_size=8)
     assert main(["index", str(tmp_path / "c")]) == 0
-    # new images (sorting after the others): embed resumes and embeds them, index adds them
+    # new images: the re-run syncs the collection and adds them to its index too
     for i in range(5):
         Image.new("RGB", (40, 40), (i, 200, 40)).save(folder / f"zz{i}.png")
+    shutil.copytree(tmp_path / "c" / "index", tmp_path / "old-index")
     result = run_embed(folder, tmp_path / "c", part_size=8)
-    assert result.resumed_from == 32 and result.embedded == 5
+    assert result.embedded == 5 and result.sync["added"] == 5
+    assert Searcher(tmp_path / "c").index.ntotal == 35
+    # an index left behind (built before the new images): refused, then grown
+    shutil.rmtree(tmp_path / "c" / "index")
+    shutil.copytree(tmp_path / "old-index", tmp_path / "c" / "index")
     with pytest.raises(ValueError, match="holds 30 of 35"):
         Searcher(tmp_path / "c")
     capsys.readouterr()
@@ -344,8 +354,11 @@ def _ray_engine_same_collection(tmp_path: Path) -> None:
     assert a.metadata.equals(b.metadata)
     failures = [(tmp_path / d / "failures.jsonl").read_text() for d in ("local", "ray")]
     assert failures[0] == failures[1] and failures[0]
-    # a lost part is re-embedded by the ray engine too
+    # a lost part (a run killed before it finished) is re-embedded by the ray engine too
     (tmp_path / "ray" / "parts" / "000003.json").unlink()
+    info = json.loads((tmp_path / "ray" / "embed.json").read_text())
+    (tmp_path / "ray" / "embed.json").write_text(json.dumps({**info, "complete": False}))
+    (tmp_path / "ray" / "state.json").unlink()
     assert main(ray_argv) == 0  # the bad records were in the parts kept
     c = Collection(tmp_path / "ray")
     assert np.array_equal(a.image_embeddings(), c.image_embeddings())

@@ -108,8 +108,10 @@ def run_server(collection: Path, **options) -> Iterator[str]:
 
 def test_api_answers(server: str) -> None:
     health = httpx.get(f"{server}/health").json()
+    sync = health.pop("sync")
     assert health == {"status": "ok", "images": 18, "model": "random:tiny-vit",
                       "index": "exact", "captions": True}  # fmt: skip
+    assert sync["generation"] == 1 and sync["last"] == {"added": 18}
     found = httpx.get(f"{server}/search", params={"q": "a red square", "k": 5}).json()["results"]
     assert len(found) == 5 and all(r["url"] == f"/image/{r['id']}" for r in found)
     by_image = httpx.post(

@@ -84,7 +84,7 @@ def test_a_rerun_adds_changes_and_removes_only_what_changed(tmp_path: Path, mode
     (folder / "b" / "img0004.png").unlink()
     (folder / "a" / "img0005.png").unlink()
     result = _embed(folder, out, model)
-    assert result.sync == {"added": 3, "changed": 2, "removed": 2, "touched": 1, "unchanged": 34}
+    assert result.sync == {"added": 3, "changed": 2, "removed": 2, "touched": 1, "unchanged": 35}
     assert result.embedded == 5  # only the added and changed files were read and embedded
     c = Collection(out)
     assert c.generation == 2 and len(c) == 45 and c.live == 41 and result.total == 41
@@ -208,3 +208,31 @@ def test_cli_prints_the_sync_and_watch_keeps_in_step(tmp_path: Path, capsys) -> 
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
     assert "1 added" in output and "stopped watching" in output
+
+
+def test_a_running_server_serves_the_new_snapshot(tmp_path: Path, model) -> None:
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    from test_serve import run_server
+
+    folder = _folder(tmp_path / "pics", 10)
+    out = tmp_path / "c"
+    _embed(folder, out, model)
+    gone = Collection(out).metadata.column("key").to_pylist().index("b/img0000.png")
+    server = run_server(out)
+    base = next(server)
+    try:
+        assert httpx.get(f"{base}/health").json()["images"] == 10
+        assert httpx.get(f"{base}/image/{gone}").status_code == 200
+        (folder / "b" / "img0000.png").unlink()
+        _image(folder / "c.png", seed=3)
+        _image(folder / "d.png", seed=4)
+        _embed(folder, out, model)
+        health = httpx.get(f"{base}/health").json()
+        assert health["images"] == 11 and health["sync"]["generation"] == 2
+        assert health["sync"]["last"]["added"] == 2 and health["sync"]["last"]["removed"] == 1
+        assert httpx.get(f"{base}/image/{gone}").status_code == 404  # a tombstone
+        found = httpx.get(f"{base}/search", params={"q": "x", "k": 50}).json()["results"]
+        assert len(found) == 11 and gone not in {r["id"] for r in found}
+    finally:
+        server.close()

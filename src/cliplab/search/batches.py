@@ -5,6 +5,7 @@ features."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cliplab.data.decode import ImageDecoder
+from cliplab.data.decode import ImageDecoder, image_member
 from cliplab.data.stream import BadSample, RawSample, scan
 from cliplab.encode import autocast_for, encode_texts, model_device, model_dtype
 
@@ -32,6 +33,7 @@ class Item:
     width: int = 0
     height: int = 0
     reason: str | None = None
+    sha256: str = ""  # of the image's bytes: a sync tells a changed file from a touched one
 
 
 def records(
@@ -73,6 +75,9 @@ def decode(
     """One record -> its pixels (the RGB picture, :func:`cliplab.data.images.rgb`, through
     the model's ``preprocess``) and caption, or the reason it cannot be embedded."""
     item = Item(record.key, path, None)
+    member = image_member(record.members)
+    if member is not None:
+        item.sha256 = hashlib.sha256(record.members[member]).hexdigest()
     try:
         image = DECODER.image(record)
     except BadSample as e:

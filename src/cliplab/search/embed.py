@@ -92,6 +92,7 @@ class EmbedResult:
     seconds: float = 0.0
     resumed_from: int = 0  # records already done when the run started
     sync: dict[str, int] | None = None  # a sync's counts: added, changed, removed, ...
+    hashes: dict[str, str] = field(default_factory=dict)  # key -> SHA-256 of what was read
 
     @property
     def images_per_s(self) -> float:
@@ -257,7 +258,8 @@ def embed(
     if _syncable(spec):  # the first snapshot: a re-run brings the collection in step
         embedded = dict(zip(final.metadata.column("key").to_pylist(),
                             final.metadata.column("id").to_pylist()))  # fmt: skip
-        sync.commit(final, spec.root, None, len(final.parts), {**_failed_keys(out), **embedded})
+        ids = {**_failed_keys(out), **embedded}
+        sync.commit(final, spec.root, None, len(final.parts), ids, result.hashes)
     return result
 
 
@@ -347,6 +349,7 @@ def _encode_parts(
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     for items, image_features, text_features in encoded:
         meter.update(len(items))
+        result.hashes.update((it.key, it.sha256) for it in items if it.sha256)
         good = [it for it in items if it.reason is None]
         for it in items:
             if it.reason is not None:
@@ -420,7 +423,7 @@ def _sync(
 
             add_new(pending)  # new rows into the index before the state names them
     if todo.embed or todo.removed or todo.touched or old.state is None:
-        state = sync.commit(old, spec.root, todo, parts, new_ids)
+        state = sync.commit(old, spec.root, todo, parts, new_ids, result.hashes)
     else:
         state = old.state
     final = Collection(out)

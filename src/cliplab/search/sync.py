@@ -17,8 +17,9 @@ Re-running ``cliplab embed DIR --out C`` on a complete collection of a local fol
   atomically: a reader that opened the collection before sees the old snapshot throughout,
   one that opens it after sees the new one (:class:`cliplab.search.collection.Collection`).
 
-The first sync of a collection embedded before its file list existed takes the files as
-they are now as its baseline (files changed in between are not noticed once).
+Content hashes come free: the embedding hashes each image's bytes as it reads them. The
+first sync of a collection embedded before its file list existed takes the files as they are
+now as its baseline (files changed in between are not noticed once).
 """
 
 from __future__ import annotations
@@ -153,11 +154,14 @@ def commit(
     sync: SyncPlan | None,
     parts: int,
     new_ids: dict[str, int],
+    hashes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the new snapshot: tombstones, file list, then ``state.json``; returns the state.
 
     ``sync`` None: the first state of a freshly embedded collection (``new_ids``: every
-    embedded file's id). ``parts``: how many parts the new snapshot holds."""
+    embedded file's id, -1 for those that failed). ``parts``: how many parts the new snapshot
+    holds. ``hashes``: SHA-256 of the files the embedding read (relative path -> hex)."""
+    hashes = hashes or {}
     pa = _pyarrow()
     out = collection.path
     generation = collection.generation + 1
@@ -166,7 +170,7 @@ def commit(
     entries: dict[str, FileEntry] = {}
     if sync is None:
         stats = scan(root, sorted(new_ids))
-        entries = {rel: FileEntry(*stats[rel], "", new_ids[rel]) for rel in stats}
+        entries = {rel: FileEntry(*stats[rel], hashes.get(rel, ""), new_ids[rel]) for rel in stats}
     else:
         for rel in sync.removed + sync.changed:
             if known[rel].id >= 0:
@@ -177,7 +181,7 @@ def commit(
                 entries[rel] = FileEntry(size, mtime, sync.hashes.get(rel, entry.sha256), entry.id)
         for rel in sync.embed:
             size, mtime = sync.current[rel]
-            digest = sync.hashes.get(rel) or hash_file(Path(root) / rel)
+            digest = hashes.get(rel) or sync.hashes.get(rel) or hash_file(Path(root) / rel)
             entries[rel] = FileEntry(size, mtime, digest, new_ids.get(rel, -1))
     (out / "sync").mkdir(exist_ok=True)
     deleted_name = f"sync/deleted-{generation:06d}.npy"

@@ -166,6 +166,7 @@ def create_app(
         with lock:
             searcher.refresh()
             return searcher.collection
+
     page = resources.files("cliplab.serve").joinpath("static", "index.html").read_text("utf-8")
 
     @app.exception_handler(Exception)
