@@ -185,8 +185,10 @@ def test_cli_prints_the_sync_and_watch_keeps_in_step(tmp_path: Path, capsys) -> 
     argv = ["embed", str(folder), "--model", MODEL, "--out", str(out), "--quiet"]
     assert main(argv) == 0
     (folder / "a" / "img0001.png").unlink()
-    assert main(argv) == 0
+    assert main(["embed", str(folder), "--out", str(out), "--quiet"]) == 0  # its own model
     assert "sync: 0 added, 0 changed, 1 removed, 11 unchanged" in capsys.readouterr().out
+    fresh = ["embed", str(folder), "--out", str(tmp_path / "new"), "--quiet"]
+    assert main(fresh) == 2 and "--model is needed" in capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cliplab", *argv, "--watch", "--interval", "0.3"],
@@ -236,3 +238,17 @@ def test_a_running_server_serves_the_new_snapshot(tmp_path: Path, model) -> None
         assert len(found) == 11 and gone not in {r["id"] for r in found}
     finally:
         server.close()
+
+
+def test_the_sync_walk_sees_the_files_the_folder_source_reads(tmp_path: Path) -> None:
+    from cliplab.data.images import IMAGE_EXTS
+    from cliplab.data.manifest import FolderSource
+    from cliplab.search.sync import walk
+
+    root = _folder(tmp_path / "pics", 6)
+    (root / ".hidden.png").write_bytes(b"x")
+    (root / "a" / "notes.txt").write_text("a caption")
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "deep" / "er" / "UPPER.JPG").write_bytes(b"y")
+    (root / "noext").write_bytes(b"z")
+    assert sorted(walk(root, IMAGE_EXTS)) == FolderSource(root).files

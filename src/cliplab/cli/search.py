@@ -54,7 +54,12 @@ def add_embed(subparsers: argparse._SubParsersAction) -> None:
         "counted by reason (exit status 1 when any); re-running resumes a killed run.",
     )
     p.add_argument("source", help="a folder, a .csv/.tsv, a .parquet, or shards")
-    add_model(p)
+    add_model(
+        p,
+        required=False,
+        help="the model (any checkpoint or name cliplab.load reads); an existing collection "
+        "is resumed or synced with the model it records when none is given",
+    )
     add_out(p, help="collection directory")
     add_set(p)
     add_device(p)
@@ -127,6 +132,16 @@ def run_embed(args: argparse.Namespace) -> int:
     )
     if spec.kind == "synthetic":
         raise ValueError("embed reads images: give a folder, a manifest or shards")
+    if args.model is None:  # the collection's own model, with its settings
+        try:
+            info = json.loads((Path(args.out) / "embed.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ValueError("--model is needed to start a new collection") from None
+        args.model = info["model"]
+        if not args.settings:
+            args.settings = [
+                f"{k}={json.dumps(v)}" for k, v in info.get("model_settings", {}).items()
+            ]
     model, preprocess = load_model(args)
     workers = args.workers
     if workers is None:

@@ -278,7 +278,16 @@ class FolderSource(_RowSource):
             raise ValueError(f"{self.root} is not a folder")
         self.name = name
         wanted = {e.lower().lstrip(".") for e in extensions}
-        every = _find_files(self.root)
+        if only is not None and not storage.is_remote(self.root):
+            # a subset (a sync's new and changed files): no walk over the whole tree
+            every = [rel for rel in only if os.path.isfile(os.path.join(self.root, rel))]
+            for rel in list(every):
+                stem = os.path.splitext(rel)[0]
+                for ext in ("txt", "json"):
+                    if os.path.isfile(os.path.join(self.root, f"{stem}.{ext}")):
+                        every.append(f"{stem}.{ext}")
+        else:
+            every = _find_files(self.root)
         self._all = set(every)
         #: paths relative to root, posix, sorted: the keys
         self.files = sorted(
@@ -322,8 +331,13 @@ def _find_files(root: str) -> list[str]:
         fs, base = storage.fs_and_path(root)
         base = base.rstrip("/")
         return [name[len(base) + 1 :] for name in fs.find(base) if name.startswith(base + "/")]
-    top = Path(root)
-    return [p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file()]
+    out = []
+    for folder, dirs, files in os.walk(root):  # scandir underneath: no stat per file
+        dirs.sort()
+        rel = os.path.relpath(folder, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + name for name in files)
+    return out
 
 
 def _pyarrow_parquet() -> Any:

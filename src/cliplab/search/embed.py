@@ -396,12 +396,9 @@ def _sync(
     address: str | None,
 ) -> EmbedResult:
     """Bring a complete folder collection in step with its folder (:mod:`cliplab.search.sync`)."""
-    from cliplab.data.manifest import FolderSource
-
     start = time.perf_counter()
     old = Collection(out)
-    listing = FolderSource(spec.root, extensions=spec.extensions).files
-    todo = sync.plan(old, spec.root, listing)
+    todo = sync.plan(old, spec.root, spec.extensions)
     result = EmbedResult(out, resumed_from=old.records)
     result.sync = todo.summary()
     parts = len(old.parts)

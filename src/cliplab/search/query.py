@@ -204,14 +204,18 @@ class Searcher:
         n = len(self.collection)
         k = max(1, min(int(k), n - len(self._dead)))
         if self.index is not None:
-            # ask for enough to make up for tombstones and rows of a newer sync
-            extra = len(self._dead) + self.index.ntotal - n
-            scores, ids = self.index.search(query[None], min(k + extra, self.index.ntotal))
-            pairs = [
-                (int(i), float(s))
-                for i, s in zip(ids[0], scores[0])
-                if 0 <= i < n and int(i) not in self._dead
-            ][:k]
+            # tombstones and a newer sync's rows are skipped: ask for more until k are left
+            ask = min(k + min(len(self._dead), k) + self.index.ntotal - n, self.index.ntotal)
+            while True:
+                scores, ids = self.index.search(query[None], ask)
+                pairs = [
+                    (int(i), float(s))
+                    for i, s in zip(ids[0], scores[0])
+                    if 0 <= i < n and int(i) not in self._dead
+                ][:k]
+                if len(pairs) == k or ask >= self.index.ntotal:
+                    break
+                ask = min(2 * ask, self.index.ntotal)
         else:
             sims = self._all_vectors() @ query.astype(np.float32)
             if self._dead:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 from cliplab.fileio import atomic_write, write_json
 from cliplab.search.collection import STATE_FILE, Collection, _pyarrow
 
-__all__ = ["FileEntry", "SyncPlan", "commit", "file_list", "hash_file", "plan", "scan"]
+__all__ = ["FileEntry", "SyncPlan", "commit", "file_list", "hash_file", "plan", "scan", "walk"]
 
 #: Generations of tombstone and file-list files kept (readers of the previous snapshot).
 KEEP = 2
@@ -63,6 +64,7 @@ class SyncPlan:
     seconds: float = 0.0
     current: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> size, mtime
     hashes: dict[str, str] = field(default_factory=dict)  # computed during planning
+    known: dict[str, FileEntry] = field(default_factory=dict)  # the file list it compared to
 
     @property
     def embed(self) -> list[str]:
@@ -91,13 +93,43 @@ def hash_file(path: str | os.PathLike[str]) -> str:
 def scan(root: str | os.PathLike[str], files: list[str]) -> dict[str, tuple[int, int]]:
     """(size, mtime in ns) of each of ``files`` (relative to ``root``) that still exists."""
     out = {}
-    top = Path(root)
+    top = os.fspath(root)
+    stat, join = os.stat, os.path.join
     for rel in files:
         try:
-            st = os.stat(top / rel)
+            st = stat(join(top, rel))
         except OSError:
             continue
         out[rel] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def walk(root: str | os.PathLike[str], extensions: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(size, mtime in ns) of every image under ``root`` by relative path, as
+    :class:`cliplab.data.manifest.FolderSource` chooses them (its extensions, no hidden
+    names): one ``scandir`` walk with a ``stat`` per file and nothing else."""
+    wanted = {"." + e.lower().lstrip(".") for e in extensions}
+    out: dict[str, tuple[int, int]] = {}
+    stack = [(os.fspath(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            try:
+                if entry.is_dir():
+                    stack.append((entry.path, prefix + name + "/"))
+                    continue
+                dot = name.rfind(".")
+                if name.startswith(".") or dot < 0 or name[dot:].lower() not in wanted:
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue
+            out[prefix + name] = (st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -123,13 +155,13 @@ def _baseline(collection: Collection, root: str) -> dict[str, FileEntry]:
     return {k: FileEntry(*stats[k], "", i) for k, i in zip(keys, ids) if k in stats}
 
 
-def plan(collection: Collection, root: str, listing: list[str]) -> SyncPlan:
-    """Compare the folder's files (``listing``, relative paths) with the collection."""
+def plan(collection: Collection, root: str, extensions: Sequence[str]) -> SyncPlan:
+    """Compare the folder's image files with the collection's file list."""
     start = time.perf_counter()
     known = file_list(collection)
     if known is None:
         known = _baseline(collection, root)
-    result = SyncPlan(current=scan(root, listing))
+    result = SyncPlan(current=walk(root, extensions), known=known)
     for rel, (size, mtime) in result.current.items():
         entry = known.get(rel)
         if entry is None:
@@ -165,7 +197,7 @@ def commit(
     pa = _pyarrow()
     out = collection.path
     generation = collection.generation + 1
-    known = (file_list(collection) or _baseline(collection, root)) if sync else {}
+    known = sync.known if sync else {}
     deleted = set(collection.deleted.tolist())
     entries: dict[str, FileEntry] = {}
     if sync is None:
@@ -175,10 +207,14 @@ def commit(
         for rel in sync.removed + sync.changed:
             if known[rel].id >= 0:
                 deleted.add(known[rel].id)
+        changed = set(sync.changed)
         for rel, entry in known.items():
-            if rel in sync.current and rel not in sync.changed:
-                size, mtime = sync.current[rel]
-                entries[rel] = FileEntry(size, mtime, sync.hashes.get(rel, entry.sha256), entry.id)
+            now = sync.current.get(rel)
+            if now is None or rel in changed:
+                continue
+            if rel in sync.hashes:  # touched: the same content, a new stat
+                entry = FileEntry(now[0], now[1], sync.hashes[rel], entry.id)
+            entries[rel] = entry
         for rel in sync.embed:
             size, mtime = sync.current[rel]
             digest = hashes.get(rel) or sync.hashes.get(rel) or hash_file(Path(root) / rel)
