@@ -252,3 +252,26 @@ def test_the_sync_walk_sees_the_files_the_folder_source_reads(tmp_path: Path) ->
     (root / "deep" / "er" / "UPPER.JPG").write_bytes(b"y")
     (root / "noext").write_bytes(b"z")
     assert sorted(walk(root, IMAGE_EXTS)) == FolderSource(root).files
+
+
+def test_a_sync_killed_before_its_commit_leaves_the_old_snapshot(tmp_path: Path, model) -> None:
+    folder = _folder(tmp_path / "pics", 30)
+    out = tmp_path / "c"
+    _embed(folder, out, model)
+    build_index(Collection(out), kind="exact")
+    state = (out / "state.json").read_bytes()
+    for i in range(30, 36):
+        _image(folder / "n" / f"img{i}.png", seed=i)
+    _embed(folder, out, model)
+    (out / "state.json").write_bytes(state)  # as if killed before the state was written
+    c = Collection(out)
+    assert c.generation == 1 and len(c) == 30  # the new parts are not seen
+    assert len(Searcher(out, *model).search_text("x", k=100)) == 30
+    (folder / "n" / "img30.png").unlink()  # the folder moves on; the re-run starts from gen 1
+    result = _embed(folder, out, model)
+    assert result.sync["added"] == 5
+    c = Collection(out)
+    searcher = Searcher(out, *model)
+    assert c.generation == 2 and c.live == 35 and searcher.index.ntotal == 35
+    hits = searcher.search_image(folder / "n" / "img33.png", k=1)
+    assert hits[0].key == "n/img33.png"  # the index rows match the committed parts

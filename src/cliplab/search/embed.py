@@ -381,6 +381,18 @@ def _encode_parts(
     return writer.number
 
 
+def _grow_index(pending: Collection, rows: int) -> None:
+    """Add a sync's new rows to the index; an index a killed sync left ahead of the snapshot
+    (rows of parts never committed) is rebuilt instead, since its extra rows are stale."""
+    from cliplab.search.index import _read_info, add_new, build_index
+
+    info = _read_info(pending.path / "index")
+    if int(info.get("ntotal", -1)) == rows:
+        add_new(pending)
+    else:
+        build_index(pending, kind=info["plan"]["kind"])
+
+
 def _sync(
     spec: Any,
     out: Path,
@@ -416,9 +428,7 @@ def _sync(
         new_rows = pending.metadata.slice(len(old))
         new_ids = dict(zip(new_rows.column("key").to_pylist(), new_rows.column("id").to_pylist()))
         if (out / "index" / "info.json").is_file():
-            from cliplab.search.index import add_new
-
-            add_new(pending)  # new rows into the index before the state names them
+            _grow_index(pending, len(old))  # new rows in the index before the state names them
     if todo.embed or todo.removed or todo.touched or old.state is None:
         state = sync.commit(old, spec.root, todo, parts, new_ids, result.hashes)
     else:
