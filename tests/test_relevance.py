@@ -85,11 +85,11 @@ def test_negative_terms_and_mixes_change_the_query(collection):
     minus = searcher.query_vector("a red square -blue")
     assert not np.allclose(plain, minus)
     expected = combine([(searcher.embed_text("a red square"), 1.0)], [searcher.embed_text("blue")])
-    assert np.allclose(minus, expected)
+    assert np.allclose(minus, expected, atol=1e-6)  # the parts go through the model together
     image = next((collection.parent / "pics").glob("green*.png"))
     mix = searcher.query_vector("a red square", image, image_weight=0.25)
     parts = [(searcher.embed_text("a red square"), 0.75), (searcher.embed_image(image), 0.25)]
-    assert np.allclose(mix, combine(parts))
+    assert np.allclose(mix, combine(parts), atol=1e-6)
     only_image = searcher.search(None, image, k=3)
     assert only_image[0].score == pytest.approx(1.0, abs=2e-3)
 

@@ -39,6 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="a web origin allowed to call the API from its pages (repeatable; default: none)",
     )
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="one request at a time on the model (default: concurrent requests' queries share "
+        "a model pass and their searches run in parallel)",
+    )
     add_device(p)
     p.set_defaults(run=run)
 
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         classify_templates=args.templates,
         token=token,
         cors_origins=args.cors_origin,
+        batching=not args.no_batching,
     )
     print(
         f"serving {args.collection} ({len(searcher.collection)} images) on http://{args.host}:{args.port}/"

@@ -10,7 +10,8 @@ else through exact search over every embedding.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,34 @@ class Hit:
         }
 
 
+class _Snapshot:
+    """What one snapshot of a collection serves from: the collection as its state names it,
+    its index, its tombstones, and caches filled on first use (under ``lock``)."""
+
+    def __init__(self, collection: Collection, index: SearchIndex | None) -> None:
+        self.collection, self.index = collection, index
+        self.dead = frozenset(collection.deleted.tolist())
+        self.alive = collection.alive() if self.dead else None
+        self.lock = threading.Lock()
+        self.calibration: Calibration | None = None
+        self._vectors: np.ndarray | None = None
+        self._texts: np.ndarray | None = None
+
+    def vectors(self) -> np.ndarray:
+        """(N, D) image embeddings; tombstones' rows are zero."""
+        if self._vectors is None:
+            vectors = self.collection.image_embeddings()
+            if self.dead:
+                vectors[~self.alive] = 0.0
+            self._vectors = vectors
+        return self._vectors
+
+    def texts(self) -> np.ndarray:
+        if self._texts is None:
+            self._texts = self.collection.text_embeddings()
+        return self._texts
+
+
 class Searcher:
     """Search one collection. ``model``/``preprocess`` default to loading the model the
     collection records (``embed.json``); a given model must have the same fingerprint.
@@ -73,44 +102,50 @@ class Searcher:
         use_index: bool = True,
         relevance: str = "auto",
     ) -> None:
-        self.collection = Collection(path)
+        collection = Collection(path)
         self.relevance_kind = relevance
         if model is None:
             import cliplab
 
-            spec = self.collection.info["model"]
+            spec = collection.info["model"]
             model, preprocess = cliplab.load(
-                spec, device=device, **self.collection.info.get("model_settings", {})
+                spec, device=device, **collection.info.get("model_settings", {})
             )
         fingerprint = model_fingerprint(model)
-        if fingerprint != self.collection.fingerprint:
+        if fingerprint != collection.fingerprint:
             raise ValueError(
-                f"{self.collection.path} was embedded with model {self.collection.info['model']!r} "
-                f"(fingerprint {self.collection.fingerprint[:12]}); this model's fingerprint is "
+                f"{collection.path} was embedded with model {collection.info['model']!r} "
+                f"(fingerprint {collection.fingerprint[:12]}); this model's fingerprint is "
                 f"{fingerprint[:12]}: its embeddings are not comparable. Query with the same model."
             )
         self.model = model.eval()
         self.preprocess = preprocess
         self.use_index = use_index
-        self._open(self.collection)
+        self._open(collection)
         self._classifiers = FeatureStore(model, preprocess, progress=False)
 
     def _open(self, collection: Collection) -> None:
         """Read ``collection``'s snapshot: its index (read after the state, so it holds at
-        least the snapshot's rows; rows a newer sync added are skipped) and caches."""
-        self.collection = collection
-        self.index: SearchIndex | None = None
+        least the snapshot's rows; rows a newer sync added are skipped) and caches. The
+        snapshot is one object, swapped in one assignment: a search that started on the old
+        one finishes on it."""
+        index = None
         if self.use_index and (collection.path / "index" / "info.json").is_file():
-            self.index = SearchIndex(collection)
-            if self.index.ntotal < len(collection):
+            index = SearchIndex(collection)
+            if index.ntotal < len(collection):
                 raise ValueError(
-                    f"the index holds {self.index.ntotal} of {len(collection)} embeddings: "
+                    f"the index holds {index.ntotal} of {len(collection)} embeddings: "
                     f"run `cliplab index {collection.path}` to add the new ones"
                 )
-        self._dead = set(collection.deleted.tolist())
-        self._vectors: np.ndarray | None = None
-        self._texts: np.ndarray | None = None
-        self._calibration: Calibration | None = None
+        self._snap = _Snapshot(collection, index)
+
+    @property
+    def collection(self) -> Collection:
+        return self._snap.collection
+
+    @property
+    def index(self) -> SearchIndex | None:
+        return self._snap.index
 
     def refresh(self) -> bool:
         """Move to the collection's newest snapshot if a sync committed one since (a stat of
@@ -129,26 +164,31 @@ class Searcher:
         self._open(fresh)
         return True
 
+    def _calibration_of(self, snap: _Snapshot) -> Calibration:
+        """A snapshot's relevance calibration (measured once, then read back)."""
+        with snap.lock:
+            if snap.calibration is None:
+                from cliplab.encode import unwrap_model
+
+                def best_scores(texts: Sequence[str]) -> np.ndarray:
+                    queries = encode_texts(self.model, None, list(texts)).numpy()
+                    vectors = snap.vectors()[snap.collection.alive()]
+                    return (vectors @ queries.T.astype(np.float32)).max(axis=0)
+
+                snap.calibration = Calibration.for_collection(
+                    snap.collection.path,
+                    snap.collection.fingerprint,
+                    snap.collection.live,
+                    best_scores,
+                    unwrap_model(self.model),
+                    self.relevance_kind,
+                )
+            return snap.calibration
+
     @property
     def calibration(self) -> Calibration:
         """This collection's relevance calibration (measured once, then read back)."""
-        if self._calibration is None:
-            from cliplab.encode import unwrap_model
-
-            def best_scores(texts: Sequence[str]) -> np.ndarray:
-                queries = encode_texts(self.model, None, list(texts)).numpy()
-                vectors = self._all_vectors()[self.collection.alive()]
-                return (vectors @ queries.T.astype(np.float32)).max(axis=0)
-
-            self._calibration = Calibration.for_collection(
-                self.collection.path,
-                self.collection.fingerprint,
-                self.collection.live,
-                best_scores,
-                unwrap_model(self.model),
-                self.relevance_kind,
-            )
-        return self._calibration
+        return self._calibration_of(self._snap)
 
     # -- embeddings of queries -------------------------------------------------------------
     @torch.no_grad()
@@ -191,38 +231,35 @@ class Searcher:
     # -- search ----------------------------------------------------------------------------
     def _all_vectors(self) -> np.ndarray:
         """(N, D) image embeddings of the snapshot; tombstones' rows are zero."""
-        if self._vectors is None:
-            vectors = self.collection.image_embeddings()
-            if self._dead:
-                vectors[~self.collection.alive()] = 0.0
-            self._vectors = vectors
-        return self._vectors
+        return self._snap.vectors()
 
     def nearest(self, query: np.ndarray, k: int, min_relevance: float | None = None) -> list[Hit]:
         """The ``k`` images nearest to a unit query vector, best first, each with its
-        relevance; ``min_relevance``: only those at least that relevant (possibly none)."""
-        n = len(self.collection)
-        k = max(1, min(int(k), n - len(self._dead)))
-        if self.index is not None:
+        relevance; ``min_relevance``: only those at least that relevant (possibly none).
+        Safe to call from many threads at once (no model involved)."""
+        snap = self._snap
+        n, dead, index = len(snap.collection), snap.dead, snap.index
+        k = max(1, min(int(k), n - len(dead)))
+        if index is not None:
             # tombstones and a newer sync's rows are skipped: ask for more until k are left
-            ask = min(k + min(len(self._dead), k) + self.index.ntotal - n, self.index.ntotal)
+            ask = min(k + min(len(dead), k) + index.ntotal - n, index.ntotal)
             while True:
-                scores, ids = self.index.search(query[None], ask)
+                scores, ids = index.search(query[None], ask)
                 pairs = [
                     (int(i), float(s))
                     for i, s in zip(ids[0], scores[0])
-                    if 0 <= i < n and int(i) not in self._dead
+                    if 0 <= i < n and int(i) not in dead
                 ][:k]
-                if len(pairs) == k or ask >= self.index.ntotal:
+                if len(pairs) == k or ask >= index.ntotal:
                     break
-                ask = min(2 * ask, self.index.ntotal)
+                ask = min(2 * ask, index.ntotal)
         else:
-            sims = self._all_vectors() @ query.astype(np.float32)
-            if self._dead:
-                sims[~self.collection.alive()] = -np.inf
+            sims = snap.vectors() @ query.astype(np.float32)
+            if dead:
+                sims[~snap.alive] = -np.inf
             top = np.argsort(-sims, kind="stable")[:k]
             pairs = [(int(i), float(sims[i])) for i in top if np.isfinite(sims[i])]
-        relevance = self.calibration.relevance([s for _, s in pairs])
+        relevance = self._calibration_of(snap).relevance([s for _, s in pairs])
         keep = [
             (pair, float(r))
             for pair, r in zip(pairs, relevance)
@@ -230,7 +267,7 @@ class Searcher:
         ]
         if not keep:
             return []
-        rows = self.collection.rows([i for (i, _), _ in keep])
+        rows = snap.collection.rows([i for (i, _), _ in keep])
         return [
             Hit(i, s, r["key"], r["path"], r["caption"], r["width"], r["height"], rel)
             for ((i, s), rel), r in zip(keep, rows)
@@ -243,22 +280,30 @@ class Searcher:
         *,
         image_weight: float = 0.5,
         negative_weight: float = 0.5,
+        embed_texts: Callable[[list[str]], np.ndarray] | None = None,
+        embed_images: Callable[[list[Any]], np.ndarray] | None = None,
     ) -> np.ndarray:
         """The unit vector of a query: words (``-word`` / ``-"a phrase"`` subtract), an
-        image, or both mixed (``image_weight`` on the image, the rest on the words)."""
+        image, or both mixed (``image_weight`` on the image, the rest on the words).
+        ``embed_texts`` / ``embed_images``: how to run the model (default: here, now; the
+        server passes its batcher, which runs many requests' queries in one pass)."""
         if not 0 <= image_weight <= 1:
             raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
         positive, negatives = parse_query(text) if text is not None else ("", [])
         if text is not None and not positive and not negatives:
             raise ValueError("empty query")
+        texts = ([positive] if positive else []) + list(negatives)
+        for t in texts:
+            if len(t) > MAX_QUERY_CHARS:
+                raise ValueError(f"query longer than {MAX_QUERY_CHARS} characters")
+        vectors = list((embed_texts or self.embed_texts)(texts)) if texts else []
         parts = []
         if positive:
-            parts.append(
-                (self.embed_text(positive), 1.0 - image_weight if image is not None else 1.0)
-            )
+            parts.append((vectors.pop(0), 1.0 - image_weight if image is not None else 1.0))
         if image is not None:
-            parts.append((self.embed_image(image), image_weight if positive else 1.0))
-        return combine(parts, [self.embed_text(n) for n in negatives], negative_weight)
+            picture = (embed_images or self.embed_images)([image])[0]
+            parts.append((picture, image_weight if positive else 1.0))
+        return combine(parts, vectors, negative_weight)
 
     def search(
         self,
@@ -284,20 +329,23 @@ class Searcher:
     ) -> list[Hit]:
         return self.search(None, image, k, min_relevance=min_relevance)
 
-    def captions_for_image(self, image: Any, k: int = 20) -> list[Hit]:
-        """The ``k`` embedded captions nearest to an image (image -> caption retrieval)."""
-        if not self.collection.has_texts:
-            raise ValueError(f"{self.collection.path} holds no caption embeddings")
-        if self._texts is None:
-            self._texts = self.collection.text_embeddings()
-        sims = self._texts @ self.embed_image(image)
-        sims[np.linalg.norm(self._texts, axis=1) == 0] = -np.inf  # images without a caption
-        if self._dead:
-            sims[~self.collection.alive()] = -np.inf
+    def captions_for_image(
+        self, image: Any, k: int = 20, vector: np.ndarray | None = None
+    ) -> list[Hit]:
+        """The ``k`` embedded captions nearest to an image (image -> caption retrieval);
+        ``vector``: the image's embedding when the caller has it already."""
+        snap = self._snap
+        if not snap.collection.has_texts:
+            raise ValueError(f"{snap.collection.path} holds no caption embeddings")
+        texts = snap.texts()
+        sims = texts @ (self.embed_image(image) if vector is None else vector)
+        sims[np.linalg.norm(texts, axis=1) == 0] = -np.inf  # images without a caption
+        if snap.dead:
+            sims[~snap.alive] = -np.inf
         top = [
             int(i) for i in np.argsort(-sims, kind="stable")[: max(1, k)] if np.isfinite(sims[i])
         ]
-        rows = self.collection.rows(top)
+        rows = snap.collection.rows(top)
         return [
             Hit(i, float(sims[i]), r["key"], r["path"], r["caption"], r["width"], r["height"])
             for i, r in zip(top, rows)

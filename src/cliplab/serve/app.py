@@ -37,11 +37,13 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from cliplab.data.images import MEDIA_TYPES, open_rgb, probe_image
 from cliplab.data.stream import BadSample
 from cliplab.search.query import MAX_QUERY_CHARS, Searcher
+from cliplab.serve.batcher import Batcher
 from cliplab.zeroshot import parse_labels
 
 log = logging.getLogger("cliplab.serve")
@@ -147,11 +149,14 @@ def create_app(
     classify_templates: str = "imagenet7",
     token: str | None = None,
     cors_origins: Sequence[str] = (),
+    batching: bool = True,
 ) -> Any:
     """The ASGI app (FastAPI, wrapped in the body limit) serving ``searcher``'s collection.
     ``token``: every request needs ``Authorization: Bearer <token>`` (401 otherwise).
     ``cors_origins``: the origins other web pages may call it from (none by default: browsers
-    refuse cross-origin reads)."""
+    refuse cross-origin reads). ``batching``: concurrent requests' queries go through the
+    model together (:class:`cliplab.serve.batcher.Batcher`) and searches run in parallel;
+    off, one request at a time holds the model (the server before batching)."""
     from cliplab.templates import list_templates, load_templates
 
     bundled = list_templates()
@@ -159,13 +164,29 @@ def create_app(
         raise ValueError(f"classify templates must be a bundled set: {', '.join(bundled)}")
 
     app = FastAPI(title="cliplab search", docs_url=None, redoc_url=None)
-    lock = threading.Lock()  # one query at a time on the model: steady latency on a CPU
+    lock = threading.Lock()  # without batching: one request at a time on the model
+    classify_lock = threading.Lock()  # zero-shot heads are cached per label list
+    refresh_lock = threading.Lock()
+    batcher = Batcher(searcher.embed_texts, searcher.embed_images) if batching else None
+    app.state.batcher = batcher
 
     def current() -> Any:
         """The collection's newest snapshot (a sync may have committed one since)."""
-        with lock:
+        with refresh_lock:
             searcher.refresh()
             return searcher.collection
+
+    def embed_texts(texts: list[str]) -> Any:
+        if batcher is not None:
+            return batcher.texts(texts)
+        with lock:
+            return searcher.embed_texts(texts)
+
+    def embed_images(pictures: list[Any]) -> Any:
+        if batcher is not None:
+            return batcher.images(pictures)
+        with lock:
+            return searcher.embed_images(pictures)
 
     page = resources.files("cliplab.serve").joinpath("static", "index.html").read_text("utf-8")
 
@@ -223,12 +244,19 @@ def create_app(
 
     def run_search(q: str | None, picture: Any, k: int, min_relevance: float | None,
                    image_weight: float) -> list[dict[str, Any]]:  # fmt: skip
+        current()
         try:
-            with lock:
-                searcher.refresh()
-                found = searcher.search(
-                    q, picture, k, min_relevance=min_relevance, image_weight=image_weight
-                )
+            if batcher is None:  # the whole request under the model lock
+                with lock:
+                    found = searcher.search(
+                        q, picture, k, min_relevance=min_relevance, image_weight=image_weight
+                    )
+            else:  # the model pass is shared with other requests; the search runs here
+                vector = searcher.query_vector(
+                    q, picture, image_weight=image_weight,
+                    embed_texts=embed_texts, embed_images=embed_images,
+                )  # fmt: skip
+                found = searcher.nearest(vector, k, min_relevance)
         except ValueError as e:  # an empty query, parts that cancel out
             raise HTTPException(400, str(e)) from None
         return hits(found)
@@ -260,10 +288,15 @@ def create_app(
         if captions:
             if not current().has_texts:
                 raise HTTPException(400, "this collection has no caption embeddings")
-            with lock:
-                return {"results": hits(searcher.captions_for_image(picture, k))}
+
+            def nearest_captions() -> list[Any]:
+                vector = embed_images([picture])[0]
+                return searcher.captions_for_image(picture, k, vector=vector)
+
+            return {"results": hits(await run_in_threadpool(nearest_captions))}
         words = q if q and q.strip() else None
-        return {"results": run_search(words, picture, k, min_relevance, image_weight)}
+        found = await run_in_threadpool(run_search, words, picture, k, min_relevance, image_weight)
+        return {"results": found}
 
     @app.post("/classify")
     async def classify(
@@ -283,8 +316,12 @@ def create_app(
             raise HTTPException(400, f"templates: one of {', '.join(bundled)}")
         chosen = load_templates(name)
         picture = await read_upload(image)
-        with lock:
-            probs = searcher.classify(picture, names, chosen, members)
+
+        def run_classify() -> list[tuple[str, float]]:
+            with classify_lock, lock:
+                return searcher.classify(picture, names, chosen, members)
+
+        probs = await run_in_threadpool(run_classify)
         return {
             "templates": len(chosen),
             "results": [{"label": n, "probability": round(p, 6)} for n, p in probs],
@@ -304,8 +341,7 @@ def create_app(
             if not 1 <= len(texts) <= MAX_EMBED_TEXTS:
                 raise HTTPException(400, f"1 to {MAX_EMBED_TEXTS} texts per request")
             try:
-                with lock:
-                    vectors = searcher.embed_texts(texts)
+                vectors = await run_in_threadpool(embed_texts, texts)
             except ValueError as e:
                 raise HTTPException(400, str(e)) from None
         elif kind == "multipart/form-data":
@@ -314,8 +350,7 @@ def create_app(
             if not 1 <= len(uploads) <= MAX_EMBED_IMAGES:
                 raise HTTPException(400, f"1 to {MAX_EMBED_IMAGES} files named 'images'")
             pictures = [await read_upload(f) for f in uploads]  # type: ignore[arg-type]
-            with lock:
-                vectors = searcher.embed_images(pictures)
+            vectors = await run_in_threadpool(embed_images, pictures)
         else:
             raise HTTPException(415, "send JSON texts or multipart images")
         return {
