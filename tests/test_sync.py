@@ -206,8 +206,12 @@ def test_cli_prints_the_sync_and_watch_keeps_in_step(tmp_path: Path, capsys) -> 
             time.sleep(0.1)
         assert "dropped-in.png" in _live_paths(out)
     finally:
-        proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
+        proc.send_signal(signal.SIGTERM)  # as a service manager stops it
+        try:
+            output = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     assert proc.returncode == 0, output
     assert "1 added" in output and "stopped watching" in output
 

@@ -103,8 +103,18 @@ def add_embed(subparsers: argparse._SubParsersAction) -> None:
 
 def _watch(spec: Any, args: argparse.Namespace, run_once: Any) -> int:
     """``--watch``: sync again whenever the folder changes, until interrupted."""
+    import signal
+
     from cliplab.search.sync import Watcher
 
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and a service manager's SIGTERM both end the watch cleanly (a sync in progress
+    # is abandoned before its commit: the collection keeps its last snapshot); SIGINT is set
+    # explicitly because a shell may start background jobs with it ignored
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     watcher = Watcher(spec.root, interval=args.interval, ignore=args.out)
     print(f"watching {spec.root} ({watcher.kind}); Ctrl-C to stop", flush=True)
     try:
