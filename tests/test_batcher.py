@@ -26,7 +26,7 @@ def test_concurrent_callers_share_passes_and_get_their_own_rows(collection: Path
     searcher = Searcher(collection)
     texts = [f"{a} {b}" for a in WORDS for b in WORDS][:64]
     alone = searcher.embed_texts(texts)
-    batcher = Batcher(searcher.embed_texts, searcher.embed_images, max_wait=0.02)
+    batcher = Batcher(searcher.embed_texts, searcher.encode_pixels, max_wait=0.02)
     start = threading.Barrier(32)
 
     def ask(i: int) -> np.ndarray:

@@ -223,9 +223,15 @@ class Searcher:
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """(n, D) unit vectors of images (PIL images, bytes or files), batched, as
         :meth:`embed_image` sees each."""
-        pixels = torch.stack([self.preprocess(open_rgb(image)) for image in images])
+        return self.encode_pixels([self.preprocess(open_rgb(image)) for image in images])
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """(n, D) unit vectors of preprocessed images ((3, H, W) tensors from
+        ``self.preprocess``): the model pass alone, for a caller that preprocessed them."""
+        batch = torch.stack(list(pixels))
         device = next(self.model.parameters()).device
-        features = self.model.encode_image(pixels.to(device, self.model.dtype))
+        features = self.model.encode_image(batch.to(device, self.model.dtype))
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
     # -- search ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -167,7 +168,9 @@ def create_app(
     lock = threading.Lock()  # without batching: one request at a time on the model
     classify_lock = threading.Lock()  # zero-shot heads are cached per label list
     refresh_lock = threading.Lock()
-    batcher = Batcher(searcher.embed_texts, searcher.embed_images) if batching else None
+    # the batcher runs only the model: images arrive decoded and preprocessed by the request
+    # threads (in parallel), so one pass holds no per-image Python work
+    batcher = Batcher(searcher.embed_texts, searcher.encode_pixels) if batching else None
     app.state.batcher = batcher
 
     def current() -> Any:
@@ -184,7 +187,7 @@ def create_app(
 
     def embed_images(pictures: list[Any]) -> Any:
         if batcher is not None:
-            return batcher.images(pictures)
+            return batcher.images([searcher.preprocess(p) for p in pictures])
         with lock:
             return searcher.embed_images(pictures)
 
@@ -207,7 +210,7 @@ def create_app(
         if not data:
             raise HTTPException(400, "empty upload")
         try:
-            return open_rgb(data)
+            return await run_in_threadpool(open_rgb, data)  # decoding off the event loop
         except BadSample as e:
             raise HTTPException(
                 UPLOAD_STATUS.get(e.reason, 400), f"unusable image: {e.reason}"
@@ -355,7 +358,7 @@ def create_app(
             raise HTTPException(415, "send JSON texts or multipart images")
         return {
             "dim": int(vectors.shape[1]),
-            "embeddings": [[round(float(x), 7) for x in row] for row in vectors],
+            "embeddings": np.round(np.asarray(vectors, dtype=np.float64), 7).tolist(),
         }
 
     @app.get("/image/{image_id}")
