@@ -76,6 +76,7 @@ def test_every_failure_is_counted_by_reason_and_nothing_opted_out_is_written(
         rows = [(good.url("img", n), f"emoji {n}") for n in names[:200]]
         rows += [(good.url("liar", names[0]), "served as text/html: still an image")]
         rows += [(good.url("redirect", names[1]), "one redirect")]
+        rows += [(good.url("img", names[2]) + "?q=ñandú", "non-ASCII in the query: encoded")]
         rows += [(scoped.url("img", n), "another agent's noindex") for n in names[:5]]
         expected_ok = len(rows)
         bad = {
@@ -88,7 +89,13 @@ def test_every_failure_is_counted_by_reason_and_nothing_opted_out_is_written(
             "http-403": [good.url("status", names[0], 403)],
             "http-500": [good.url("status", names[0], 500)],
             "decompression-bomb": [good.url("bomb", names[0])],
-            "bad-url": ["ftp://127.0.0.1/x.png", "not a url", ""],
+            "bad-url": [
+                "ftp://127.0.0.1/x.png",
+                "not a url",
+                "",
+                "http://a:99999/x.png",
+                "http://[::1/x.png",
+            ],  # fmt: skip
             "dns": ["http://no-such-host.invalid/x.png"],
             "robots": [robots.url("img", n) for n in names[:4]],
         }
@@ -315,10 +322,16 @@ def test_journal_drops_a_record_cut_short(tmp_path: Path) -> None:
     journal.close()
     data = (tmp_path / "j").read_bytes()
     (tmp_path / "j").write_bytes(data[:-10])  # the kill came inside the last record
-    assert Journal(tmp_path / "j").read() == {
+    resumed = Journal(tmp_path / "j")
+    assert resumed.read() == {
         3: (None, {"jpg": b"x" * 100, "txt": b"hi"}),
         5: ("http-404", {}),
     }
+    # the cut record is cut off the file: what the resumed run appends stays readable
+    resumed.append(9, None, {"jpg": b"z" * 30})
+    resumed.close()
+    assert sorted(Journal(tmp_path / "j").read()) == [3, 5, 9]
+    assert Journal(tmp_path / "j").read()[9] == (None, {"jpg": b"z" * 30})
 
 
 # -- the command, its inputs and engines ------------------------------------------------
@@ -354,6 +367,10 @@ def test_cli_reads_curated_output_and_parquet_and_rejects_bad_input(
     assert (
         main(["data", "download", str(kept), "--out", str(tmp_path / "c"), "--threads", "0"]) == 2
     )
+    # a folder written with another layout is not resumed into
+    argv = ["data", "download", str(kept), "--out", str(tmp_path / "a"), "--quiet"]
+    assert main([*argv, "--shard-size", "5"]) == 2
+    assert "shard_size" in capsys.readouterr().err
 
 
 def _shard_bytes(out: Path) -> dict[str, bytes]:

@@ -255,6 +255,7 @@ def test_the_sync_walk_sees_the_files_the_folder_source_reads(tmp_path: Path) ->
     (root / "deep" / "er").mkdir(parents=True)
     (root / "deep" / "er" / "UPPER.JPG").write_bytes(b"y")
     (root / "noext").write_bytes(b"z")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # not followed
     assert sorted(walk(root, IMAGE_EXTS)) == FolderSource(root).files
 
 
@@ -279,3 +280,14 @@ def test_a_sync_killed_before_its_commit_leaves_the_old_snapshot(tmp_path: Path,
     assert c.generation == 2 and c.live == 35 and searcher.index.ntotal == 35
     hits = searcher.search_image(folder / "n" / "img33.png", k=1)
     assert hits[0].key == "n/img33.png"  # the index rows match the committed parts
+
+
+def test_a_folder_emptied_syncs_to_no_results(tmp_path: Path, model) -> None:
+    folder = _folder(tmp_path / "pics", 6)
+    out = tmp_path / "c"
+    _embed(folder, out, model)
+    for path in folder.rglob("*.png"):
+        path.unlink()
+    assert _embed(folder, out, model).sync["removed"] == 6
+    assert Collection(out).live == 0
+    assert Searcher(out, *model).search_text("anything", k=5) == []

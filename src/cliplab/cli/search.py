@@ -120,7 +120,11 @@ def _watch(spec: Any, args: argparse.Namespace, run_once: Any) -> int:
     try:
         while True:
             watcher.wait()
-            run_once()
+            try:
+                run_once()
+            except (OSError, ValueError) as e:  # a folder in flux: say so, keep watching
+                print(f"cliplab embed --watch: this sync failed ({e}); the collection keeps "
+                      "its last snapshot, the next change tries again", file=sys.stderr)  # fmt: skip
             sys.stdout.flush()
     except KeyboardInterrupt:
         print("stopped watching")

@@ -157,12 +157,12 @@ class Searcher:
             return False
         if stamp == getattr(self, "_stamp", None):
             return False
-        self._stamp = stamp
         fresh = Collection(self.collection.path)
-        if fresh.generation == self.collection.generation:
-            return False
-        self._open(fresh)
-        return True
+        moved = fresh.generation != self.collection.generation
+        if moved:
+            self._open(fresh)  # if this raises, the stamp stays old: the next call retries
+        self._stamp = stamp
+        return moved
 
     def _calibration_of(self, snap: _Snapshot) -> Calibration:
         """A snapshot's relevance calibration (measured once, then read back)."""
@@ -245,6 +245,8 @@ class Searcher:
         Safe to call from many threads at once (no model involved)."""
         snap = self._snap
         n, dead, index = len(snap.collection), snap.dead, snap.index
+        if n - len(dead) <= 0:
+            return []  # every image was deleted
         k = max(1, min(int(k), n - len(dead)))
         if index is not None:
             # tombstones and a newer sync's rows are skipped: ask for more until k are left

@@ -120,7 +120,7 @@ def walk(root: str | os.PathLike[str], extensions: Sequence[str]) -> dict[str, t
         for entry in entries:
             name = entry.name
             try:
-                if entry.is_dir():
+                if entry.is_dir(follow_symlinks=False):  # as os.walk: linked folders not entered
                     stack.append((entry.path, prefix + name + "/"))
                     continue
                 dot = name.rfind(".")
@@ -169,7 +169,11 @@ def plan(collection: Collection, root: str, extensions: Sequence[str]) -> SyncPl
         elif (entry.size, entry.mtime_ns) == (size, mtime):
             result.unchanged += 1
         else:
-            digest = hash_file(Path(root) / rel)
+            try:
+                digest = hash_file(Path(root) / rel)
+            except OSError:  # gone or unreadable since the walk: embedding will say which
+                result.changed.append(rel)
+                continue
             result.hashes[rel] = digest
             if entry.sha256 and entry.sha256 == digest:
                 result.touched.append(rel)
@@ -217,7 +221,14 @@ def commit(
             entries[rel] = entry
         for rel in sync.embed:
             size, mtime = sync.current[rel]
-            digest = hashes.get(rel) or sync.hashes.get(rel) or hash_file(Path(root) / rel)
+            digest = hashes.get(rel) or sync.hashes.get(rel)
+            if digest is None:
+                try:
+                    digest = hash_file(Path(root) / rel)
+                except OSError:  # deleted while it was being embedded: as if never there
+                    if rel not in new_ids:
+                        continue
+                    digest = ""
             entries[rel] = FileEntry(size, mtime, digest, new_ids.get(rel, -1))
     (out / "sync").mkdir(exist_ok=True)
     deleted_name = f"sync/deleted-{generation:06d}.npy"
@@ -260,6 +271,14 @@ def status(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
+def _inside(path: str | os.PathLike[str], folder: str) -> bool:
+    """Whether ``path`` (relative paths taken from here) is ``folder`` or under it."""
+    try:
+        return Path(os.path.abspath(path)).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
 class Watcher:
     """Waits for files under ``root`` to change: inotify events through ``watchdog`` where it
     is installed (``cliplab[search]``), else a poll of the folder's files and their stats
@@ -293,7 +312,7 @@ class Watcher:
             def on_any_event(self, event: Any) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
-                if skip and str(event.src_path).startswith(skip):
+                if skip and _inside(event.src_path, skip):
                     return
                 flag.set()
 
@@ -312,7 +331,7 @@ class Watcher:
     def _poll(self) -> int:
         entries = []
         for path in self.root.rglob("*"):
-            if self.ignore and str(path.resolve()).startswith(self.ignore):
+            if self.ignore and _inside(path, self.ignore):
                 continue
             try:
                 st = path.stat()

@@ -289,7 +289,7 @@ def create_app(
         check_query(q, min_relevance, image_weight)
         picture = await read_upload(image)
         if captions:
-            if not current().has_texts:
+            if not (await run_in_threadpool(current)).has_texts:
                 raise HTTPException(400, "this collection has no caption embeddings")
 
             def nearest_captions() -> list[Any]:

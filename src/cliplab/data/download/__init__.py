@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import posixpath
+import queue
 import threading
 import time
 from collections import Counter
@@ -232,19 +233,48 @@ def _run_local(
     ]
     for p in procs:
         p.start()
-    for task in shards:
-        tasks.put(task)
-        while not done.empty():
-            _drain(done.get(), shard_done)
-    for _ in procs:
-        tasks.put(None)
     finished = 0
-    while finished < len(procs):
-        message = done.get()
-        finished += message is None
-        _drain(message, shard_done)
-    for p in procs:
-        p.join()
+
+    def check() -> None:
+        """Take the workers' messages; a worker that died (killed, out of memory) is an
+        error here rather than a wait forever."""
+        nonlocal finished
+        while True:
+            try:
+                message = done.get_nowait()
+            except queue.Empty:
+                break
+            finished += message is None
+            _drain(message, shard_done)
+        if finished < len(procs) and any(p.exitcode not in (None, 0) for p in procs):
+            codes = [p.exitcode for p in procs]
+            raise RuntimeError(f"a download process died (exit codes {codes}); re-run to resume")
+
+    try:
+        for task in shards:
+            while True:
+                check()
+                try:
+                    tasks.put(task, timeout=1.0)
+                    break
+                except queue.Full:
+                    continue
+        for _ in procs:
+            while True:
+                check()
+                try:
+                    tasks.put(None, timeout=1.0)
+                    break
+                except queue.Full:
+                    continue
+        while finished < len(procs):
+            check()
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if finished < len(procs):
+                p.terminate()
+            p.join()
 
 
 def _drain(message: dict[str, Any] | None, shard_done: Any) -> None:
@@ -322,12 +352,38 @@ def _summary(out: str, started: float, resumed: int, done: list[int]) -> dict[st
     }
 
 
+def _check_layout(out: str, stage: Any, inputs: Sequence[str], config: DownloadConfig) -> None:
+    """Which rows a shard holds depends on the inputs, ``shard_size`` and ``limit``: a folder
+    written with others cannot be resumed (its complete shards would hold other rows)."""
+    layout = {
+        "inputs": [os.fspath(i) for i in inputs],
+        "shard_size": config.shard_size,
+        "limit": config.limit,
+        "url_column": config.url_column,
+    }
+    where = storage.join(out, "layout.json")
+    if storage.exists(where):
+        old = json.loads(storage.read_text(where))
+        if old != layout:
+            changed = sorted(k for k in layout if old.get(k) != layout[k])
+            raise ValueError(
+                f"{out} holds shards of another download ({', '.join(changed)} differ: "
+                f"{ {k: old.get(k) for k in changed} }); resume with the same inputs and "
+                "settings, or use another --out"
+            )
+        return
+    write_json(stage / "layout.json", layout)
+    if storage.is_remote(out):
+        storage.upload(stage / "layout.json", where)
+
+
 def download(inputs: Sequence[str], out: str | os.PathLike[str], config: DownloadConfig) -> dict:
     """Download every pair of ``inputs`` into shards in ``out``; returns the run summary
     (also written to ``out/summary.json``). Complete shards of an earlier run are kept."""
     out = os.fspath(out)
     stage = staging(out)
     stage.mkdir(parents=True, exist_ok=True)
+    _check_layout(out, stage, inputs, config)
     started = time.monotonic()
     counts = {"resumed": 0}
     done: list[int] = []

@@ -32,6 +32,7 @@ class Item:
     caption: str
     extra: dict[str, Any]
     attempts: int = 0
+    finished: bool = False  # settled and counted by the scheduler
 
 
 @dataclass

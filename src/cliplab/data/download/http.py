@@ -69,8 +69,11 @@ class Response:
 
 def host_of(url: str) -> str:
     """The politeness key of a URL: scheme, host and port (``http://a.example:8080``)."""
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a bad port or IPv6 literal: the fetch fails it as bad-url
+        return "invalid://"
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
@@ -183,10 +186,15 @@ class HttpClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Failure("bad-url", url[:200])
         key = host_of(url)
+        # non-ASCII in a path or query is sent percent-encoded (the request line is ASCII)
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        path = urllib.parse.quote(path, safe="/%?=&;:@!$'()*+,~-._")
         headers = {"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.8"}
         for attempt in range(2):  # a kept-alive connection the server closed: one fresh try
-            conn, reused = self._checkout(key, parts)
+            if attempt == 0:
+                conn, reused = self._checkout(key, parts)
+            else:  # never a second idle one: after an idle timeout they are all stale
+                conn, reused = self._connect(parts), False
             try:
                 conn.request("GET", path, headers=headers)  # type: ignore[attr-defined]
                 resp = conn.getresponse()  # type: ignore[attr-defined]
@@ -262,6 +270,8 @@ class HttpClient:
                 status, headers, body = self._once(url)
             except Failure:
                 raise
+            except (ValueError, UnicodeError) as e:  # a port, host or IPv6 literal no URL has
+                raise Failure("bad-url", f"{url[:200]}: {e}") from None
             except socket.gaierror as e:
                 raise Failure("dns", str(e)) from None
             except TimeoutError:
@@ -275,7 +285,10 @@ class HttpClient:
                 target = headers.get("Location")
                 if not target:
                     raise Failure(f"http-{status}", "redirect without Location")
-                url = urllib.parse.urljoin(url, target)
+                try:
+                    url = urllib.parse.urljoin(url, target)
+                except ValueError:
+                    raise Failure("bad-url", f"redirect to {target[:200]}") from None
                 if url in seen:
                     raise Failure("redirect-loop", " -> ".join(seen[-3:] + [url])[:300])
                 if len(seen) > MAX_REDIRECTS:

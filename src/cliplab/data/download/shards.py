@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import struct
 import threading
@@ -121,12 +122,13 @@ class Journal:
         self._file: Any = None
 
     def read(self) -> dict[int, tuple[str | None, dict[str, bytes]]]:
-        """Every complete record: row -> (failure reason or None, members)."""
+        """Every complete record: row -> (failure reason or None, members). A record cut
+        short by a kill is cut off the file too, so the records appended next stay whole."""
         out: dict[int, tuple[str | None, dict[str, bytes]]] = {}
         if not self.path.exists():
             return out
         data = self.path.read_bytes()
-        pos = 0
+        pos = good = 0
         while pos + _HEADER.size <= len(data):
             (n,) = _HEADER.unpack_from(data, pos)
             start = pos + _HEADER.size
@@ -144,6 +146,9 @@ class Journal:
             if pos > len(data):  # cut short by a kill: not settled
                 break
             out[int(head["row"])] = (head.get("reason"), members)
+            good = pos
+        if good < len(data):
+            os.truncate(self.path, good)
         return out
 
     def append(self, row: int, reason: str | None, members: dict[str, bytes]) -> None:
@@ -235,7 +240,8 @@ class ShardDownloader:
     # -- feeding -------------------------------------------------------------------------
     def add(self, index: int, rows: list[tuple[int, str, str, dict[str, Any]]]) -> None:
         journal = Journal(self.stage / f"{shard_name(index)}.journal")
-        settled = journal.read()
+        mine = {r[0] for r in rows}
+        settled = {row: v for row, v in journal.read().items() if row in mine}
         todo = [r for r in rows if r[0] not in settled]
         shard = _Shard(index, len(rows), journal, settled, len(todo))
         with self._lock:
@@ -266,17 +272,15 @@ class ShardDownloader:
         while (item := self.scheduler.take()) is not None:
             try:
                 outcome = self._fetch(item)
-            except BaseException as e:  # a bug, not a bad URL: stop the run, loudly
-                self.scheduler.release(item)
-                self.scheduler.finish(item)
+                if outcome is None:  # given back for a retry
+                    continue
+                self._settle(item, *outcome)
+            except BaseException as e:  # a bug or a full disk, not a bad URL: stop loudly
+                if not item.finished:
+                    self.scheduler.finish(item)  # else take() would wait for it forever
                 with self._room:
                     self._errors.append(e)
                     self._room.notify_all()
-                continue
-            if outcome is None:  # given back for a retry
-                continue
-            reason, members = outcome
-            self._settle(item, reason, members)
 
     def _fetch(self, item: Item) -> tuple[str | None, dict[str, bytes]] | None:
         host = self.scheduler.hosts[item.host]
@@ -343,6 +347,7 @@ class ShardDownloader:
             shard.remaining -= 1
             done = shard.remaining == 0
             self.scheduler.finish(item)
+            item.finished = True
             self._room.notify_all()
         if done:
             try:
