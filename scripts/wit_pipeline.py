@@ -28,19 +28,21 @@ import tarfile
 import time
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cliplab.demo.localweb import Site, local_web  # noqa: E402
 
+#: The demo recipe's training sets (its seven emoji styles), and the OpenClipart drawings.
 STYLES = (
-    "emoji-twitter",
-    "emoji-twitter-skins",
-    "emoji-noto-v1",
-    "emoji-emojione-v1",
-    "emoji-emojione-monotone",
-    "emoji-fxemoji",
-    "emoji-streamline-emojis",
+    *(
+        source["set"]
+        for source in tomllib.loads(
+            (ROOT / "src" / "cliplab" / "demo" / "recipe.toml").read_text()
+        )["data"]["sources"]
+    ),
     "openclipart",
 )
 JUNK = ("IMG_{n}.JPG", "DSC0{n}", "image", "click here to enlarge", "untitled-{n}", "photo", "")

@@ -13,8 +13,7 @@ The familiar entry points::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cliplab._lazy import lazy_exports
 
 #: Where each public name lives; imported on first use, so ``import cliplab.data...`` and
 #: the commands that need no model (data download, curate) do not pay for importing torch.
@@ -39,17 +38,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cliplab' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
 

@@ -3,8 +3,7 @@ evaluation sets), robust decoding, deterministic resumable streaming, curation."
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cliplab._lazy import lazy_exports
 
 #: Where each public name lives, imported on first use (``cliplab.data.download`` and the
 #: manifest readers need no torch).
@@ -29,13 +28,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cliplab.data' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "KINDS",

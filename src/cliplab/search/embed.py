@@ -99,6 +99,18 @@ class EmbedResult:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class _Run:
+    """How a run reads and writes, the same for a full embedding and a sync's delta."""
+
+    batch_size: int
+    workers: int
+    part_size: int
+    progress: bool
+    engine: str
+    address: str | None
+
+
 def _check_existing(out: Path, info: dict[str, Any]) -> None:
     """An existing collection may be resumed only with the same model, source and dtype."""
     try:
@@ -232,11 +244,11 @@ def embed(
         "source": spec.to_dict(),
         "captions": captions,
     }
+    run = _Run(batch_size, workers, part_size, progress, engine, address)
     previous = _read_info(out)
     if previous.get("complete") and _syncable(spec):
         _check_existing(out, info)
-        return _sync(spec, out, model, preprocess, info, batch_size, workers, part_size,
-                     progress, log, engine, address)  # fmt: skip
+        return _sync(spec, out, model, preprocess, info, run, log)
     _check_existing(out, info)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "embed.json", {**info, "complete": False})
@@ -247,10 +259,8 @@ def embed(
             f"resuming after {done.records} records ({len(done)} images in {len(done.parts)} parts)"
         )
     _encode_parts(
-        spec, out, model, preprocess, info, result,
+        spec, out, model, preprocess, info, result, run,
         start_record=done.records, first_part=len(done.parts), first_id=len(done),
-        batch_size=batch_size, workers=workers, part_size=part_size, progress=progress,
-        engine=engine, address=address,
     )  # fmt: skip
     final = Collection(out)
     result.total = len(final)
@@ -303,16 +313,11 @@ def _encode_parts(
     preprocess: Callable[[Any], torch.Tensor],
     info: dict[str, Any],
     result: EmbedResult,
+    run: _Run,
     *,
     start_record: int,
     first_part: int,
     first_id: int,
-    batch_size: int,
-    workers: int,
-    part_size: int,
-    progress: bool,
-    engine: str,
-    address: str | None,
 ) -> int:
     """Embed ``spec``'s records from ``start_record`` into parts numbered from ``first_part``
     with ids from ``first_id``; returns the number of the next part."""
@@ -325,9 +330,9 @@ def _encode_parts(
         None if total is None else total - start_record,
         desc="embedding",
         unit="img",
-        enabled=progress,
+        enabled=run.progress,
     )
-    if engine == "ray":
+    if run.engine == "ray":
         from cliplab.search import ray_embed
 
         encoded = ray_embed.encoded_batches(
@@ -335,18 +340,18 @@ def _encode_parts(
             preprocess,
             model,
             start_record,
-            batch_size,
+            run.batch_size,
             captions,
             info["dim"],
-            address,
-            workers,
+            run.address,
+            run.workers,
         )
-    elif engine == "local":
-        dataset = _DecodedBatches(spec, preprocess, start_record, batch_size, captions)
-        loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+    elif run.engine == "local":
+        dataset = _DecodedBatches(spec, preprocess, start_record, run.batch_size, captions)
+        loader = DataLoader(dataset, batch_size=None, num_workers=run.workers, collate_fn=_as_is)
         encoded = (encode_batch(model, batch, captions, info["dim"]) for batch in loader)
     else:
-        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+        raise ValueError(f"engine must be 'local' or 'ray', got {run.engine!r}")
     for items, image_features, text_features in encoded:
         meter.update(len(items))
         result.hashes.update((it.key, it.sha256) for it in items if it.sha256)
@@ -372,7 +377,7 @@ def _encode_parts(
             ]
             result.embedded += len(good)
         writer.records += len(items)
-        if writer.records >= part_size:
+        if writer.records >= run.part_size:
             next_id += writer.flush(next_id)
     if writer.records:
         next_id += writer.flush(next_id)
@@ -399,13 +404,8 @@ def _sync(
     model: torch.nn.Module,
     preprocess: Callable[[Any], torch.Tensor],
     info: dict[str, Any],
-    batch_size: int,
-    workers: int,
-    part_size: int,
-    progress: bool,
+    run: _Run,
     log: Callable[[str], None],
-    engine: str,
-    address: str | None,
 ) -> EmbedResult:
     """Bring a complete folder collection in step with its folder (:mod:`cliplab.search.sync`)."""
     start = time.perf_counter()
@@ -417,10 +417,8 @@ def _sync(
     if todo.embed:
         delta = dataclasses.replace(spec, only=tuple(todo.embed))
         parts = _encode_parts(
-            delta, out, model, preprocess, info, result,
+            delta, out, model, preprocess, info, result, run,
             start_record=0, first_part=parts, first_id=len(old),
-            batch_size=batch_size, workers=workers, part_size=part_size, progress=progress,
-            engine=engine, address=address,
         )  # fmt: skip
     new_ids: dict[str, int] = {}
     if parts > len(old.parts):
