@@ -195,6 +195,16 @@ def test_api_answers(server: str) -> None:
         ("post", "/embed", {"files": {"images": ("x.png", bomb())}}, 413),
         ("post", "/embed", {"files": {"images": ("x.png", b"\x00" * (LIMIT + 1))}}, 413),
         ("get", "/embed", {}, 405),
+        ("get", "/search", {"params": {"q": "cat", "after": "2024-13-01"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "after": "2024-05-01", "before": "2024-01-01"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "bbox": "1,2,3"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "bbox": "50,0,40,10"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "near": "95,0,10"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "near": "0,0,nan"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "sort": "random"}}, 400),
+        ("get", "/search", {"params": {"q": "cat", "path": "[" * 5000}}, 400),
+        ("get", "/search", {"params": {"path": "../../etc/*"}}, 200),
+        ("post", "/search", {"files": {"image": ("x.png", png_bytes((1, 2, 3)))}, "data": {"before": "yesterday"}}, 400),
     ],
 )  # fmt: skip
 def test_hostile_requests_get_4xx_never_500(

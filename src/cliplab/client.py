@@ -50,6 +50,21 @@ def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
+FILTERS = ("after", "before", "path", "camera", "bbox", "near", "sort")
+
+
+def _filters(given: dict[str, Any]) -> dict[str, str]:
+    """The search filters as request fields (``bbox``/``near`` may be tuples)."""
+    unknown = set(given) - set(FILTERS)
+    if unknown:
+        raise TypeError(f"unknown search filters {sorted(unknown)}; known: {', '.join(FILTERS)}")
+    return {
+        name: ",".join(str(x) for x in value) if isinstance(value, (tuple, list)) else str(value)
+        for name, value in given.items()
+        if value is not None
+    }
+
+
 def _multipart(
     fields: dict[str, Any], files: Sequence[tuple[str, str, bytes]]
 ) -> tuple[bytes, str]:
@@ -114,10 +129,17 @@ class Client:
         return self._request("GET", "/health")
 
     def search(
-        self, text: str, k: int = 20, min_relevance: float | None = None
+        self,
+        text: str | None = None,
+        k: int = 20,
+        min_relevance: float | None = None,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
-        """Images for words (``-word`` subtracts), best first, each with ``relevance``."""
-        params = {"q": text, "k": k, "min_relevance": min_relevance}
+        """Images for words (``-word`` subtracts), best first, each with ``relevance``.
+        ``filters``: ``after``/``before`` (``"YYYY-MM-DD"``), ``path``, ``camera``, ``bbox``
+        (``"S,W,N,E"``), ``near`` (``"LAT,LON,KM"``), ``sort`` (score, date, oldest); no
+        ``text``: the images that pass, by date."""
+        params = {"q": text or "", "k": k, "min_relevance": min_relevance, **_filters(filters)}
         return self._request("GET", "/search", params)["results"]
 
     def search_image(
@@ -128,9 +150,12 @@ class Client:
         image_weight: float = 0.5,
         min_relevance: float | None = None,
         captions: bool = False,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
-        """Images (or with ``captions``, captions) for an image, optionally mixed with words."""
+        """Images (or with ``captions``, captions) for an image, optionally mixed with words;
+        ``filters`` as :meth:`search`."""
         fields = {"k": k, "q": text, "image_weight": image_weight, "min_relevance": min_relevance}
+        fields.update(_filters(filters))
         fields["captions"] = "true" if captions else None
         body, kind = _multipart(fields, [("image", *_image_bytes(image))])
         return self._request("POST", "/search", body=body, content_type=kind)["results"]

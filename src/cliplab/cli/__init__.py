@@ -19,6 +19,7 @@ from cliplab.cli import (
     classify,
     convert,
     data,
+    dedup,
     demo,
     evaluate,
     export,
@@ -43,6 +44,7 @@ COMMANDS = (
     evaluate,
     classify,
     search,
+    dedup,
     serve,
     demo,
 )

@@ -296,17 +296,45 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", action="store_true", help="with --image: the nearest captions")
     p.add_argument("-k", type=int, default=20, help="results (default 20)")
     p.add_argument("--exact", action="store_true", help="exact search, even with an index")
+    add_filters(p)
     p.add_argument("--json", action="store_true")
     add_device(p)
     p.set_defaults(run=run_search)
+
+
+def add_filters(p: argparse.ArgumentParser) -> None:
+    """The filter and order flags (:mod:`cliplab.search.filters`); with no QUERY, the images
+    that pass are listed by date."""
+    from cliplab.search.filters import SORTS
+
+    g = p.add_argument_group("filters (applied inside the search: k results when k pass)")
+    g.add_argument("--after", metavar="YYYY-MM-DD", help="taken on or after this day")
+    g.add_argument("--before", metavar="YYYY-MM-DD", help="taken before this day")
+    g.add_argument("--path", metavar="PREFIX|GLOB", help="folder prefix or glob (e.g. '2024/*')")
+    g.add_argument("--camera", help="words of the camera's make and model ('iphone 15')")
+    g.add_argument("--bbox", metavar="S,W,N,E", help="taken inside this box (degrees)")
+    g.add_argument("--near", metavar="LAT,LON,KM", help="taken within KM of a point")
+    g.add_argument("--sort", choices=SORTS, default=None,
+                   help="score (best first; the default with a query), date (newest first; "
+                   "the default without one) or oldest")  # fmt: skip
+
+
+def parse_filters(args: argparse.Namespace) -> Any:
+    from cliplab.search.filters import Filter
+
+    return Filter.parse(
+        after=args.after, before=args.before, path=args.path, camera=args.camera,
+        bbox=args.bbox, near=args.near,
+    )  # fmt: skip
 
 
 def run_search(args: argparse.Namespace) -> int:
     from cliplab.data.stream import BadSample
     from cliplab.search.query import Searcher
 
-    if args.query is None and args.image is None:
-        raise ValueError("give QUERY words, --image, or both")
+    where = parse_filters(args)
+    if args.query is None and args.image is None and where.empty:
+        raise ValueError("give QUERY words, --image, both, or filters to list images by date")
     if args.captions and (args.image is None or args.query is not None):
         raise ValueError("--captions searches captions with an image alone: give --image only")
     if not 1 <= args.k <= 10_000:
@@ -317,6 +345,8 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         if args.captions:
             hits = searcher.captions_for_image(args.image, args.k)
+        elif args.query is None and args.image is None:
+            hits = searcher.browse(where, args.k, args.sort or "date")
         else:
             hits = searcher.search(
                 args.query,
@@ -325,6 +355,8 @@ def run_search(args: argparse.Namespace) -> int:
                 min_relevance=args.min_relevance,
                 image_weight=args.image_weight,
                 negative_weight=args.negative_weight,
+                where=where,
+                sort=args.sort or "score",
             )
     except BadSample as e:
         raise ValueError(f"{args.image}: {e.reason}") from None
@@ -336,11 +368,13 @@ def run_search(args: argparse.Namespace) -> int:
             "no results"
             + (f" with relevance >= {args.min_relevance}" if args.min_relevance else "")
         )
+    where_empty = where.empty and (args.sort or "score") == "score"
     for rank, h in enumerate(hits, 1):
         where = h.path or h.key
         caption = f"  {h.caption}" if h.caption else ""
         relevance = f"  {h.relevance:.2f}" if h.relevance is not None else ""
-        print(f"{rank:>3}  {h.score:.3f}{relevance}  {where}{caption}")
+        when = f"  {h.taken[:10]}" if h.taken and not where_empty else ""
+        print(f"{rank:>3}  {h.score:.3f}{relevance}{when}  {where}{caption}")
     return 0
 
 

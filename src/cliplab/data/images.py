@@ -59,11 +59,13 @@ __all__ = [
 ImageLike = Union[Image.Image, str, os.PathLike]  # noqa: UP007 (a runtime alias)
 #: Member extensions read as the image, in order of preference (webdataset/img2dataset names;
 #: ``img`` is what manifests use for a file whose type neither its suffix nor its bytes tell).
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "img")
+IMAGE_EXTS = (
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "heic", "heif", "avif", "img",
+)  # fmt: skip
 #: Image formats opened (Pillow names; camera JPEGs that Pillow reports as ``MPO`` open
 #: through ``JPEG``); ``formats=None`` allows all of Pillow's. Formats this Pillow build
-#: lacks (AVIF in older builds) are left out of the default.
-DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "ICO", "AVIF")
+#: lacks (AVIF in older builds; HEIF without ``pillow-heif``) are left out of the default.
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "ICO", "AVIF", "HEIF")
 #: The media type each format is served as (``cliplab serve``'s ``/image/{id}``).
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -76,6 +78,7 @@ MEDIA_TYPES = {
     "PPM": "image/x-portable-pixmap",
     "ICO": "image/x-icon",
     "AVIF": "image/avif",
+    "HEIF": "image/heic",
 }
 #: Pillow's own warning threshold (about 9459 x 9459): far above any useful training image.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -157,8 +160,20 @@ def _check_size(
         raise BadSample("too-small", f"{width}x{height}")
 
 
+@functools.cache
+def _register_heif() -> None:
+    """Phones' HEIC/HEIF photos open through ``pillow-heif`` when it is installed (``cliplab
+    [search]``); imported on first use, not at import (it takes 0.1 s)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
 @functools.lru_cache(maxsize=16)
 def _usable_formats(formats: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    _register_heif()
     if formats is None:
         return None
     Image.init()

@@ -5,7 +5,9 @@ features."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from cliplab.data.decode import ImageDecoder, image_member
+from cliplab.data.exif import photo_metadata
+from cliplab.data.images import IMAGE_EXTS
+from cliplab.data.storage import is_remote
 from cliplab.data.stream import BadSample, RawSample, scan
 from cliplab.encode import autocast_for, encode_texts, model_device, model_dtype
 
@@ -34,6 +39,9 @@ class Item:
     height: int = 0
     reason: str | None = None
     sha256: str = ""  # of the image's bytes: a sync tells a changed file from a touched one
+    photo: dict[str, Any] | None = None  # capture time, place, camera (cliplab.data.exif)
+    bytes: int = 0  # size of the image's bytes
+    mtime: float | None = None  # the file's modification time (seconds; local files only)
 
 
 def records(
@@ -84,6 +92,12 @@ def decode(
         item.reason = e.reason
         return item
     item.width, item.height = image.size
+    if member is not None:
+        data = record.members[member]
+        item.bytes, item.photo = len(data), photo_metadata(data)
+    if path and path.rsplit(".", 1)[-1].lower() in IMAGE_EXTS and not is_remote(path):
+        with contextlib.suppress(OSError):
+            item.mtime = os.stat(path).st_mtime
     item.pixels = preprocess(image)
     if captions:
         try:

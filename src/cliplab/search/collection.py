@@ -8,7 +8,10 @@ Layout of a collection directory::
                            image has no caption), when captions were embedded
     meta/000000.parquet    id, key, path, caption, width, height of each embedded image
                            (path: the image file, or for shard sources the shard, the key
-                           naming the sample in it; local paths or URLs)
+                           naming the sample in it; local paths or URLs), and what its EXIF
+                           says (:mod:`cliplab.data.exif`: taken, lat, lon, make, model,
+                           orientation), its size in bytes and its file's mtime (parts
+                           written before these columns existed read them as null)
     parts/000000.json      written last: the part is complete (records read, images, failures)
     failures.jsonl         key and reason of every record that could not be embedded
     index/                 what ``cliplab index`` builds (see :mod:`cliplab.search.index`)
@@ -41,12 +44,38 @@ from cliplab.data import storage
 from cliplab.data.images import IMAGE_EXTS
 from cliplab.data.webdataset import ShardIndex
 
-__all__ = ["FORMAT", "META_COLUMNS", "STATE_FILE", "Collection", "Part"]
+__all__ = [
+    "FORMAT",
+    "META_COLUMNS",
+    "PHOTO_COLUMNS",
+    "STATE_FILE",
+    "Collection",
+    "Part",
+    "meta_schema",
+]
 
 FORMAT = "cliplab-embeddings"
 VERSION = 1
 #: Metadata columns of every part.
 META_COLUMNS = ("id", "key", "path", "caption", "width", "height")
+#: A photo's columns (EXIF and file), from collections written since they were added.
+PHOTO_COLUMNS = ("taken", "lat", "lon", "make", "model", "orientation", "bytes", "mtime")
+
+
+def meta_schema() -> Any:
+    """The pyarrow schema of a part's metadata table."""
+    pa = _pyarrow()
+    return pa.schema(
+        [
+            ("id", pa.int64()), ("key", pa.string()), ("path", pa.string()),
+            ("caption", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+            ("taken", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
+            ("make", pa.string()), ("model", pa.string()), ("orientation", pa.int8()),
+            ("bytes", pa.int64()), ("mtime", pa.float64()),
+        ]
+    )  # fmt: skip
+
+
 #: The snapshot a synced collection's readers see (see the module docstring).
 STATE_FILE = "state.json"
 
@@ -60,6 +89,18 @@ def _pyarrow() -> Any:
             "embedding collections need pyarrow: pip install 'cliplab[search]'"
         ) from e
     return pyarrow
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """``table`` with ``schema``'s columns in its order (missing ones null)."""
+    pa = _pyarrow()
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -197,15 +238,17 @@ class Collection:
             for p in self.parts
             if p.images
         ]
+        schema = meta_schema()
         if not tables:
-            return pa.table({c: [] for c in META_COLUMNS})
-        return pa.concat_tables(tables)
+            return schema.empty_table()
+        # parts from before the photo columns: theirs read as null
+        return pa.concat_tables([_conform(t, schema) for t in tables])
 
     def row(self, index: int) -> dict[str, Any]:
         """The metadata of id ``index`` (``IndexError`` outside the collection)."""
         if not 0 <= index < len(self):
             raise IndexError(f"no image with id {index} (the collection has {len(self)})")
-        return {c: self.metadata.column(c)[index].as_py() for c in META_COLUMNS}
+        return self.metadata.slice(index, 1).to_pylist()[0]
 
     def rows(self, indices: list[int]) -> list[dict[str, Any]]:
         table = self.metadata.take(indices)

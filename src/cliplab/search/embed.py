@@ -38,7 +38,7 @@ from cliplab.fileio import atomic_write, write_json
 from cliplab.progress import Progress
 from cliplab.search import sync
 from cliplab.search.batches import Batch, decode_batch, encode_batch, records
-from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow
+from cliplab.search.collection import FORMAT, VERSION, Collection, _pyarrow, meta_schema
 
 __all__ = ["EmbedResult", "embed"]
 
@@ -161,19 +161,7 @@ class _PartWriter:
             )
         for i, row in enumerate(self.meta):
             row["id"] = first_id + i
-        table = pa.Table.from_pylist(
-            self.meta,
-            schema=pa.schema(
-                [
-                    ("id", pa.int64()),
-                    ("key", pa.string()),
-                    ("path", pa.string()),
-                    ("caption", pa.string()),
-                    ("width", pa.int32()),
-                    ("height", pa.int32()),
-                ]
-            ),
-        )
+        table = pa.Table.from_pylist(self.meta, schema=meta_schema())
         atomic_write(
             self.out / "meta" / f"{stem}.parquet",
             lambda tmp: pa.parquet.write_table(table, str(tmp)),
@@ -372,6 +360,9 @@ def _encode_parts(
                     "caption": it.caption,
                     "width": it.width,
                     "height": it.height,
+                    **(it.photo or {}),
+                    "bytes": it.bytes or None,
+                    "mtime": it.mtime,
                 }
                 for it in good
             ]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from cliplab.data.images import open_rgb
 from cliplab.encode import FeatureStore, encode_texts, model_fingerprint
 from cliplab.search.collection import Collection
+from cliplab.search.filters import SORTS, Filter, dates, sort_order
 from cliplab.search.index import SearchIndex
 from cliplab.search.relevance import Calibration, combine, parse_query
 
@@ -44,6 +45,20 @@ class Hit:
     width: int
     height: int
     relevance: float | None = None
+    taken: str | None = None  # EXIF capture time (ISO), else the file's mtime; None: unknown
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = None  # EXIF make and model
+
+    @classmethod
+    def of(cls, index: int, score: float, row: dict[str, Any], relevance: float | None,
+           taken: str | None = None) -> Hit:  # fmt: skip
+        """A hit from its metadata row (``taken``: its date when the caller has it)."""
+        camera = " ".join(x for x in (row.get("make"), row.get("model")) if x) or None
+        return cls(
+            index, score, row["key"], row["path"], row["caption"], row["width"], row["height"],
+            relevance, taken or row.get("taken"), row.get("lat"), row.get("lon"), camera,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +70,10 @@ class Hit:
             "caption": self.caption,
             "width": self.width,
             "height": self.height,
+            "taken": self.taken,
+            "lat": self.lat,
+            "lon": self.lon,
+            "camera": self.camera,
         }
 
 
@@ -70,6 +89,27 @@ class _Snapshot:
         self.calibration: Calibration | None = None
         self._vectors: np.ndarray | None = None
         self._texts: np.ndarray | None = None
+        self._dates: list[str | None] | None = None
+        self._masks: dict[Filter, np.ndarray] = {}
+
+    def allowed(self, where: Filter) -> np.ndarray:
+        """(N,) bool: live images that pass ``where`` (the last few filters cached)."""
+        with self.lock:
+            mask = self._masks.get(where)
+            if mask is None:
+                mask = where.mask(self.collection.metadata)
+                if self.dead:
+                    mask &= self.alive
+                if len(self._masks) >= 32:
+                    self._masks.pop(next(iter(self._masks)))
+                self._masks[where] = mask
+            return mask
+
+    def dates(self) -> list[str | None]:
+        """Each id's date (:func:`cliplab.search.filters.dates`)."""
+        if self._dates is None:
+            self._dates = dates(self.collection.metadata)
+        return self._dates
 
     def vectors(self) -> np.ndarray:
         """(N, D) image embeddings; tombstones' rows are zero."""
@@ -239,16 +279,34 @@ class Searcher:
         """(N, D) image embeddings of the snapshot; tombstones' rows are zero."""
         return self._snap.vectors()
 
-    def nearest(self, query: np.ndarray, k: int, min_relevance: float | None = None) -> list[Hit]:
-        """The ``k`` images nearest to a unit query vector, best first, each with its
-        relevance; ``min_relevance``: only those at least that relevant (possibly none).
-        Safe to call from many threads at once (no model involved)."""
+    def nearest(
+        self,
+        query: np.ndarray,
+        k: int,
+        min_relevance: float | None = None,
+        *,
+        where: Filter | None = None,
+        sort: str = "score",
+    ) -> list[Hit]:
+        """The ``k`` images nearest to a unit query vector, each with its relevance, best
+        first (``sort``: or by date, :data:`cliplab.search.filters.SORTS`);
+        ``min_relevance``: only those at least that relevant (possibly none); ``where``:
+        only images that pass the filter, applied inside the search (k results whenever k
+        images pass). Safe to call from many threads at once (no model involved)."""
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
         snap = self._snap
         n, dead, index = len(snap.collection), snap.dead, snap.index
         if n - len(dead) <= 0:
             return []  # every image was deleted
         k = max(1, min(int(k), n - len(dead)))
-        if index is not None:
+        if where is not None and not where.empty:
+            # exact search over the images that pass: every one of them can be returned
+            rows = np.flatnonzero(snap.allowed(where))
+            sims = snap.vectors()[rows] @ query.astype(np.float32)
+            top = np.argsort(-sims, kind="stable")[:k]
+            pairs = [(int(rows[i]), float(sims[i])) for i in top]
+        elif index is not None:
             # tombstones and a newer sync's rows are skipped: ask for more until k are left
             ask = min(k + min(len(dead), k) + index.ntotal - n, index.ntotal)
             while True:
@@ -269,17 +327,36 @@ class Searcher:
             pairs = [(int(i), float(sims[i])) for i in top if np.isfinite(sims[i])]
         relevance = self._calibration_of(snap).relevance([s for _, s in pairs])
         keep = [
-            (pair, float(r))
-            for pair, r in zip(pairs, relevance)
+            (i, s, float(r))
+            for (i, s), r in zip(pairs, relevance)
             if min_relevance is None or r >= min_relevance
         ]
-        if not keep:
+        return self._hits(snap, keep, sort)
+
+    def browse(self, where: Filter | None = None, k: int = 20, sort: str = "date") -> list[Hit]:
+        """No query: the first ``k`` live images that pass ``where``, newest first (``sort``
+        ``oldest``: oldest first; ``score``: in id order). Their score is 0."""
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+        snap = self._snap
+        mask = snap.allowed(where or Filter())
+        rows = np.flatnonzero(mask).tolist()
+        when = snap.dates()
+        order = sort_order(rows, [when[i] for i in rows], sort)[: max(1, int(k))]
+        return self._hits(snap, [(rows[p], 0.0, None) for p in order], "score")
+
+    def _hits(
+        self, snap: _Snapshot, found: list[tuple[int, float, float | None]], sort: str
+    ) -> list[Hit]:
+        """Hits of (id, score, relevance) in ``sort`` order."""
+        if not found:
             return []
-        rows = snap.collection.rows([i for (i, _), _ in keep])
-        return [
-            Hit(i, s, r["key"], r["path"], r["caption"], r["width"], r["height"], rel)
-            for ((i, s), rel), r in zip(keep, rows)
-        ]
+        when = snap.dates()
+        ids = [i for i, _, _ in found]
+        order = sort_order(ids, [when[i] for i in ids], sort)
+        found = [found[p] for p in order]
+        rows = snap.collection.rows([i for i, _, _ in found])
+        return [Hit.of(i, s, row, rel, when[i]) for (i, s, rel), row in zip(found, rows)]
 
     def query_vector(
         self,
@@ -322,12 +399,15 @@ class Searcher:
         min_relevance: float | None = None,
         image_weight: float = 0.5,
         negative_weight: float = 0.5,
+        where: Filter | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
-        """Images for words, an image or both (:meth:`query_vector`), best first."""
+        """Images for words, an image or both (:meth:`query_vector`), best first (or in
+        ``sort`` order), only those that pass ``where``."""
         query = self.query_vector(
             text, image, image_weight=image_weight, negative_weight=negative_weight
         )
-        return self.nearest(query, k, min_relevance)
+        return self.nearest(query, k, min_relevance, where=where, sort=sort)
 
     def search_text(self, text: str, k: int = 20, min_relevance: float | None = None) -> list[Hit]:
         return self.search(text, None, k, min_relevance=min_relevance)
@@ -354,10 +434,7 @@ class Searcher:
             int(i) for i in np.argsort(-sims, kind="stable")[: max(1, k)] if np.isfinite(sims[i])
         ]
         rows = snap.collection.rows(top)
-        return [
-            Hit(i, float(sims[i]), r["key"], r["path"], r["caption"], r["width"], r["height"])
-            for i, r in zip(top, rows)
-        ]
+        return [Hit.of(i, float(sims[i]), r, None) for i, r in zip(top, rows)]
 
     def classify(
         self,

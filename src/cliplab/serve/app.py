@@ -2,10 +2,14 @@
 
     GET  /health                  the collection, model and index
     GET  /search?q=TEXT&k=K       text -> images (``-word`` subtracts; ``min_relevance=R``:
-                                  only results at least that relevant, possibly none)
+                                  only results at least that relevant, possibly none;
+                                  ``after``, ``before``, ``path``, ``camera``, ``bbox``,
+                                  ``near``: filters, :mod:`cliplab.search.filters`, applied
+                                  inside the search; ``sort=score|date|oldest``); no ``q``
+                                  but filters: the images that pass, by date
     POST /search                  image (multipart ``image``) -> images; with ``q``: a mix of
-                                  both (``image_weight``); ``captions=true``: the nearest
-                                  captions instead
+                                  both (``image_weight``); the same filters and sort;
+                                  ``captions=true``: the nearest captions instead
     POST /classify                image + ``labels`` ("cat, dog, car"; "animal=cat|dog" gives
                                   a label members it may score by) -> probabilities, with
                                   prompt ensembling (``templates``, a bundled set)
@@ -36,13 +40,14 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from cliplab.data.images import MEDIA_TYPES, open_rgb, probe_image
 from cliplab.data.stream import BadSample
+from cliplab.search.filters import SORTS, Filter
 from cliplab.search.query import MAX_QUERY_CHARS, Searcher
 from cliplab.serve.batcher import Batcher
 from cliplab.zeroshot import parse_labels
@@ -54,6 +59,7 @@ MAX_LABELS = 100
 MAX_LABEL_CHARS = 100
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_IMAGES = 32
+MAX_FILTER_CHARS = 200
 #: BadSample reasons of an upload -> HTTP status.
 UPLOAD_STATUS = {"decompression-bomb": 413, "not-an-image": 415, "zero-bytes": 400}
 
@@ -141,6 +147,42 @@ async def _plain(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _filter(after: str | None, before: str | None, path: str | None, camera: str | None,
+            bbox: str | None, near: str | None, sort: str | None) -> tuple[Filter, str | None]:  # fmt: skip
+    """The request's filter and sort, or a 400 saying what is wrong."""
+    given = (after, before, path, camera, bbox, near, sort)
+    if any(v is not None and len(v) > MAX_FILTER_CHARS for v in given):
+        raise HTTPException(400, f"filter values are at most {MAX_FILTER_CHARS} characters")
+    if sort is not None and sort not in SORTS:
+        raise HTTPException(400, f"sort must be one of {', '.join(SORTS)}")
+    try:
+        where = Filter.parse(
+            after=after, before=before, path=path, camera=camera, bbox=bbox, near=near
+        )
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    return where, sort or None
+
+
+def query_filter(
+    after: str | None = None, before: str | None = None, path: str | None = None,
+    camera: str | None = None, bbox: str | None = None, near: str | None = None,
+    sort: str | None = None,
+) -> tuple[Filter, str | None]:  # fmt: skip
+    """Filters given as query parameters (``GET /search``)."""
+    return _filter(after, before, path, camera, bbox, near, sort)
+
+
+def form_filter(
+    after: Annotated[str | None, Form()] = None, before: Annotated[str | None, Form()] = None,
+    path: Annotated[str | None, Form()] = None, camera: Annotated[str | None, Form()] = None,
+    bbox: Annotated[str | None, Form()] = None, near: Annotated[str | None, Form()] = None,
+    sort: Annotated[str | None, Form()] = None,
+) -> tuple[Filter, str | None]:  # fmt: skip
+    """Filters given as form fields (``POST /search``)."""
+    return _filter(after, before, path, camera, bbox, near, sort)
 
 
 def create_app(
@@ -246,20 +288,26 @@ def create_app(
             raise HTTPException(400, f"image_weight must be in [0, 1], got {image_weight}")
 
     def run_search(q: str | None, picture: Any, k: int, min_relevance: float | None,
-                   image_weight: float) -> list[dict[str, Any]]:  # fmt: skip
+                   image_weight: float, where: Filter, sort: str | None,
+                   ) -> list[dict[str, Any]]:  # fmt: skip
         current()
         try:
-            if batcher is None:  # the whole request under the model lock
+            if q is None and picture is None:  # filters alone: the images that pass, by date
+                found = searcher.browse(where, k, sort or "date")
+            elif batcher is None:  # the whole request under the model lock
                 with lock:
                     found = searcher.search(
-                        q, picture, k, min_relevance=min_relevance, image_weight=image_weight
-                    )
+                        q, picture, k, min_relevance=min_relevance, image_weight=image_weight,
+                        where=where, sort=sort or "score",
+                    )  # fmt: skip
             else:  # the model pass is shared with other requests; the search runs here
                 vector = searcher.query_vector(
                     q, picture, image_weight=image_weight,
                     embed_texts=embed_texts, embed_images=embed_images,
                 )  # fmt: skip
-                found = searcher.nearest(vector, k, min_relevance)
+                found = searcher.nearest(
+                    vector, k, min_relevance, where=where, sort=sort or "score"
+                )
         except ValueError as e:  # an empty query, parts that cancel out
             raise HTTPException(400, str(e)) from None
         return hits(found)
@@ -269,12 +317,16 @@ def create_app(
         q: Annotated[str, Query(max_length=10 * MAX_QUERY_CHARS)] = "",
         k: int = 20,
         min_relevance: float | None = None,
+        chosen: tuple[Filter, str | None] = Depends(query_filter),  # noqa: B008
     ) -> Any:
         check_k(k)
-        if not q.strip():
-            raise HTTPException(400, "empty query: give q=words")
+        where, sort = chosen
+        if not q.strip() and where.empty:
+            raise HTTPException(400, "empty query: give q=words (or filters to list images)")
         check_query(q, min_relevance, 0.5)
-        return {"query": q, "results": run_search(q, None, k, min_relevance, 0.5)}
+        words = q if q.strip() else None
+        found = run_search(words, None, k, min_relevance, 0.5, where, sort)
+        return {"query": q, "filters": where.to_dict(), "results": found}
 
     @app.post("/search")
     async def search_image(
@@ -284,9 +336,11 @@ def create_app(
         q: Annotated[str | None, Form(max_length=10 * MAX_QUERY_CHARS)] = None,
         min_relevance: Annotated[float | None, Form()] = None,
         image_weight: Annotated[float, Form()] = 0.5,
+        chosen: tuple[Filter, str | None] = Depends(form_filter),  # noqa: B008
     ) -> Any:
         check_k(k)
         check_query(q, min_relevance, image_weight)
+        where, sort = chosen
         picture = await read_upload(image)
         if captions:
             if not (await run_in_threadpool(current)).has_texts:
@@ -298,8 +352,10 @@ def create_app(
 
             return {"results": hits(await run_in_threadpool(nearest_captions))}
         words = q if q and q.strip() else None
-        found = await run_in_threadpool(run_search, words, picture, k, min_relevance, image_weight)
-        return {"results": found}
+        found = await run_in_threadpool(
+            run_search, words, picture, k, min_relevance, image_weight, where, sort
+        )
+        return {"filters": where.to_dict(), "results": found}
 
     @app.post("/classify")
     async def classify(
