@@ -120,7 +120,9 @@ def test_the_index_follows_a_sync_and_agrees_with_exact_search(tmp_path: Path, m
         (folder / "b" / f"img{i:04d}.png").unlink()
     _embed(folder, out, model)
     indexed, exact = Searcher(out, *model), Searcher(out, *model, use_index=False)
-    assert indexed.index is not None and indexed.index.ntotal == 70
+    # an exact index removes deleted images at once: 70 rows seen, 60 entries
+    assert indexed.index is not None and indexed.index.ntotal == 60
+    assert indexed.index.rows == 70
     for query in ("red", "a dog", "img"):
         a = [h.id for h in indexed.search_text(query, k=15)]
         b = [h.id for h in exact.search_text(query, k=15)]
@@ -257,6 +259,36 @@ def test_the_sync_walk_sees_the_files_the_folder_source_reads(tmp_path: Path) ->
     (root / "noext").write_bytes(b"z")
     (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # not followed
     assert sorted(walk(root, IMAGE_EXTS)) == FolderSource(root).files
+
+
+def test_an_hnsw_index_keeps_tombstones_until_a_rebuild_pays(tmp_path: Path, model) -> None:
+    """HNSW cannot remove: deleted images stay in it (skipped) until they pass 10% of its
+    entries, then the sync rebuilds it from the live images; searches agree with exact ones
+    throughout."""
+    folder = _folder(tmp_path / "pics", 60)
+    out = tmp_path / "c"
+    _embed(folder, out, model)
+    build_index(Collection(out), kind="hnsw")
+    logs: list[str] = []
+
+    def sync_and_check(expect_entries: int) -> None:
+        embed(spec_for_path(str(folder)), out, *model, model_spec=MODEL, progress=False,
+              log=logs.append, batch_size=16)  # fmt: skip
+        indexed, exact = Searcher(out, *model), Searcher(out, *model, use_index=False)
+        assert indexed.index.ntotal == expect_entries
+        for query in ("red", "img"):
+            a = [h.id for h in indexed.search_text(query, k=50)]
+            assert a == [h.id for h in exact.search_text(query, k=50)] and len(a) == 50
+
+    for i in (0, 2, 4):
+        (folder / "b" / f"img{i:04d}.png").unlink()
+    sync_and_check(60)  # 3 of 60 deleted: kept as tombstones
+    assert "3 deleted images kept" in logs[-2]
+    for i in (6, 8, 10, 12):
+        (folder / "b" / f"img{i:04d}.png").unlink()
+    sync_and_check(53)  # 7 of 60: over 10%, rebuilt from the 53 live images
+    assert "4 deleted images rebuilt" in logs[-2]
+    assert json.loads((out / "index" / "info.json").read_text())["deleted"] == 0
 
 
 def test_a_sync_killed_before_its_commit_leaves_the_old_snapshot(tmp_path: Path, model) -> None:

@@ -383,7 +383,7 @@ def _grow_index(pending: Collection, rows: int) -> None:
     from cliplab.search.index import _read_info, add_new, build_index
 
     info = _read_info(pending.path / "index")
-    if int(info.get("ntotal", -1)) == rows:
+    if int(info.get("rows", info.get("ntotal", -1))) == rows:
         add_new(pending)
     else:
         build_index(pending, kind=info["plan"]["kind"])
@@ -423,6 +423,11 @@ def _sync(
     else:
         state = old.state
     final = Collection(out)
+    gone = np.setdiff1d(final.deleted, old.deleted)
+    if len(gone) and (out / "index" / "info.json").is_file():
+        from cliplab.search.index import shrink
+
+        log(f"index: {len(gone)} deleted images {shrink(final, gone.tolist())}")
     result.total = final.live
     _write_complete(out, info, final)
     result.seconds = time.perf_counter() - start

@@ -12,6 +12,13 @@ The kind is chosen from the vector count and a memory budget, as autofaiss does:
   lists about ``4 sqrt(n)`` (at least 39 vectors each), ``m`` the largest that fits the
   budget, up to one byte per 4 dimensions.
 
+An index holds the collection's live images under their ids (FAISS ``IDMap2``): images a
+sync deleted are removed from it at once where the index kind can remove (exact and
+IVF-PQ: ``remove_ids``); an HNSW graph cannot, so its deleted images stay as tombstones the
+searcher skips until they pass :data:`REBUILD_SHARE` of the index, when a sync rebuilds it
+from the live images (:func:`shrink`). ``info.json``'s ``rows`` is how many of the
+collection's rows the index has seen (ids below it are in it unless deleted).
+
 Embeddings are unit vectors, so inner product is cosine similarity. After a build the recall
 at 10 against exact search is measured on a sample of queries: the collection's own image
 embeddings and, when captions were embedded, its caption embeddings (text queries are what
@@ -43,9 +50,12 @@ __all__ = [
     "merge_collections",
     "plan_index",
     "recall_at_k",
+    "shrink",
 ]
 
 HNSW_M = 32
+#: The share of an HNSW index's entries that may be deleted images before a sync rebuilds it.
+REBUILD_SHARE = 0.1
 
 
 def _faiss() -> Any:
@@ -115,8 +125,8 @@ def plan_index(
 
 def _make(plan: IndexPlan, dim: int, vectors: np.ndarray, seed: int = 0) -> Any:
     faiss = _faiss()
-    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    concrete = faiss.downcast_index(index)
+    index = faiss.index_factory(dim, f"IDMap2,{plan.factory}", faiss.METRIC_INNER_PRODUCT)
+    concrete = _inner(index)
     if hasattr(concrete, "do_polysemous_training"):  # an IVF-PQ: only its codes are needed
         concrete.do_polysemous_training = False  # (20x slower training, unused at search)
     if not index.is_trained:
@@ -130,16 +140,31 @@ def _make(plan: IndexPlan, dim: int, vectors: np.ndarray, seed: int = 0) -> Any:
     return index
 
 
+def _inner(index: Any) -> Any:
+    """The index an ``IDMap2`` wraps (or the index itself: one built before ids), concrete."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+
+
 def _set_params(index: Any, plan: IndexPlan) -> None:
     faiss = _faiss()
+    inner = _inner(index)
     if plan.nprobe:
-        faiss.extract_index_ivf(index).nprobe = plan.nprobe
+        faiss.extract_index_ivf(inner).nprobe = plan.nprobe
     if plan.ef_search:
-        index.hnsw.efSearch = plan.ef_search
+        inner.hnsw.efSearch = plan.ef_search
 
 
-def recall_at_k(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
-    """Mean share of the exact top-``k`` (by inner product) that ``index`` returns."""
+def recall_at_k(
+    index: Any,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int = 10,
+    ids: np.ndarray | None = None,
+) -> float:
+    """Mean share of the exact top-``k`` (by inner product) that ``index`` returns
+    (``ids``: the index's id of each row of ``vectors``; default their positions)."""
     if len(queries) == 0:
         return float("nan")
     faiss = _faiss()
@@ -147,6 +172,8 @@ def recall_at_k(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 1
     exact.add(vectors)
     k = min(k, len(vectors))
     _, truth = exact.search(queries, k)
+    if ids is not None:
+        truth = ids[truth]
     _, found = index.search(queries, k)
     hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
     return hits / (k * len(queries))
@@ -166,7 +193,14 @@ class SearchIndex:
 
     @property
     def ntotal(self) -> int:
+        """Entries in the index (deleted images removed from it no longer count)."""
         return int(self.index.ntotal)
+
+    @property
+    def rows(self) -> int:
+        """How many of the collection's rows the index has seen (ids below it are in it
+        unless deleted)."""
+        return int(self.info.get("rows", self.info.get("ntotal", self.ntotal)))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
@@ -224,20 +258,24 @@ def build_index(
     recall_queries: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Build (or rebuild) the collection's index; returns ``index/info.json``'s contents."""
-    vectors = np.ascontiguousarray(collection.image_embeddings())
+    """Build (or rebuild) the collection's index over its live images; returns
+    ``index/info.json``'s contents."""
+    alive = collection.alive()
+    ids = np.flatnonzero(alive).astype(np.int64)
+    vectors = np.ascontiguousarray(collection.image_embeddings()[alive])
     if len(vectors) == 0:
         raise ValueError(f"{collection.path} holds no embeddings")
     plan = plan_index(len(vectors), vectors.shape[1], memory_budget, exact_below, kind)
     start = time.perf_counter()
     index = _make(plan, vectors.shape[1], vectors, seed)
-    index.add(vectors)
+    index.add_with_ids(vectors, ids)
     seconds = time.perf_counter() - start
     recalls = {
-        f"recall@10 ({name} queries)": recall_at_k(index, vectors, q)
+        f"recall@10 ({name} queries)": recall_at_k(index, vectors, q, ids=ids)
         for name, q in _queries(collection, vectors, recall_queries, seed).items()
     }
-    return _save(collection, index, plan, {"build_seconds": round(seconds, 3), **recalls})
+    extra = {"build_seconds": round(seconds, 3), "rows": len(alive), "deleted": 0, **recalls}
+    return _save(collection, index, plan, extra)
 
 
 def add_new(collection: Collection) -> dict[str, Any]:
@@ -248,17 +286,49 @@ def add_new(collection: Collection) -> dict[str, Any]:
     if info["fingerprint"] != collection.fingerprint:
         raise ValueError(f"{path} was built for another model; rebuild it")
     index = faiss.read_index(str(path / "images.faiss"))
-    new = np.ascontiguousarray(collection.image_embeddings(start=int(index.ntotal)))
+    start = int(info.get("rows", index.ntotal))
+    new = np.ascontiguousarray(collection.image_embeddings(start=start))
     if len(new):
-        index.add(new)
+        if hasattr(faiss.downcast_index(index), "id_map"):
+            index.add_with_ids(new, np.arange(start, start + len(new), dtype=np.int64))
+        else:  # an index from before ids: positions are ids
+            index.add(new)
     info = {k: v for k, v in info.items() if k not in ("ntotal", "bytes")}
     info["added"] = int(len(new))
+    info["rows"] = start + len(new)
     return _save(
         collection,
         index,
         IndexPlan(**info.pop("plan")),
         {k: v for k, v in info.items() if k != "fingerprint"},
     )
+
+
+def shrink(collection: Collection, removed: Sequence[int]) -> str:
+    """Take images a sync deleted (ids ``removed``) out of the index: removed at once where
+    the index kind can (``"removed"``), else left as tombstones (``"kept"``) until they pass
+    :data:`REBUILD_SHARE` of its entries, when it is rebuilt from the live images
+    (``"rebuilt"``). The collection's state must already name them deleted."""
+    faiss = _faiss()
+    path = collection.path / "index"
+    info = _read_info(path)
+    index = faiss.read_index(str(path / "images.faiss"))
+    wrapped = hasattr(faiss.downcast_index(index), "id_map")
+    gone = np.asarray(sorted(set(int(i) for i in removed)), dtype=np.int64)
+    if wrapped and not hasattr(_inner(index), "hnsw"):
+        if len(gone):
+            index.remove_ids(faiss.IDSelectorBatch(gone))
+        keep = {
+            k: v for k, v in info.items() if k not in ("ntotal", "bytes", "plan", "fingerprint")
+        }
+        _save(collection, index, IndexPlan(**info["plan"]), {**keep, "removed": int(len(gone))})
+        return "removed"
+    deleted = int(info.get("deleted", 0)) + len(gone)
+    if not wrapped or deleted > REBUILD_SHARE * max(1, int(index.ntotal)):
+        build_index(collection, kind=info["plan"]["kind"])
+        return "rebuilt"
+    write_json(path / "info.json", {**info, "deleted": deleted})
+    return "kept"
 
 
 def merge_collections(collections: Sequence[Collection], out: str | os.PathLike[str]) -> Collection:

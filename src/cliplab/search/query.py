@@ -172,9 +172,9 @@ class Searcher:
         index = None
         if self.use_index and (collection.path / "index" / "info.json").is_file():
             index = SearchIndex(collection)
-            if index.ntotal < len(collection):
+            if index.rows < len(collection):
                 raise ValueError(
-                    f"the index holds {index.ntotal} of {len(collection)} embeddings: "
+                    f"the index holds {index.rows} of {len(collection)} embeddings: "
                     f"run `cliplab index {collection.path}` to add the new ones"
                 )
         self._snap = _Snapshot(collection, index)
@@ -308,7 +308,7 @@ class Searcher:
             pairs = [(int(rows[i]), float(sims[i])) for i in top]
         elif index is not None:
             # tombstones and a newer sync's rows are skipped: ask for more until k are left
-            ask = min(k + min(len(dead), k) + index.ntotal - n, index.ntotal)
+            ask = min(k + min(len(dead), k) + max(0, index.rows - n), index.ntotal)
             while True:
                 scores, ids = index.search(query[None], ask)
                 pairs = [
