@@ -4,6 +4,7 @@ get a 4xx, never a 500; no path traversal), and the web page in a real headless 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import struct
@@ -20,7 +21,9 @@ from PIL import Image
 import cliplab
 from cliplab.data.sources import spec_for_path
 from cliplab.search.collection import Collection
+from cliplab.search.dedup import find_duplicates
 from cliplab.search.embed import embed
+from cliplab.search.filters import Filter
 from cliplab.search.index import build_index
 from cliplab.search.query import Searcher
 
@@ -56,6 +59,8 @@ def collection(tmp_path_factory) -> Path:
         name = list(COLOURS)[i % 3]
         (pics / f"{name}{i:02d}.png").write_bytes(png_bytes(COLOURS[name], 40 + i))
         (pics / f"{name}{i:02d}.txt").write_text(f"a {name} square")
+        day = time.mktime((2024, 1, i + 1, 12, 0, 0, 0, 0, -1))  # no EXIF: the file's date
+        os.utime(pics / f"{name}{i:02d}.png", (day, day))
     model, preprocess = cliplab.load("random:tiny-vit")
     embed(
         spec_for_path(str(pics)),
@@ -66,6 +71,8 @@ def collection(tmp_path_factory) -> Path:
         progress=False,
     )
     build_index(Collection(root / "c"))
+    # each colour's squares differ only in size: near duplicates, for the page's groups
+    find_duplicates(root / "c", sample=6)
     return root / "c"
 
 
@@ -362,6 +369,42 @@ def test_page_in_a_real_browser(server: str, tmp_path: Path) -> None:
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#probs div span")) == 6)
         labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#probs div span")][::2]
         assert sorted(labels) == ["blue", "green", "red"]
+        # a date filter and newest first: the squares dated 2024-01-10 on, newest first
+        driver.find_element(By.ID, "q").clear()
+        driver.find_element(By.ID, "q").send_keys("a red square", Keys.ENTER)
+        wait.until(lambda d: 'results for "a red square"' in d.find_element(By.ID, "summary").text)
+        set_value = (
+            "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'))"
+        )
+        driver.execute_script(set_value, driver.find_element(By.ID, "after"), "2024-01-10")
+        driver.execute_script(set_value, driver.find_element(By.ID, "sort"), "date")
+        wait.until(lambda d: d.find_element(By.ID, "summary").text.startswith("9 results"))
+        dates = [e.text[:10] for e in driver.find_elements(By.CSS_SELECTOR, "#grid .when")]
+        assert dates == [f"2024-01-{d:02d}" for d in range(18, 9, -1)]
+        # the relevance slider: only results at least that relevant (here: none at 1.0)
+        driver.execute_script(set_value, driver.find_element(By.ID, "relevance"), "1")
+        wait.until(lambda d: d.find_element(By.ID, "summary").text.startswith("0 results"))
+        driver.execute_script(set_value, driver.find_element(By.ID, "relevance"), "0")
+        driver.execute_script(set_value, driver.find_element(By.ID, "after"), "")
+        driver.execute_script(set_value, driver.find_element(By.ID, "sort"), "")
+        wait.until(lambda d: d.find_element(By.ID, "summary").text.startswith("18 results"))
+        # more like this: the image itself is among the first (its colour's other squares are
+        # the same picture at another size: they tie with it)
+        first = driver.find_elements(By.CSS_SELECTOR, "#grid .card")[4]
+        src = first.find_element(By.CSS_SELECTOR, "img").get_attribute("src")
+        first.find_element(By.CSS_SELECTOR, ".like").click()
+        wait.until(lambda d: "more like" in d.find_element(By.ID, "summary").text)
+        wait.until(loaded_images)
+        scores = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#grid .score")]
+        sources = [
+            e.get_attribute("src") for e in driver.find_elements(By.CSS_SELECTOR, "#grid img")
+        ]
+        assert scores[0].startswith("1.000") and src in sources[: scores.count(scores[0])]
+        # the duplicate groups cliplab dedup found, and the sync status
+        driver.find_element(By.ID, "show-dups").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dups .group img"))
+        assert "near-duplicate groups" in driver.find_element(By.ID, "dups-summary").text
+        assert "generation 1" in driver.find_element(By.ID, "status").text
         driver.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10_000
         assert driver.find_element(By.ID, "error").text == ""
@@ -442,14 +485,35 @@ def test_the_client_covers_every_endpoint(server: str, collection: Path, tmp_pat
     expected = searcher.embed_images([picture, png_bytes(COLOURS["red"])])
     assert np.allclose(images, expected, atol=1e-6)
     assert client.image(0) == Collection(collection).image_bytes(0)
+    # more like an image of the collection (its stored embedding) and filters
+    like = client.search(like=4, k=6, before="2024-01-10")
+    assert like[0]["score"] == pytest.approx(1.0, abs=1e-3) and len(like) == 6
+    assert all(h["taken"] < "2024-01-10" for h in like)
+    assert [h["id"] for h in like] == [
+        h.id for h in searcher.nearest(searcher.vector_of(4), 6, where=Filter(before="2024-01-10"))
+    ]
+    listed = client.search(after="2024-01-16", sort="oldest")
+    assert [h["taken"][:10] for h in listed] == ["2024-01-16", "2024-01-17", "2024-01-18"]
+    # the duplicate groups: one near group per colour (the same square at other sizes)
+    dups = client.duplicates()
+    assert dups["report"] and not dups["exact"] and 0 <= dups["precision"] <= 1
+    colours = sorted({c["key"][:3] for c in g} for g in dups["near"])
+    assert len(colours) == 3 and all(len(c) == 1 for c in colours)
     for call, status in (
         (lambda: client.image(999), 404),
+        (lambda: client.search(like=999), 404),
+        (lambda: client.search("x", near=(0, 0, -1)), 400),
+        (lambda: client.search("x", colour="red"), TypeError),
         (lambda: client.search("x", min_relevance=2.0), 400),
         (lambda: client.embed_texts([]), 400),
         (lambda: client.embed_texts(["x"] * 257), 400),
         (lambda: client.embed_images([b"not an image"]), 415),
         (lambda: client.embed_images([picture] * 33), 400),
     ):
+        if status is TypeError:
+            with pytest.raises(TypeError):
+                call()
+            continue
         with pytest.raises(ClientError) as error:
             call()
         assert error.value.status == status and error.value.detail

@@ -133,14 +133,21 @@ class Client:
         text: str | None = None,
         k: int = 20,
         min_relevance: float | None = None,
+        like: int | None = None,
         **filters: Any,
     ) -> list[dict[str, Any]]:
-        """Images for words (``-word`` subtracts), best first, each with ``relevance``.
+        """Images for words (``-word`` subtracts), best first, each with ``relevance``;
+        ``like``: instead, more like the collection's image of that id.
         ``filters``: ``after``/``before`` (``"YYYY-MM-DD"``), ``path``, ``camera``, ``bbox``
         (``"S,W,N,E"``), ``near`` (``"LAT,LON,KM"``), ``sort`` (score, date, oldest); no
         ``text``: the images that pass, by date."""
-        params = {"q": text or "", "k": k, "min_relevance": min_relevance, **_filters(filters)}
+        params = {"q": text or "", "k": k, "min_relevance": min_relevance, "like": like}
+        params.update(_filters(filters))
         return self._request("GET", "/search", params)["results"]
+
+    def duplicates(self) -> dict[str, Any]:
+        """The duplicate groups ``cliplab dedup`` found (``report`` False when none ran)."""
+        return self._request("GET", "/duplicates")
 
     def search_image(
         self,

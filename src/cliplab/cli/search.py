@@ -287,6 +287,8 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
         "query", nargs="?", help='words to search for; -word subtracts ("beach -people")'
     )
     p.add_argument("--image", type=Path, help="search with an image (with QUERY: a mix of both)")
+    p.add_argument("--like", type=int, metavar="ID",
+                   help="more like image ID of the collection (its stored embedding)")  # fmt: skip
     p.add_argument("--image-weight", type=float, default=0.5,
                    help="with QUERY and --image: the image's share of the mix (default 0.5)")  # fmt: skip
     p.add_argument("--negative-weight", type=float, default=0.5,
@@ -333,7 +335,9 @@ def run_search(args: argparse.Namespace) -> int:
     from cliplab.search.query import Searcher
 
     where = parse_filters(args)
-    if args.query is None and args.image is None and where.empty:
+    if args.like is not None and (args.query is not None or args.image is not None):
+        raise ValueError("--like searches with one image of the collection: no QUERY or --image")
+    if args.query is None and args.image is None and args.like is None and where.empty:
         raise ValueError("give QUERY words, --image, both, or filters to list images by date")
     if args.captions and (args.image is None or args.query is not None):
         raise ValueError("--captions searches captions with an image alone: give --image only")
@@ -345,6 +349,14 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         if args.captions:
             hits = searcher.captions_for_image(args.image, args.k)
+        elif args.like is not None:
+            try:
+                vector = searcher.vector_of(args.like)
+            except IndexError as e:
+                raise ValueError(str(e)) from None
+            hits = searcher.nearest(
+                vector, args.k, args.min_relevance, where=where, sort=args.sort or "score"
+            )
         elif args.query is None and args.image is None:
             hits = searcher.browse(where, args.k, args.sort or "date")
         else:

@@ -274,6 +274,14 @@ class Searcher:
         features = self.model.encode_image(batch.to(device, self.model.dtype))
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
+    def vector_of(self, index: int) -> np.ndarray:
+        """(D,) the stored embedding of image ``index`` ("more like this": no model pass);
+        ``IndexError`` for an id that is not a live image of the collection."""
+        snap = self._snap
+        if not 0 <= index < len(snap.collection) or index in snap.dead:
+            raise IndexError(f"no image with id {index}")
+        return snap.vectors()[index].copy()
+
     # -- search ----------------------------------------------------------------------------
     def _all_vectors(self) -> np.ndarray:
         """(N, D) image embeddings of the snapshot; tombstones' rows are zero."""

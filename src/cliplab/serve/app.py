@@ -1,6 +1,8 @@
 """The web app: FastAPI over a :class:`cliplab.search.query.Searcher`.
 
     GET  /health                  the collection, model and index
+    GET  /search?like=ID          more like image ID (its stored embedding; filters apply)
+    GET  /duplicates              the duplicate groups ``cliplab dedup`` found (live images)
     GET  /search?q=TEXT&k=K       text -> images (``-word`` subtracts; ``min_relevance=R``:
                                   only results at least that relevant, possibly none;
                                   ``after``, ``before``, ``path``, ``camera``, ``bbox``,
@@ -185,6 +187,24 @@ def form_filter(
     return _filter(after, before, path, camera, bbox, near, sort)
 
 
+def _live(collection: Any, i: Any) -> bool:
+    return isinstance(i, int) and 0 <= i < len(collection) and not collection.is_deleted(i)
+
+
+def read_duplicates(collection: Any) -> dict[str, Any] | None:
+    """The collection's ``dedup.json`` (``cliplab dedup``) when it was made with this model,
+    else None."""
+    import json
+
+    try:
+        report = json.loads((collection.path / "dedup.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("fingerprint") != collection.fingerprint:
+        return None
+    return report
+
+
 def create_app(
     searcher: Searcher,
     *,
@@ -317,10 +337,20 @@ def create_app(
         q: Annotated[str, Query(max_length=10 * MAX_QUERY_CHARS)] = "",
         k: int = 20,
         min_relevance: float | None = None,
+        like: int | None = None,
         chosen: tuple[Filter, str | None] = Depends(query_filter),  # noqa: B008
     ) -> Any:
         check_k(k)
         where, sort = chosen
+        if like is not None:  # more like an image of the collection: its stored embedding
+            check_query(None, min_relevance, 0.5)
+            current()
+            try:
+                vector = searcher.vector_of(like)
+            except IndexError:
+                raise HTTPException(404, f"no image with id {like}") from None
+            found = searcher.nearest(vector, k, min_relevance, where=where, sort=sort or "score")
+            return {"like": like, "filters": where.to_dict(), "results": hits(found)}
         if not q.strip() and where.empty:
             raise HTTPException(400, "empty query: give q=words (or filters to list images)")
         check_query(q, min_relevance, 0.5)
@@ -356,6 +386,36 @@ def create_app(
             run_search, words, picture, k, min_relevance, image_weight, where, sort
         )
         return {"filters": where.to_dict(), "results": found}
+
+    @app.get("/duplicates")
+    def duplicates() -> dict[str, Any]:
+        collection = current()
+        report = read_duplicates(collection)
+        if report is None:
+            return {"report": False, "exact": [], "near": []}
+
+        def card(i: int) -> dict[str, Any]:
+            row = collection.row(i)
+            return {"id": i, "key": row["key"], "url": f"/image/{i}"}
+
+        def groups(name: str) -> list[list[dict[str, Any]]]:
+            out = []
+            for group in report.get(name) or []:
+                live = [int(i) for i in group if _live(collection, i)]
+                if len(live) > 1:  # a sync may have deleted members since
+                    out.append([card(i) for i in live])
+            return out
+
+        chosen = report.get("chosen_on") or {}
+        return {
+            "report": True,
+            "threshold": report.get("threshold"),
+            "precision": chosen.get("precision"),
+            "recall": chosen.get("recall"),
+            "generation": report.get("generation"),
+            "exact": groups("exact"),
+            "near": groups("near"),
+        }
 
     @app.post("/classify")
     async def classify(
