@@ -7,7 +7,9 @@ mix text searches (``GET /search``), image searches (``POST /search`` with a 64 
 embedding requests (``POST /embed``, 4 texts) for ``--seconds`` against a collection of
 ``--vectors`` embeddings (synthetic unit vectors recorded under the real model's name and
 fingerprint, with an HNSW index: every request runs the real path, see bench_serve.py).
-Each server runs in its own process; the clients are threads of this one.
+Each server runs in its own process; the clients are threads of this one. A third server
+adds ``--runtime`` (default ``auto``: the fastest runtime measured on this machine) to
+batching: everything ``cliplab serve`` can do against the server before batching.
 
     python benchmarks/bench_serve_load.py --model random:ViT-B-32 --vectors 100000 --clients 32 --seconds 60
 
@@ -42,11 +44,14 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(collection: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+def start_server(
+    collection: Path, batching: bool, runtime: str = "torch"
+) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "cliplab", "serve", str(collection), "--port", str(port)]
+    cmd += ["--runtime", runtime]
     if not batching:
         cmd.append("--no-batching")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -131,12 +136,22 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--runtime",
+        default="auto",
+        help="the third server's query runtime (batched; default auto: measured here)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-load-"))
     build_collection(work / "c", args.model, args.vectors)
     runs = {}
-    for name, batching in (("one at a time (--no-batching)", False), ("batched", True)):
-        proc, base = start_server(work / "c", batching)
+    servers = (
+        ("one at a time (--no-batching)", False, "torch"),  # the server before batching
+        ("batched", True, "torch"),
+        (f"batched, --runtime {args.runtime}", True, args.runtime),
+    )
+    for name, batching, runtime in servers:
+        proc, base = start_server(work / "c", batching, runtime)
         try:
             load(base, 4, 5.0, seed=99)  # warm-up, not counted
             runs[name] = load(base, args.clients, args.seconds)
@@ -145,8 +160,11 @@ def main() -> None:
             proc.wait(timeout=30)
         print(name, json.dumps(runs[name]), flush=True)
     one, batched = runs["one at a time (--no-batching)"], runs["batched"]
+    fast = runs[servers[2][0]]
     ratio = batched["requests_per_s"] / one["requests_per_s"]
+    ratio_fast = fast["requests_per_s"] / one["requests_per_s"]
     print(f"batched / one at a time: {ratio:.2f}x throughput")
+    print(f"batched, --runtime {args.runtime} / one at a time: {ratio_fast:.2f}x throughput")
     write(
         "serve_concurrency.json",
         {
@@ -158,6 +176,8 @@ def main() -> None:
             "seconds": args.seconds,
             "runs": runs,
             "throughput_ratio": ratio,
+            "throughput_ratio_runtime": ratio_fast,
+            "runtime": args.runtime,
         },
     )
 

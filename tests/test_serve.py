@@ -543,3 +543,20 @@ def test_the_client_sends_its_token(collection: Path) -> None:
         assert refused.value.status == 401
     finally:
         next(servers, None)
+
+
+def test_queries_on_a_faster_runtime_find_the_same_images(collection: Path) -> None:
+    """``cliplab serve --runtime int8``: queries encoded by the int8 model land next to the
+    float32 ones and find the same images."""
+    from fastapi.testclient import TestClient
+
+    from cliplab.serve import create_app
+
+    exact, fast = Searcher(collection), Searcher(collection, runtime="int8")
+    assert fast.runtime == "int8" and exact.runtime == "torch"
+    for text in ("a red square", "a blue square -green"):
+        a, b = exact.query_vector(text), fast.query_vector(text)
+        assert float(a @ b) > 0.99
+    client = TestClient(create_app(fast))
+    got = client.get("/search", params={"q": "a green square", "k": 6}).json()["results"]
+    assert {h["id"] for h in got} == {h.id for h in exact.search_text("a green square", k=6)}

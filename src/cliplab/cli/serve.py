@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from cliplab.cli.common import add_device
+from cliplab.cli.common import add_device, add_runtime
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "a model pass and their searches run in parallel)",
     )
     add_device(p)
+    add_runtime(p)
     p.set_defaults(run=run)
 
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.search.query import Searcher
     from cliplab.serve import create_app
 
-    searcher = Searcher(args.collection, device=args.device)
+    searcher = Searcher(args.collection, device=args.device, runtime=args.runtime)
     app = create_app(
         searcher,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
     )
     print(
-        f"serving {args.collection} ({len(searcher.collection)} images) on http://{args.host}:{args.port}/"
+        f"serving {args.collection} ({len(searcher.collection)} images, queries on the "
+        f"{searcher.runtime} runtime) on http://{args.host}:{args.port}/"
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from cliplab.data.images import open_rgb
-from cliplab.encode import FeatureStore, encode_texts, model_fingerprint
+from cliplab.encode import (
+    FeatureStore,
+    encode_texts,
+    model_device,
+    model_dtype,
+    model_fingerprint,
+)
 from cliplab.search.collection import Collection
 from cliplab.search.filters import SORTS, Filter, dates, sort_order
 from cliplab.search.index import SearchIndex
@@ -130,7 +136,9 @@ class Searcher:
     """Search one collection. ``model``/``preprocess`` default to loading the model the
     collection records (``embed.json``); a given model must have the same fingerprint.
     ``relevance``: how hits' relevance is calibrated (:class:`Calibration`: ``auto``, a
-    SigLIP model's sigmoid where it has a bias, else the null queries; ``null``; ``sigmoid``)."""
+    SigLIP model's sigmoid where it has a bias, else the null queries; ``null``; ``sigmoid``).
+    ``runtime``: where queries are encoded (:data:`cliplab.runtime.RUNTIMES`; ``auto``: the
+    fastest measured on this machine)."""
 
     def __init__(
         self,
@@ -141,6 +149,7 @@ class Searcher:
         device: str | torch.device | None = None,
         use_index: bool = True,
         relevance: str = "auto",
+        runtime: str = "torch",
     ) -> None:
         collection = Collection(path)
         self.relevance_kind = relevance
@@ -158,7 +167,12 @@ class Searcher:
                 f"(fingerprint {collection.fingerprint[:12]}); this model's fingerprint is "
                 f"{fingerprint[:12]}: its embeddings are not comparable. Query with the same model."
             )
+        if runtime != "torch":  # queries on a faster runtime (cliplab.runtime; auto: measured)
+            from cliplab.runtime import accelerate
+
+            model = accelerate(model, runtime)
         self.model = model.eval()
+        self.runtime = getattr(model, "runtime", "torch")
         self.preprocess = preprocess
         self.use_index = use_index
         self._open(collection)
@@ -247,8 +261,9 @@ class Searcher:
         for an unreadable one), seen as ``cliplab embed`` saw the collection's images: through
         :func:`cliplab.data.images.rgb` (upright, transparency on white)."""
         pixels = self.preprocess(open_rgb(image))[None]
-        device = next(self.model.parameters()).device
-        features = self.model.encode_image(pixels.to(device, self.model.dtype))
+        features = self.model.encode_image(
+            pixels.to(model_device(self.model), model_dtype(self.model))
+        )
         return F.normalize(features.float(), dim=-1)[0].cpu().numpy()
 
     @torch.no_grad()
@@ -270,8 +285,9 @@ class Searcher:
         """(n, D) unit vectors of preprocessed images ((3, H, W) tensors from
         ``self.preprocess``): the model pass alone, for a caller that preprocessed them."""
         batch = torch.stack(list(pixels))
-        device = next(self.model.parameters()).device
-        features = self.model.encode_image(batch.to(device, self.model.dtype))
+        features = self.model.encode_image(
+            batch.to(model_device(self.model), model_dtype(self.model))
+        )
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
     def vector_of(self, index: int) -> np.ndarray:
