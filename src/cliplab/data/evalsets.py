@@ -82,6 +82,9 @@ def images_fingerprint(images: Images) -> str:
     images by mode, size and pixel bytes, a tensor of preprocessed pixels by its bytes. Cheap
     for files (no reads), exact for in-memory images."""
     h = hashlib.sha256()
+    if isinstance(getattr(images, "fingerprint", None), str):  # members of shards
+        h.update(f"members:{images.fingerprint}".encode())  # type: ignore[union-attr]
+        return h.hexdigest()
     if isinstance(images, torch.Tensor):
         h.update(f"pixels:{tuple(images.shape)}:{images.dtype}".encode())
         h.update(images.detach().cpu().contiguous().numpy().tobytes())
@@ -90,6 +93,9 @@ def images_fingerprint(images: Images) -> str:
         if isinstance(item, Image.Image):
             h.update(f"pil:{item.mode}:{item.size}:".encode())
             h.update(item.tobytes())
+        elif isinstance(item, (bytes, bytearray)):
+            h.update(f"bytes:{len(item)}:".encode())
+            h.update(item)
         elif storage.is_remote(item):  # object storage: by URL (no request per image)
             h.update(f"url:{item}".encode())
         else:
@@ -105,6 +111,9 @@ def images_fingerprint(images: Images) -> str:
 def _take(images: Images, indices: list[int]) -> Any:
     if isinstance(images, torch.Tensor):
         return images[indices]
+    members = getattr(images, "members", None)
+    if members is not None:  # shard members stay unread
+        return type(images)([members[i] for i in indices], _digest(images.fingerprint, indices))
     return [images[i] for i in indices]
 
 
@@ -350,8 +359,22 @@ def _load(
     return root, meta, _read_index(root)
 
 
-def load_classification(path: str | os.PathLike[str]) -> ClassificationSet:
-    """A classification set from its directory (local or a URL; see the module docstring)."""
+def _own_layout(path: str | os.PathLike[str]) -> bool:
+    text = os.fspath(path).rstrip("/")
+    return storage.exists(storage.join(text, "meta.json")) or not storage.exists(text)
+
+
+def load_classification(
+    path: str | os.PathLike[str], *, dataset_name: str | None = None, split: str = "test"
+) -> ClassificationSet:
+    """A classification set from its directory (local or a URL; see the module docstring),
+    or from any other layout people keep sets in (CLIP_benchmark's WebDataset layout, an
+    ImageFolder tree, a CSV/Parquet of path,label: :mod:`cliplab.data.layouts`), with
+    ``dataset_name``'s bundled class names and templates where the set has none."""
+    if not _own_layout(path):
+        from cliplab.data.layouts import open_classification
+
+        return open_classification(path, dataset_name=dataset_name, split=split)
     root, meta, rows = _load(path, "classification")
     classnames = json.loads(storage.read_text(storage.join(root, "classes.json")))
     if not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames):
@@ -393,8 +416,14 @@ def load_classification(path: str | os.PathLike[str]) -> ClassificationSet:
     )
 
 
-def load_retrieval(path: str | os.PathLike[str]) -> RetrievalSet:
-    """A retrieval set from its directory (local or a URL; see the module docstring)."""
+def load_retrieval(path: str | os.PathLike[str], *, split: str = "test") -> RetrievalSet:
+    """A retrieval set from its directory (local or a URL; see the module docstring), or
+    from CLIP_benchmark's WebDataset layout or a Karpathy-split JSON (MSCOCO, Flickr30k:
+    :mod:`cliplab.data.layouts`)."""
+    if not _own_layout(path):
+        from cliplab.data.layouts import open_retrieval
+
+        return open_retrieval(path, split=split)
     root, meta, rows = _load(path, "retrieval")
     captions = []
     for r in rows:
