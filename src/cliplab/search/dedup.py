@@ -6,8 +6,8 @@
   counted and left out of this step. Only live ids count: tombstones never appear.
 - **Near duplicates**: one photo re-encoded, resized, cropped or lightly edited. Each exact
   group takes part by its first id alone, so the k-nearest-neighbour search (FAISS exact
-  inner product over the live vectors, queried in blocks) sees no copy pairs; pairs at
-  least ``threshold`` apart in cosine similarity are joined into connected groups
+  inner product over the live vectors, queried in blocks) sees no copy pairs; neighbours
+  whose cosine similarity is at least ``threshold`` are joined into connected groups
   (union-find).
 - **The threshold** is measured on the collection itself, since what "near" means depends
   on the model and on the pictures: up to ``sample`` live images (seeded) are edited with
@@ -21,11 +21,15 @@
   still measured and reported.
 
   A nearest image may itself be a near duplicate already in the collection, which would
-  count a true pair as a false positive. A neighbour closer to the sampled image than the
-  median of that image's own edits is, to this model, an edit of it: it is skipped (and
-  counted) and the next nearest image is the negative. Near duplicates less similar than
-  that (strong crops) still count as negatives: they make the threshold stricter, never
-  looser.
+  count a true pair as a false positive and push the threshold up. So a neighbour is
+  skipped (and counted), the next nearest being the negative, when it is closer to the
+  sampled image than the median of that image's own edits (to this model, an edit of it);
+  and, once a first threshold is chosen that way, when that threshold puts the two in one
+  group of three or more images and the neighbour is at least as close as the image's
+  least similar edit. The threshold is then chosen again (never higher: negatives only
+  move down). A lone pair (one copy of a photo) is not re-labelled, since a distinct
+  look-alike forms pairs too: such a near duplicate, sampled, only makes the threshold
+  stricter.
 - **Similar, not duplicates**: pairs from ``similar`` up to the threshold (default: the 90th
   percentile of the negatives, i.e. closer than nine images in ten are to their nearest
   distinct image) are listed apart, best first, capped, so unusually similar pictures (the
@@ -33,6 +37,9 @@
 
 The report (:class:`DedupReport`) is written atomically to ``C/dedup.json`` with the
 collection's fingerprint and sync generation, so a reader can tell it is stale.
+
+Why one module: the steps share one pass's arrays (the neighbour lists give both the
+threshold's negatives and the groups) and feed one report.
 """
 
 from __future__ import annotations
@@ -107,7 +114,9 @@ def choose_threshold(
         if not len(pos):
             return ThresholdChoice(float(given), None, None, False, "given")
         p, r, _ = measure(np.array([given]))
-        return ThresholdChoice(float(given), float(p[0]), float(r[0]), bool(p[0] >= target), "given")
+        return ThresholdChoice(
+            float(given), float(p[0]), float(r[0]), bool(p[0] >= target), "given"
+        )
     if not len(pos):
         raise ValueError("none of the sampled images could be read and edited: give a threshold")
     scores = np.unique(np.concatenate([pos, neg]))
@@ -171,7 +180,9 @@ def _sorted_groups(groups: Any) -> list[list[int]]:
 # --------------------------------------------------------------------------- neighbours
 
 
-def nearest_neighbours(vectors: np.ndarray, k: int, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    vectors: np.ndarray, k: int, block: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
     """(sims, rows): each row's ``k`` nearest other rows (at most n - 1), best first, by
     exact inner product (FAISS ``IndexFlatIP``), queried ``block`` rows at a time."""
     from cliplab.search.index import _faiss
@@ -211,6 +222,44 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _group(sims: np.ndarray, rows: np.ndarray, cut: float) -> _UnionFind:
+    """The rows joined by every neighbour pair at least ``cut`` similar."""
+    groups = _UnionFind(len(sims))
+    for a, b in zip(*np.nonzero(sims >= cut)):
+        groups.union(int(a), int(rows[a, b]))
+    return groups
+
+
+def _negatives(
+    picked: np.ndarray, edits: dict[int, np.ndarray], reps: np.ndarray, sims: np.ndarray,
+    rows: np.ndarray, groups: _UnionFind | None,
+) -> tuple[np.ndarray, int, int]:  # fmt: skip
+    """(each sampled image's similarity to its nearest other image that is not taken as its
+    near duplicate, neighbours skipped as closer than the image's median edit, neighbours
+    skipped as in one group of three or more with it under ``groups``)."""
+    roots = sizes = None
+    if groups is not None:
+        roots = np.array([groups.find(p) for p in range(len(sims))])
+        sizes = np.bincount(roots, minlength=len(sims))
+    negatives, closer, grouped = [], 0, 0
+    for p in picked:
+        own = edits.get(int(reps[p]))
+        if own is None:
+            continue
+        bar, low = float(np.median(own)), float(own.min())
+        for score, q in zip(sims[p], rows[p]):
+            if score >= bar:
+                closer += 1
+            elif (
+                sizes is not None and score >= low and roots[q] == roots[p] and sizes[roots[p]] > 2
+            ):
+                grouped += 1
+            else:
+                negatives.append(float(score))
+                break
+    return np.asarray(negatives, dtype=np.float32), closer, grouped
 
 
 # --------------------------------------------------------------------------- edits
@@ -333,9 +382,9 @@ class DedupReport:
             "given": "given",
         }[how["method"]]
         lines = [
-            f"{c['live']} live images: {c['exact_groups']} exact groups "
-            f"({c['exact_redundant']} redundant copies), {c['near_groups']} near-duplicate "
-            f"groups ({c['near_images']} images), {c['similar_pairs']} similar pairs",
+            f"{c['live']} live images; exact groups: {c['exact_groups']} "
+            f"({c['exact_redundant']} redundant copies); near-duplicate groups: "
+            f"{c['near_groups']} ({c['near_images']} images); similar pairs: {c['similar_pairs']}",
             f"threshold {self.threshold:.4f} ({method}); on {how['images']} sampled images' "
             f"{how['edits']} edits and {how['negatives']} nearest other images: precision "
             f"{pct(how['precision'])}, recall {pct(how['recall'])}; similar from "
@@ -412,29 +461,22 @@ def find_duplicates(
     edits, edit_unreadable = _edit_scores(
         searcher, stored, [int(reps[p]) for p in picked], seed, dtype, log
     )
-    positives, negatives, skipped = [], [], 0
-    for p in picked:
-        own = edits.get(int(reps[p]))
-        if own is None:
-            continue
-        positives.append(own)
-        bar = float(np.median(own))
-        for score in sims[p]:
-            if score < bar:
-                negatives.append(float(score))
-                break
-            skipped += 1  # closer than its own typical edit: taken as a near duplicate
+    positives = [edits[int(reps[p])] for p in picked if int(reps[p]) in edits]
     pos = np.concatenate(positives) if positives else np.zeros(0, np.float32)
-    neg = np.asarray(negatives, dtype=np.float32)
+    # first pass: a neighbour closer than the image's median edit is its near duplicate;
+    # second pass: so is one the first threshold groups with it (see the module docstring)
+    neg, skipped, _ = _negatives(picked, edits, reps, sims, rows, None)
+    first = choose_threshold(pos, neg, precision, threshold)
+    neg, _, regrouped = _negatives(
+        picked, edits, reps, sims, rows, _group(sims, rows, first.threshold)
+    )
     choice = choose_threshold(pos, neg, precision, threshold)
     cut = choice.threshold
     if similar is None:
         similar = float(np.quantile(neg, 0.9)) if len(neg) else cut - 0.05
     similar = min(similar, cut)
 
-    groups = _UnionFind(len(reps))
-    for a, b in zip(*np.nonzero(sims >= cut)):
-        groups.union(int(a), int(rows[a, b]))
+    groups = _group(sims, rows, cut)
     members: dict[int, list[int]] = {}
     for p in range(len(reps)):
         members.setdefault(groups.find(p), []).append(int(reps[p]))
@@ -461,6 +503,8 @@ def find_duplicates(
         "edits": int(len(pos)),
         "negatives": int(len(neg)),
         "negatives_skipped": skipped,
+        "negatives_regrouped": regrouped,
+        "first_threshold": first.threshold,
         "unreadable": edit_unreadable,
         "recall_by_edit": {name: kind_recall(e) for e, name in enumerate(EDITS)},
         "seed": seed,
