@@ -10,6 +10,12 @@ Recall@K (retrieval, with several right captions per image) are both "rank < k".
 (the label where it ranks first, else the best wrong class); per-class recall is the diagonal over the row sums; the mean per-class recall
 (``balanced_accuracy_score``) averages over the classes present in the labels. These follow
 scikit-learn, checked against it in the tests. Accuracies are fractions in [0, 1].
+
+**CLIP_benchmark's rule** (``ties="topk"``): a hit is a right answer among the ``k``
+indices ``torch.topk`` returns, and the prediction is ``argmax``: among tied scores torch
+picks, so a tie may count for the model. It differs from the strict rule only where scores
+tie exactly (duplicate captions, a model that scores classes the same); the flag reproduces
+CLIP_benchmark's numbers (``tests/test_clip_benchmark.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 __all__ = [
     "classification_metrics",
     "confusion_matrix",
+    "TIES",
     "mean_per_class_recall",
     "per_class_recall",
     "predictions",
@@ -29,7 +36,19 @@ __all__ = [
     "target_ranks",
     "topk_accuracy",
     "topk_correct",
+    "topk_hits",
 ]
+
+
+#: Tie rules: ``strict`` (ties count against the model) and ``topk`` (CLIP_benchmark's).
+TIES = ("strict", "topk")
+
+
+def topk_hits(scores: torch.Tensor, correct: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool (N,): whether a right candidate is among the ``k`` indices ``torch.topk``
+    returns for each row (CLIP_benchmark's rule: torch breaks ties)."""
+    k = min(k, scores.shape[1])
+    return correct.gather(1, scores.topk(k, dim=1).indices).any(dim=1)
 
 
 def strict_ranks(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
@@ -119,6 +138,7 @@ def classification_metrics(
     labels: torch.Tensor | Sequence[int],
     classnames: Sequence[str] | None = None,
     topk: Sequence[int] = (1, 5),
+    ties: str = "strict",
 ) -> dict[str, Any]:
     """Top-k accuracies, mean per-class recall and per-class accuracy, as a JSON-ready dict.
 
@@ -133,10 +153,19 @@ def classification_metrics(
         raise ValueError(f"{len(names)} class names for {num_classes} logit columns")
     if labels.numel() == 0:
         raise ValueError("no examples")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     ranks = target_ranks(logits, labels).cpu()
-    confusion = confusion_matrix(predictions(logits, labels, ranks), labels, num_classes)
+    if ties == "strict":
+        confusion = confusion_matrix(predictions(logits, labels, ranks), labels, num_classes)
+        result: dict[str, Any] = {f"top{k}": float((ranks < k).double().mean()) for k in topk}
+    else:  # CLIP_benchmark: one topk for the largest k, its first k columns; argmax predicts
+        scores = logits.detach().float().cpu()
+        top = scores.topk(min(max(topk), num_classes), dim=1).indices
+        hit = top == labels[:, None]
+        result = {f"top{k}": float(hit[:, :k].any(dim=1).double().mean()) for k in topk}
+        confusion = confusion_matrix(scores.argmax(dim=1), labels, num_classes)
     recall = per_class_recall(confusion)
-    result: dict[str, Any] = {f"top{k}": float((ranks < k).double().mean()) for k in topk}
     result["mean_per_class_recall"] = mean_per_class_recall(confusion)
     result["n"] = int(labels.numel())
     result["num_classes"] = num_classes

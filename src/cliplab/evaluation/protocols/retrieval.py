@@ -19,16 +19,21 @@ import torch.nn.functional as F
 
 from cliplab.data.evalsets import RetrievalSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.metrics import strict_ranks
+from cliplab.evaluation.metrics import TIES, strict_ranks, topk_hits
 from cliplab.evaluation.output import images_markdown, markdown_table, pct
-from cliplab.evaluation.protocol import Input, Protocol, Result, Row
+from cliplab.evaluation.protocol import Input, Protocol, Result, Row, option
 
 KS = (1, 5, 10)
 
 
 @dataclass(frozen=True)
 class Options:
-    pass
+    ties: str = option(
+        "strict",
+        "tie rule: strict (ties count against the model) or topk (CLIP_benchmark's: torch.topk "
+        "breaks ties; reproduces its numbers)",
+        choices=TIES,
+    )
 
 
 def retrieval_ranks(
@@ -71,15 +76,25 @@ def retrieval_metrics(
     text_features: torch.Tensor,
     text_to_image: Sequence[int] | torch.Tensor,
     ks: Sequence[int] = KS,
+    ties: str = "strict",
 ) -> dict[str, Any]:
     """``image_to_text_R@K`` and ``text_to_image_R@K`` for each K (fractions), their mean
-    (``mean_recall``), the median ranks (1-based) and the counts."""
+    (``mean_recall``), the median ranks (1-based) and the counts; ``ties``: the tie rule
+    (:mod:`cliplab.evaluation.metrics`)."""
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     i2t, t2i = retrieval_ranks(image_features, text_features, text_to_image)
     result: dict[str, Any] = {}
+    if ties == "topk":
+        hits = _topk_recalls(image_features, text_features, text_to_image, ks)
     for k in ks:
-        result[f"image_to_text_R@{k}"] = float((i2t < k).double().mean())
+        result[f"image_to_text_R@{k}"] = (
+            hits[("i2t", k)] if ties == "topk" else float((i2t < k).double().mean())
+        )
     for k in ks:
-        result[f"text_to_image_R@{k}"] = float((t2i < k).double().mean())
+        result[f"text_to_image_R@{k}"] = (
+            hits[("t2i", k)] if ties == "topk" else float((t2i < k).double().mean())
+        )
     recalls = list(result.values())
     result["mean_recall"] = float(sum(recalls) / len(recalls))
     result["image_to_text_median_rank"] = float(i2t.double().median() + 1)
@@ -87,6 +102,25 @@ def retrieval_metrics(
     result["n_images"] = int(i2t.numel())
     result["n_texts"] = int(t2i.numel())
     return result
+
+
+def _topk_recalls(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_to_image: Sequence[int] | torch.Tensor,
+    ks: Sequence[int],
+) -> dict[tuple[str, int], float]:
+    """Recall@K under CLIP_benchmark's rule: a right candidate among ``torch.topk``'s K."""
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    owner = torch.as_tensor(text_to_image, dtype=torch.long).to(img.device)
+    sim = txt @ img.t()  # (N_txt, N_img)
+    right = torch.arange(img.shape[0], device=img.device)[None, :] == owner[:, None]
+    out = {}
+    for k in ks:
+        out[("t2i", k)] = float(topk_hits(sim, right, k).double().mean())
+        out[("i2t", k)] = float(topk_hits(sim.t(), right.t(), k).double().mean())
+    return out
 
 
 @dataclass
@@ -163,7 +197,7 @@ def run(store: FeatureStore, options: Options, *, dataset: RetrievalSet) -> Retr
     """Recall@1/5/10 in both directions."""
     images = store.dataset(dataset)
     texts = store.texts(dataset.texts, desc=f"{dataset.name} captions")
-    m = retrieval_metrics(images, texts, dataset.text_to_image)
+    m = retrieval_metrics(images, texts, dataset.text_to_image, ties=options.ties)
     return RetrievalResult(
         dataset=dataset.name,
         n_images=m["n_images"],

@@ -13,7 +13,7 @@ import torch
 
 from cliplab.data.evalsets import ClassificationSet
 from cliplab.encode import FeatureStore
-from cliplab.evaluation.metrics import classification_metrics
+from cliplab.evaluation.metrics import TIES, classification_metrics
 from cliplab.evaluation.output import (
     have_matplotlib,
     images_markdown,
@@ -39,6 +39,12 @@ TEMPLATES_HELP = (
 @dataclass(frozen=True)
 class Options:
     templates: str | Sequence[str] | None = option(None, TEMPLATES_HELP)
+    ties: str = option(
+        "strict",
+        "tie rule: strict (ties count against the model) or topk (CLIP_benchmark's: torch.topk "
+        "breaks ties; reproduces its numbers)",
+        choices=TIES,
+    )
 
 
 @dataclass
@@ -177,7 +183,7 @@ def zero_shot_features(
 def run(store: FeatureStore, options: Options, *, dataset: ClassificationSet) -> ZeroShotResult:
     """Zero-shot metrics of the store's model on ``dataset`` (plus chance level)."""
     logits, chosen = zero_shot_features(store, dataset, options.templates)
-    m = classification_metrics(logits, dataset.labels, dataset.classnames)
+    m = classification_metrics(logits, dataset.labels, dataset.classnames, ties=options.ties)
     return ZeroShotResult(
         dataset=dataset.name,
         n=m["n"],
