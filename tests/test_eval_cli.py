@@ -338,7 +338,7 @@ def test_eval_subcommands_and_flags_come_from_the_registry() -> None:
     parser = build_parser()
     eval_parser = parser._subparsers._group_actions[0].choices["eval"]
     commands = eval_parser._subparsers._group_actions[0].choices
-    assert set(commands) == {*PROTOCOLS, "report"}
+    assert set(commands) == {*PROTOCOLS, "report", "suite"}
     for name, protocol in PROTOCOLS.items():
         flags = {s for a in commands[name]._actions for s in a.option_strings}
         for i in protocol.inputs:

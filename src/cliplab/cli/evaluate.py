@@ -10,6 +10,7 @@ sections all come from the registry: a protocol's inputs become ``--dataset``, `
     cliplab eval prompts      --model M --dataset SET [--ensemble imagenet80]
     cliplab eval robustness   --model M --source SRC [--source-test T] --shifted S1 S2
     cliplab eval report       --model M1 M2 --zeroshot SET ... --out DIR
+    cliplab eval suite        --model M1 [M2 ...] --suite SUITE.toml --out DIR
 
 Each writes ``<protocol>-<set>.json``, ``.md`` and PNG plots into ``--out`` and prints a
 summary. Image features and zero-shot classifiers are cached under ``--cache-dir`` (default
@@ -273,6 +274,63 @@ def run_report(args: argparse.Namespace) -> int:
     return report_problems(problems)
 
 
+# --------------------------------------------------------------------------- suite
+
+
+def add_suite_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "suite",
+        help="run a benchmark suite file for one or several models: one table",
+        description="Run every task of --suite (a TOML file of [[task]] tables: dataset, "
+        "protocol, options; see cliplab.evaluation.suite) for each --model; write "
+        "results.json and results.csv in CLIP_benchmark's schema, results.md (a column per "
+        "model) and results.png (several models). Features are cached per model and set.",
+    )
+    add_store_flags(p, nargs="+")
+    p.add_argument("--suite", type=Path, required=True, help="a .toml (or .json) suite file")
+    p.add_argument("--title", default="cliplab eval suite")
+    p.set_defaults(run=run_suite)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    import time
+
+    from cliplab.evaluation.suite import clip_benchmark_record, read_suite, write_suite
+
+    tasks = read_suite(args.suite)
+    loaded = [(task, task.loaded_inputs()) for task in tasks]  # every set readable first
+    records, problems = [], []
+    for spec in args.model:
+        print(f"evaluating {spec} on {len(tasks)} task(s)", file=sys.stderr)
+        store = make_store(args, spec)
+        label = _model_label(spec)
+        for task, inputs in loaded:
+            protocol = PROTOCOLS[task.protocol]
+            start = time.perf_counter()
+            result, found = run_despite_bad_images(
+                protocol, store, protocol.make_options(task.options), inputs
+            )
+            seconds = time.perf_counter() - start
+            problems += [p for p in found if p not in problems]
+            records.append(clip_benchmark_record(result, task, label, spec, seconds))
+            print(f"  {result.summary()} [{seconds:.1f} s]", file=sys.stderr)
+        del store
+    files = write_suite(records, args.out, args.title)
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    for kind, path in files.items():
+        print(f"  {kind}: {path}")
+    return report_problems(problems)
+
+
+def _model_label(spec: str) -> str:
+    """A short column name for a model: the checkpoint's folder or file name, or the name."""
+    path = Path(spec)
+    if path.exists():
+        parts = [p for p in path.resolve().parts if p not in ("model", "final", "checkpoints")]
+        return parts[-1] if parts else spec
+    return spec
+
+
 def model_info(store: FeatureStore) -> dict[str, Any]:
     model = store.model
     vision = getattr(getattr(model, "config", None), "vision", None)
@@ -296,3 +354,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for protocol in PROTOCOLS.values():
         add_protocol_parser(protocols, protocol)
     add_report_parser(protocols)
+    add_suite_parser(protocols)

@@ -361,7 +361,11 @@ def _load(
 
 def _own_layout(path: str | os.PathLike[str]) -> bool:
     text = os.fspath(path).rstrip("/")
-    return storage.exists(storage.join(text, "meta.json")) or not storage.exists(text)
+    if storage.exists(storage.join(text, "meta.json")):
+        return True
+    if not storage.exists(text):
+        raise FileNotFoundError(f"{text}: no such evaluation set")
+    return False
 
 
 def load_classification(
