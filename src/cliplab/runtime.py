@@ -127,7 +127,9 @@ def measure_runtimes(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, float]:
     """Images per second of ``model.encode_image`` on each CPU runtime (a random batch at
-    the model's size, after one warm-up call; the best of ``repeats``)."""
+    the model's size, after one warm-up call; the best of ``repeats``). The runtimes take
+    turns, round by round, so other work on the machine slows each of them alike instead
+    of whichever happened to be timed while it ran."""
     import time
 
     from cliplab.encode import unwrap_model
@@ -135,18 +137,18 @@ def measure_runtimes(
     base = unwrap_model(model)
     size = int(getattr(base, "image_size", 224))
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    rates: dict[str, float] = {}
-    for name in candidates or auto_candidates():
-        fast = accelerate(base, name, cache_dir=cache_dir)
-        with torch.inference_mode():
-            fast.encode_image(pixels)
-            best = float("inf")
-            for _ in range(repeats):
+    names = list(candidates or auto_candidates())
+    fast = {name: accelerate(base, name, cache_dir=cache_dir) for name in names}
+    best = dict.fromkeys(names, float("inf"))
+    with torch.inference_mode():
+        for name in names:
+            fast[name].encode_image(pixels)  # warm-up
+        for _ in range(repeats):
+            for name in names:
                 start = time.perf_counter()
-                fast.encode_image(pixels)
-                best = min(best, time.perf_counter() - start)
-        rates[name] = batch / best
-    return rates
+                fast[name].encode_image(pixels)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: batch / best[name] for name in names}
 
 
 def auto_runtime(model: nn.Module, cache_dir: str | os.PathLike[str] | None = None) -> str:
