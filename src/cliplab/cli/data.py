@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cliplab.cli.common import add_out
 from cliplab.cli.download import add_download, run_download
+from cliplab.cli.overlap import add_overlap, run_overlap
 from cliplab.data.sources import KINDS, spec_for_path
 
 # --------------------------------------------------------------------------- write
@@ -355,6 +356,7 @@ SUBCOMMANDS = {
     "build": (add_build, run_build),
     "curate": (add_curate, run_curate),
     "download": (add_download, run_download),
+    "overlap": (add_overlap, run_overlap),
 }
 
 

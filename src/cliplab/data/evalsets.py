@@ -378,7 +378,9 @@ def load_classification(
     if not _own_layout(path):
         from cliplab.data.layouts import open_classification
 
-        return open_classification(path, dataset_name=dataset_name, split=split)
+        return ClassificationSet(
+            **open_classification(path, dataset_name=dataset_name, split=split)
+        )
     root, meta, rows = _load(path, "classification")
     classnames = json.loads(storage.read_text(storage.join(root, "classes.json")))
     if not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames):
@@ -427,7 +429,7 @@ def load_retrieval(path: str | os.PathLike[str], *, split: str = "test") -> Retr
     if not _own_layout(path):
         from cliplab.data.layouts import open_retrieval
 
-        return open_retrieval(path, split=split)
+        return RetrievalSet(**open_retrieval(path, split=split))
     root, meta, rows = _load(path, "retrieval")
     captions = []
     for r in rows:

@@ -23,7 +23,8 @@ benchmark of ``dataset_name`` (or of the set's folder name when it names one:
 :mod:`cliplab.data.benchmarks`), then from the folder names.
 
 Images inside shards are read back member by member by byte range (:class:`TarMembers`),
-never unpacked to disk.
+never unpacked to disk. The readers return the fields of the set (:mod:`cliplab.data.evalsets`
+builds it), so this module does not import the types it fills.
 """
 
 from __future__ import annotations
@@ -221,8 +222,6 @@ def _wds_samples(
 
 
 def _clip_benchmark_classification(root: str, split: str, dataset_name: str | None) -> Any:
-    from cliplab.data.evalsets import ClassificationSet
-
     members, raw, fingerprint = _wds_samples(root, split, "cls")
     try:
         labels = [int(v.decode("utf-8").strip()) for v in raw]
@@ -234,7 +233,7 @@ def _clip_benchmark_classification(root: str, split: str, dataset_name: str | No
     templates = _templates(
         _lines(storage.join(root, "zeroshot_classification_templates.txt")), info
     )
-    return ClassificationSet(
+    return dict(
         images=TarMembers(members, fingerprint),
         labels=labels,
         classnames=names,
@@ -246,11 +245,9 @@ def _clip_benchmark_classification(root: str, split: str, dataset_name: str | No
 
 
 def _clip_benchmark_retrieval(root: str, split: str) -> Any:
-    from cliplab.data.evalsets import RetrievalSet
-
     members, raw, fingerprint = _wds_samples(root, split, "txt")
     captions = [[c for c in v.decode("utf-8").splitlines() if c.strip()] for v in raw]
-    return RetrievalSet(
+    return dict(
         images=TarMembers(members, fingerprint),
         captions=captions,
         name=_guess_name(root),
@@ -303,8 +300,6 @@ def _class_folders(root: str, split: str) -> tuple[str, list[str]] | None:
 
 
 def _imagefolder(root: str, split: str, dataset_name: str | None) -> Any:
-    from cliplab.data.evalsets import ClassificationSet
-
     found = _class_folders(root, split)
     if found is None:
         raise ValueError(f"{root}: no class folders of images")
@@ -324,7 +319,7 @@ def _imagefolder(root: str, split: str, dataset_name: str | None) -> Any:
     own_templates = _lines(storage.join(base, "templates.txt")) or _lines(
         storage.join(root, "zeroshot_classification_templates.txt")
     ) or _lines(storage.join(root, "templates.txt"))  # fmt: skip
-    return ClassificationSet(
+    return dict(
         images=images,
         labels=labels,
         classnames=names,
@@ -347,7 +342,6 @@ def _column(row: dict[str, Any], names: Sequence[str], what: str, path: str) -> 
 
 
 def _table(path: str, dataset_name: str | None) -> Any:
-    from cliplab.data.evalsets import ClassificationSet
     from cliplab.data.manifest import iter_rows
 
     rows = list(iter_rows(path))
@@ -375,7 +369,7 @@ def _table(path: str, dataset_name: str | None) -> Any:
         if unknown:
             raise ValueError(f"{path}: labels that are not class names: {unknown[:5]}")
         labels = [index[g.casefold()] for g in given]
-    return ClassificationSet(
+    return dict(
         images=images,
         labels=labels,
         classnames=names,
@@ -390,8 +384,6 @@ def _table(path: str, dataset_name: str | None) -> Any:
 
 
 def _karpathy(path: str, split: str) -> Any:
-    from cliplab.data.evalsets import RetrievalSet
-
     try:
         data = json.loads(storage.read_text(path))
     except ValueError as e:
@@ -413,7 +405,7 @@ def _karpathy(path: str, split: str) -> Any:
             raise ValueError(f"{path}: image {im.get('filename')!r} has no sentences")
         images.append(storage.join(bases, posixpath.join(im.get("filepath") or "", im["filename"])))
         captions.append(sentences)
-    return RetrievalSet(
+    return dict(
         images=images,
         captions=captions,
         name=f"{data.get('dataset', 'karpathy')}-{split}",
@@ -440,8 +432,9 @@ def _karpathy_base(folder: str, first: dict[str, Any], dataset: Any) -> str:
 
 def open_classification(
     path: str | os.PathLike[str], *, dataset_name: str | None = None, split: str = "test"
-) -> Any:
-    """A :class:`~cliplab.data.evalsets.ClassificationSet` from any classification layout."""
+) -> dict[str, Any]:
+    """The fields of a :class:`~cliplab.data.evalsets.ClassificationSet` from any
+    classification layout."""
     text = os.fspath(path).rstrip("/")
     layout = detect(text, split)
     if layout == "clip_benchmark":
@@ -457,7 +450,8 @@ def open_classification(
 
 
 def open_retrieval(path: str | os.PathLike[str], *, split: str = "test") -> Any:
-    """A :class:`~cliplab.data.evalsets.RetrievalSet` from any retrieval layout."""
+    """The fields of a :class:`~cliplab.data.evalsets.RetrievalSet` from any retrieval
+    layout."""
     text = os.fspath(path).rstrip("/")
     layout = detect(text, split)
     if layout == "karpathy":

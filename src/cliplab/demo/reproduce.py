@@ -23,7 +23,10 @@ Uses the demo's data and recipe (:mod:`cliplab.demo.pipeline`) and its trained m
    as compute-optimal scaling prescribes), the largest being the demo model itself; zero-shot
    error on Google emoji against training GFLOPs (counted by torch's ``FlopCounterMode``),
    log-log with a fitted line;
-5. **data scaling**: the demo model on 25%, 50% and 100% of the training pairs.
+5. **data scaling**: the demo model on 25%, 50% and 100% of the training pairs;
+6. **data overlap** (section 5): test images with a near duplicate among the training
+   images (:mod:`cliplab.evaluation.overlap`, the demo model as the detector) and zero-shot
+   on All / Clean / Overlap images; a training style's test set (Twitter) as the control.
 
 Writes ``runs/reproduce/results.json`` and, from it, ``runs/reproduce/report.md`` with each
 figure beside the paper's claim (:mod:`cliplab.demo.reproduce_report`).
@@ -85,6 +88,12 @@ TARGET = "emoji-google"
 GROUP_LEVELS = (("subcategory", 60), ("category", 60))
 #: the held-out training style group prompts are chosen on (never a test style)
 VALIDATION_STYLE = "emoji-emojione"
+#: the overlap study's test sets (those installed): unseen styles, photos, another task
+OVERLAP_SETS = (TARGET, "emoji-apple", "emoji-facebook", "tuxpaint-photos-emoji",
+                "fashion-mnist-test")  # fmt: skip
+#: its control: the test set of a training style (the same drawings as the training shards),
+#: which a working detector flags as overlap; reported, never judged
+OVERLAP_CONTROL = "emoji-twitter"
 
 
 def training_gflops(
@@ -248,6 +257,29 @@ def prompt_sets(eval_dir: Path, log: Log) -> list[tuple[Any, Any]]:
     return out
 
 
+def overlap_study(store: Any, sources: Sequence[Any], eval_dir: Path, out: Path,
+                  log: Log) -> dict[str, Any]:  # fmt: skip
+    """The overlap analysis of the demo model (the detector too): the installed
+    :data:`OVERLAP_SETS` and :data:`OVERLAP_CONTROL` against the training ``sources``,
+    written to ``out/overlap.{json,md,png}``. The report's dict with its control sets, or
+    ``{"skipped": why}`` when no test set is installed or the analysis cannot run."""
+    from cliplab.evaluation.overlap import overlap_analysis, write_overlap
+
+    names = [n for n in (*OVERLAP_SETS, OVERLAP_CONTROL) if (eval_dir / n).is_dir()]
+    for n in (n for n in (*OVERLAP_SETS, OVERLAP_CONTROL) if n not in names):
+        log(f"   overlap: {n} not installed: left out")
+    if not any(n in OVERLAP_SETS for n in names):
+        return {"skipped": "none of its test sets is installed"}
+    try:
+        report = overlap_analysis(sources, [eval_dir / n for n in names], store,
+                                  model_name="the demo model", log=lambda m: log(f"   {m}"))  # fmt: skip
+    except ValueError as e:  # e.g. a set that is not a classification set, no images
+        log(f"   overlap skipped: {e}")
+        return {"skipped": str(e)}
+    write_overlap(report, out)
+    return {**report.to_dict(), "control": [n for n in names if n == OVERLAP_CONTROL]}
+
+
 def _zero_shot_top1(model_dir: Path, dataset: Any) -> tuple[float, float, Any]:
     import cliplab
     from cliplab.encode import FeatureStore
@@ -335,13 +367,14 @@ def run_reproduce(
     config = plan.training_config(recipe, data_dir, demo_dir / "train", overrides)
     evalsets = list(dict.fromkeys(["fashion-mnist-test", *PROMPT_SETS, ROBUSTNESS_SOURCE, TARGET]))
     # Apple and Facebook emoji: two more held-out styles for the robustness and few-shot
-    # studies; Emoji One: the validation style of the few-shot study's prompts (if installed)
+    # studies; Emoji One: the validation style of the few-shot study's prompts; Twitter
+    # emoji's test set: the overlap study's control (each if installed)
     plan.prepare_data(
         data_dir,
         plan.needed_outputs(config, [*plan.evaluation_sets(config, []), *evalsets]),
         log,
         install,
-        optional=[f"eval/{n}" for n in (*SHIFTED, VALIDATION_STYLE)],
+        optional=[f"eval/{n}" for n in (*SHIFTED, VALIDATION_STYLE, OVERLAP_CONTROL)],
     )
     eval_dir = data_dir / "eval"
 
@@ -472,6 +505,12 @@ def run_reproduce(
                  "Data scaling: the demo model on part of the data")  # fmt: skip
     results["data_scaling"] = {"points": data_points}
     results["seconds"]["data_scaling"] = time.perf_counter() - t0
+
+    # 6. data overlap: the demo model's training images against the test sets
+    t0 = time.perf_counter()
+    log("== data overlap (test images duplicated in the training data)")
+    results["overlap"] = overlap_study(store, config.data.sources, eval_dir, out, log)
+    results["seconds"]["overlap"] = time.perf_counter() - t0
     results["seconds"]["total"] = time.perf_counter() - start
     results["reused_models"] = reused
     write_json(out / "results.json", results, indent=1)

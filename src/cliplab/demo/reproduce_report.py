@@ -75,6 +75,47 @@ def prompt_gain(result: Any) -> tuple[str, float]:
     return "bare", 0.0
 
 
+#: the overlap finding, as the paper states it (section 5)
+OVERLAP_CLAIM = (
+    "overlap does not explain zero-shot scores",
+    "35 datasets: median overlap 2.2%; All - Clean above 0.1 points on 7, at most +0.6 "
+    "(Birdsnap, 12.1% overlap) (section 5)",
+)
+
+
+def overlap_row(overlap: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The overlap finding's row: per test set the share of overlap and All - Clean with its
+    interval, the control set's overlap, the threshold. It agrees ("yes") when every test
+    set's All - Clean is under +1 point (the paper's largest was +0.6) and each has clean
+    images; "-" when the study did not run."""
+    if "skipped" in overlap:
+        return (*OVERLAP_CLAIM, f"not run: {overlap['skipped']}", "-")
+    control = set(overlap.get("control") or ())
+    tests = [s for s in overlap["sets"] if s["dataset"] not in control]
+
+    def points(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:+.2f}"
+
+    parts = []
+    for s in tests:
+        ci = s.get("ci")
+        interval = f" [{points(ci[0])}, {points(ci[1])}]" if ci else ""
+        parts.append(f"{s['dataset']} {100 * s['share']:.1f}% overlap, All - Clean "
+                     f"{points(s['difference'])}{interval}")  # fmt: skip
+    text = "; ".join(parts)
+    for s in overlap["sets"]:
+        if s["dataset"] in control:
+            text += (f"; control {s['dataset']} (a training style): {100 * s['share']:.1f}% "
+                     "overlap")  # fmt: skip
+    c = overlap["calibration"]
+    text += (f" (cosine >= {overlap['threshold']:.4f}: precision {100 * (c['precision'] or 0):.1f}%"
+             f", recall {100 * (c['recall'] or 0):.1f}% on synthetic duplicates; "
+             f"false-positive rate {100 * (c.get('false_positive_rate') or 0):.1f}%)")  # fmt: skip
+    high = [s["dataset"] for s in tests if s["difference"] is None or s["difference"] >= 0.01]
+    verdict = "yes" if tests and not high else f"no: {', '.join(high) or 'no test set'}"
+    return (*OVERLAP_CLAIM, text, verdict)
+
+
 def _report(results: dict[str, Any]) -> list[str]:
     """The report's Markdown lines, from ``results.json``'s contents."""
     few = result_from_dict(results["fewshot"])
@@ -149,6 +190,9 @@ def _report(results: dict[str, Any]) -> list[str]:
     rows.append(("more data helps", "the paper's premise (400M pairs)",
                  ", ".join(f"{int(100 * f)}%: {pct(v)}" for f, v in sorted(d.items())) + " top-1",
                  "yes" if mono else "no: not monotone"))  # fmt: skip
+    overlap = results.get("overlap")  # runs before the overlap study have none
+    if overlap is not None:
+        rows.append(overlap_row(overlap))
     # each finding's standing, by the paper's own measure of it: few-shot by the median task
     # (Figure 7), prompts by the mean gain over sets (Figure 4), the others from their one row
     standing: dict[str, str] = {}
@@ -157,6 +201,8 @@ def _report(results: dict[str, Any]) -> list[str]:
     few_tasks = [r for _, r in group_results] + [few]
     few_standing, few_median = fewshot_standing(few_tasks)
     standing[few_claim[0]] = few_standing
+    if overlap is not None and "skipped" in overlap:  # not run: neither agrees nor not
+        standing.pop(OVERLAP_CLAIM[0], None)
     prompt_claim = "prompt engineering and ensembling beat the bare label"
     prompt_mean = statistics.mean(prompt_gains) if prompt_gains else 0.0
     # the direction on average, and not carried by one set: most sets gain too
@@ -266,6 +312,22 @@ def _report(results: dict[str, Any]) -> list[str]:
               "| pairs | top-1 | top-5 |", "|---|---|---|"]  # fmt: skip
     for p in data_points:
         lines.append(f"| {int(100 * p['fraction'])}% | {pct(p['top1'])} | {pct(p['top5'])} |")
+    if overlap is not None:
+        lines += ["", "## Data overlap", ""]
+        if "skipped" in overlap:
+            lines += [f"Not run: {overlap['skipped']}"]
+        else:
+            from cliplab.evaluation.overlap import markdown_from_dict
+
+            control = ", ".join(overlap.get("control") or ())
+            lines += [
+                "The demo model's own image tower as the near-duplicate detector, every test "
+                "image against every training image"
+                + (f"; {control}, the test set of a training style, is the control the "
+                   "detector must flag (not judged)" if control else "") + ".",
+                "",
+                markdown_from_dict(overlap, "overlap.png", heading="").lstrip("\n"),
+            ]  # fmt: skip
     lines += ["", "Reproduce: `make reproduce` (or `cliplab reproduce`).", ""]
     return lines
 

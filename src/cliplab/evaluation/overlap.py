@@ -168,8 +168,15 @@ def _chunk_features(
     pictures, good, bad = _decode_chunk(raw)
     features: torch.Tensor | None = None
     if pictures:
-        x = encode_images(store.model, pictures, store.preprocess, batch_size=store.batch_size,
-                          device=store.device, progress=store.progress, desc=desc)  # fmt: skip
+        try:
+            x = encode_images(store.model, pictures, store.preprocess, batch_size=store.batch_size,
+                              device=store.device, progress=store.progress, desc=desc)  # fmt: skip
+        except BadImages as e:  # decoded, yet refused by the preprocessing: left out too
+            bad.update({good[i]: reason for i, _, reason in e.failures})
+            good = [good[i] for i in e.good]
+            if e.features is None or not len(good):
+                return torch.full((len(raw), 1), float("nan")), bad
+            x = e.features
         x = F.normalize(x.float(), dim=-1)
         features = torch.full((len(raw), x.shape[1]), float("nan"))
         features[good] = x
@@ -297,10 +304,12 @@ def nearest_training(
             index = faiss.IndexFlatIP(part.shape[1])
             index.add(part)
             s, r = index.search(queries, kk)
-        else:
-            scores = queries @ part.T
-            r = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-            s = np.take_along_axis(scores, r, axis=1)
+        else:  # a few thousand queries at a time: (rows, block) scores, not (N, block)
+            s, r = np.empty((n, kk), np.float32), np.empty((n, kk), np.int64)
+            for q in range(0, n, 2048):
+                scores = queries[q : q + 2048] @ part.T
+                r[q : q + 2048] = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+                s[q : q + 2048] = np.take_along_axis(scores, r[q : q + 2048], axis=1)
         s = np.concatenate([best_s, s.astype(np.float32)], axis=1)
         r = np.concatenate([best_r, r.astype(np.int64) + start], axis=1)
         order = np.lexsort((r, -s), axis=1)[:, :k]  # best first, then the earlier row
@@ -361,6 +370,7 @@ class SetOverlap:
     difference: float | None
     ci: list[float] | None
     significant: bool
+    false_positive_rate: float | None
     similarity: dict[str, float]
     overlap_indices: list[int]
     examples: list[dict[str, Any]]
@@ -404,7 +414,8 @@ class OverlapReport:
 
     def table(self) -> str:
         """A plain-text table for a terminal, with the threshold line."""
-        headers = ["set", "images", "overlap", "All", "Clean", "Overlap", "All-Clean (95% CI)"]
+        headers = ["set", "images", "overlap", "by chance", "All", "Clean", "Overlap",
+                   "All-Clean (95% CI)"]  # fmt: skip
         rows = [headers] + [_row(s, plain=True) for s in self.to_dict()["sets"]]
         widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -425,7 +436,7 @@ def _row(s: dict[str, Any], plain: bool = False) -> list[str]:
     diff = _pp(s["difference"]) + (f" [{_pp(ci[0])}, {_pp(ci[1])}]" if ci else "")
     mark = "" if plain or not s.get("significant") else " *"
     return [s["dataset"], str(s["n"]), f"{s['overlap']} ({_pct(s['share'])})",
-            _pct(s["acc_all"]), _pct(s["acc_clean"]), _pct(s["acc_overlap"]),
+            _pct(s.get("false_positive_rate")), _pct(s["acc_all"]), _pct(s["acc_clean"]), _pct(s["acc_overlap"]),
             diff + mark]  # fmt: skip
 
 
@@ -460,11 +471,14 @@ def markdown_from_dict(
         f"Zero-shot model: {d['model']}; detector: {d['detector']}; {t['images']:,} training "
         f"images from {sources}.",
         "",
-        "| set | images | overlap | All | Clean | Overlap | All - Clean, points (95% CI) |",
-        "|---|---|---|---|---|---|---|",
+        "| set | images | overlap | by chance | All | Clean | Overlap | All - Clean, points "
+        "(95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
         *["| " + " | ".join(_row(s)) + " |" for s in d["sets"]],
         "",
-        f"Overlap: test images whose most similar training image reaches the threshold. "
+        f"Overlap: test images whose most similar training image reaches the threshold; by "
+        "chance: the share of the set's sampled images whose nearest *different* training "
+        "image reaches it (what the detector flags with no duplicate there). "
         f"All / Clean / Overlap: zero-shot top-1 on each. The interval: {d['ci_method']}; "
         "* where it excludes 0.",
         "",
@@ -495,8 +509,9 @@ def _load_set(item: str | os.PathLike[str] | ClassificationSet) -> tuple[Classif
     if isinstance(item, ClassificationSet):
         return item, item.name
     path = Path(item)
-    if not path.is_dir():
-        raise ValueError(f"evaluation set not found: {path} (an evaluation-set directory)")
+    if not path.exists():
+        raise ValueError(f"evaluation set not found: {path} (a classification set's directory "
+                         "or file, as load_classification reads it)")  # fmt: skip
     try:
         dataset = load_classification(path)
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
@@ -528,7 +543,6 @@ def _edit_scores(
     batch: int = 40,
 ) -> dict[int, np.ndarray]:
     """Image position -> cosine of its embedding with each of its synthetic edits'."""
-    from cliplab.data.images import open_rgb
     from cliplab.data.samples import BadSample
     from cliplab.search.dedup import EDIT_SIDE, EDITS, synthetic_edits
 
@@ -537,7 +551,7 @@ def _edit_scores(
         pending: list[tuple[int, list[Any]]] = []
         for i in picked[start : start + batch]:
             try:
-                picture = open_rgb(dataset.images[i])
+                picture = dataset.image(i)
             except BadSample:
                 continue
             picture.thumbnail((EDIT_SIDE, EDIT_SIDE))
@@ -609,8 +623,10 @@ def overlap_analysis(
     # the threshold, on synthetic edits of each set's own images
     rng = np.random.default_rng(seed)
     positives, negatives, by_edit = [], [], []
+    per_set: list[list[float]] = []  # each set's negatives: its false-positive rate
     skipped = images = 0
     for s, (dataset, _, vectors, sims, _rows, _) in enumerate(sets):
+        per_set.append([])
         picked = np.sort(rng.choice(len(dataset), size=min(sample, len(dataset)), replace=False))
         edits = _edit_scores(detector, dataset, vectors, picked.tolist(), seed + s)
         log(f"{dataset.name}: {len(edits)} images edited ({len(EDITS)} edits each)")
@@ -624,6 +640,7 @@ def overlap_analysis(
                     skipped += 1  # as close as its own edits: taken as its duplicate
                 else:
                     negatives.append(float(score))
+                    per_set[-1].append(float(score))
                     break
     pos = np.concatenate(positives) if positives else np.zeros(0, np.float32)
     neg = np.asarray(negatives, np.float32)
@@ -666,7 +683,10 @@ def overlap_analysis(
     # per set: overlap, and zero-shot on All / Clean / Overlap
     results = []
     for s, (dataset, where, _, sims, rows, unreadable) in enumerate(sets):
-        logits, _ = zero_shot_features(store, dataset, None, _features(store, dataset, log)[1])
+        read, features, _ = _features(store, dataset, log)
+        if len(read) != len(dataset):  # the detector read images the model cannot
+            raise ValueError(f"{dataset.name}: the model cannot read images the detector read")
+        logits, _ = zero_shot_features(store, dataset, None, features)
         correct = topk_correct(logits, dataset.labels, 1).cpu().numpy().astype(bool)
         best = sims[:, 0] if sims.shape[1] else np.full(len(dataset), -1.0, np.float32)
         dup = best >= cut
@@ -706,6 +726,9 @@ def overlap_analysis(
                 difference=difference,
                 ci=None if ci is None else [ci[0], ci[1]],
                 significant=bool(ci is not None and (ci[0] > 0 or ci[1] < 0)),
+                false_positive_rate=(
+                    round(float(np.mean(np.asarray(per_set[s]) >= cut)), 6) if per_set[s] else None
+                ),
                 similarity={
                     "median": round(float(np.median(best)), 6),
                     "p99": round(float(np.quantile(best, 0.99)), 6),
@@ -741,19 +764,25 @@ def plot_overlap(report: OverlapReport, path: str | os.PathLike[str]) -> Path:
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    lo = min([report.threshold, *(float(x.min()) for x in (report.positives, report.negatives)
-                                  if len(x))])  # fmt: skip
-    lo = min(lo, *(float(s.max_similarity.min()) for s in report.sets if len(s.max_similarity)))
+    every = [report.positives, report.negatives, *(s.max_similarity for s in report.sets)]
+    values = np.concatenate([np.asarray(x, np.float64) for x in every if len(x)])
+    # the lowest percent left out of the range (strong crops score far below the rest)
+    lo = min(report.threshold, float(np.quantile(values, 0.01)))
     bins = np.linspace(math.floor(lo * 100) / 100, 1.0, 60)
+
+    def clipped(x: np.ndarray) -> np.ndarray:
+        return np.clip(x, bins[0], 1.0)
+
     if len(report.positives):
-        left.hist(report.positives, bins=bins, alpha=0.6, label="edits (positives)")
+        left.hist(clipped(report.positives), bins=bins, alpha=0.6, density=True,
+                  label="edits (positives)")  # fmt: skip
     if len(report.negatives):
-        left.hist(report.negatives, bins=bins, alpha=0.6,
+        left.hist(clipped(report.negatives), bins=bins, alpha=0.6, density=True,
                   label="nearest different training image (negatives)")  # fmt: skip
-    left.set_title("threshold calibration", fontsize=10)
+    left.set_title("threshold calibration (density)", fontsize=10)
     for s in report.sets:
         if len(s.max_similarity):
-            right.hist(s.max_similarity, bins=bins, histtype="step", density=True,
+            right.hist(clipped(s.max_similarity), bins=bins, histtype="step", density=True,
                        label=f"{s.dataset} ({_pct(s.share)})")  # fmt: skip
     right.set_title("test images: most similar training image", fontsize=10)
     for ax in (left, right):
