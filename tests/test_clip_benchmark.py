@@ -133,3 +133,83 @@ def test_retrieval_equals_clip_benchmark(weights, tmp_path: Path) -> None:
             theirs[f"text_retrieval_recall@{k}"], abs=TOL
         )
     assert 0 < theirs["image_retrieval_recall@1"] < 1
+
+
+def reference_linear_probe(ref: torch.nn.Module, root: Path, work: Path, monkeypatch) -> dict:
+    """CLIP_benchmark's linear probe (``--task linear_probe``, its defaults: all shots, 10
+    epochs, lr 0.1, batch 64, no validation split, seed 0) on the CPU. Its ``evaluate``
+    insists on CUDA; given the features it would cache (its Featurizer: the model's image
+    features, normalised), it runs unchanged with ``.cuda()`` as a no-op and inference on
+    the CPU."""
+    build_dataset, _, _ = clip_benchmark()
+    from clip_benchmark.metrics import linear_probe as lp
+
+    lp.accuracy = _accuracy
+    oc = refs.open_clip()
+    transform = oc.image_transform(BASE_VISION["image_size"], is_train=False)
+    folder = work / "features" / "model"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        dataset = build_dataset(dataset_name=f"wds/{root.name}", root=str(root), transform=transform,
+                                split=split, task="linear_probe")  # fmt: skip
+        features, targets = [], []
+        with torch.no_grad():
+            for x, y in torch.utils.data.DataLoader(dataset.batched(64), batch_size=None):
+                features.append(torch.nn.functional.normalize(ref.encode_image(x), dim=-1))
+                targets.append(y)
+        torch.save(torch.cat(features), folder / f"features_{split}.pt")
+        torch.save(torch.cat(targets), folder / f"targets_{split}.pt")
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    infer = lp.infer
+    monkeypatch.setattr(
+        lp, "infer", lambda model, loader, amp, device: infer(model, loader, amp, "cpu")
+    )
+    torch.manual_seed(0)  # its CLI seeds once at the start; here just before, as ours does
+    return lp.evaluate(ref, None, None, -1, 64, 0, 0.1, 10, "model", 0, str(work / "features"),
+                       "cuda", amp=False)  # fmt: skip
+
+
+def test_linear_probe_equals_clip_benchmark(weights, tmp_path: Path, monkeypatch) -> None:
+    ref, hub = weights
+
+    # classes 0-2, 3-5 and 6-8 are drawn alike: a probe cannot tell them apart perfectly
+    def hard(n: int, seed: int) -> list:
+        return [(picture((i % 10) // 3, seed * 1000 + i), i % 10) for i in range(n)]
+
+    root = write_wds(tmp_path / "wds_cifar10", hard(120, 4), split="train", shard_size=50,
+                     templates=["a photo of a {c}."])  # fmt: skip
+    write_wds(root, hard(50, 5), split="test", shard_size=50)
+    mine = ours(hub, "linear-probe", root / "test", tmp_path / "out", "--train", str(root / "train"),
+                "--recipe", "clip_benchmark")  # fmt: skip
+    theirs = reference_linear_probe(ref, root, tmp_path, monkeypatch)
+    m = mine["metrics"]
+    assert m["top1"] == pytest.approx(theirs["lp_acc1"], abs=TOL)
+    assert m["top5"] == pytest.approx(theirs["lp_acc5"], abs=TOL)
+    assert m["mean_per_class_recall"] == pytest.approx(theirs["lp_mean_per_class_recall"], abs=TOL)
+    assert mine["weight_decay"] == theirs["weight_decay"] == 0
+    assert 0.1 < theirs["lp_acc1"] < 1.0
+
+
+def test_the_probe_trains_the_same_weights_as_clip_benchmark(monkeypatch) -> None:
+    """Below the accuracies: CLIP_benchmark's ``train`` and ours, on the same features in
+    the same loader order, end at the same weights (learning-rate schedule, AdamW, the
+    seeded initial weights and batch order all included)."""
+    clip_benchmark()
+    from clip_benchmark.metrics import linear_probe as lp
+
+    from cliplab.evaluation.adamw_probe import _loader, _train
+
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(150, 32, generator=g), dim=-1)
+    y = torch.randint(0, 7, (150,), generator=g)
+    for weight_decay in (0.0, 0.1):
+        theirs = lp.train(
+            torch.utils.data.DataLoader(lp.FeatureDataset(x, y), batch_size=32, shuffle=True),
+            32, 7, weight_decay, 0.1, 4, False, "cpu", 0,
+        ).module  # fmt: skip
+        mine = _train(_loader(x, y, 32), 32, 7, weight_decay, 0.1, 4, 0)
+        assert torch.allclose(mine.weight, theirs.weight, atol=1e-6)
+        assert torch.allclose(mine.bias, theirs.bias, atol=1e-6)

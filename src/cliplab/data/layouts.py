@@ -43,6 +43,8 @@ from cliplab.data.images import IMAGE_EXTS
 __all__ = ["LAYOUTS", "TarMembers", "detect", "open_classification", "open_retrieval"]
 
 LAYOUTS = ("cliplab", "clip_benchmark", "imagefolder", "table", "karpathy")
+#: Files of a CLIP_benchmark set's root.
+_MARKERS = ("classnames.txt", "dataset_type.txt", "zeroshot_classification_templates.txt")
 #: Image members CLIP_benchmark's sets hold, in its order of preference.
 WDS_IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")
@@ -99,7 +101,7 @@ def detect(path: str | os.PathLike[str], split: str = "test") -> str:
         raise FileNotFoundError(f"{text}: no such evaluation set")
     if storage.is_file(storage.join(text, "meta.json")):
         return "cliplab"
-    for marker in ("classnames.txt", "dataset_type.txt", "zeroshot_classification_templates.txt"):
+    for marker in _MARKERS:
         if storage.is_file(storage.join(text, marker)) and _shards(text, split, quiet=True):
             return "clip_benchmark"
     if _shards(text, split, quiet=True):
@@ -430,12 +432,32 @@ def _karpathy_base(folder: str, first: dict[str, Any], dataset: Any) -> str:
 # --------------------------------------------------------------------------- entry points
 
 
+def _split_folder(text: str, split: str) -> tuple[str, str]:
+    """A CLIP_benchmark split folder given itself (``.../wds_cars/train``): its set and
+    split; anything else as it is."""
+    parent, name = storage.parent(text), posixpath.basename(text)
+    if (
+        not storage.is_file(storage.join(text, "meta.json"))
+        and (storage.is_file(storage.join(text, "nshards.txt")) or _tars(text))
+        and any(storage.is_file(storage.join(parent, f)) for f in _MARKERS)
+    ):
+        return parent, name
+    return text, split
+
+
+def _tars(folder: str) -> bool:
+    try:
+        return storage.is_dir(folder) and bool(storage.list_files(folder, ".tar"))
+    except OSError:
+        return False
+
+
 def open_classification(
     path: str | os.PathLike[str], *, dataset_name: str | None = None, split: str = "test"
 ) -> dict[str, Any]:
     """The fields of a :class:`~cliplab.data.evalsets.ClassificationSet` from any
-    classification layout."""
-    text = os.fspath(path).rstrip("/")
+    classification layout (a CLIP_benchmark split folder names its split)."""
+    text, split = _split_folder(os.fspath(path).rstrip("/"), split)
     layout = detect(text, split)
     if layout == "clip_benchmark":
         kind = (_lines(storage.join(text, "dataset_type.txt")) or ["classification"])[0].lower()
@@ -452,7 +474,7 @@ def open_classification(
 def open_retrieval(path: str | os.PathLike[str], *, split: str = "test") -> Any:
     """The fields of a :class:`~cliplab.data.evalsets.RetrievalSet` from any retrieval
     layout."""
-    text = os.fspath(path).rstrip("/")
+    text, split = _split_folder(os.fspath(path).rstrip("/"), split)
     layout = detect(text, split)
     if layout == "karpathy":
         return _karpathy(text, split)

@@ -13,13 +13,21 @@ from cliplab.encode import FeatureStore
 from cliplab.evaluation.metrics import classification_metrics
 from cliplab.evaluation.output import images_markdown, markdown_table, pct
 from cliplab.evaluation.probe import ProbeOptions, linear_probe, probe_data
-from cliplab.evaluation.protocol import Input, Protocol, Result, Row
+from cliplab.evaluation.protocol import Input, Protocol, Result, Row, option
 from cliplab.evaluation.protocols.zeroshot import zero_shot_features
 
 
 @dataclass(frozen=True)
 class Options(ProbeOptions):
-    pass
+    recipe: str = option(
+        "openai",
+        "openai (the paper's L-BFGS logistic regression, C searched) or clip_benchmark "
+        "(CLIP_benchmark's AdamW linear layer: reproduces its numbers)",
+        choices=("openai", "clip_benchmark"),
+    )
+    lr: float = option(0.1, "clip_benchmark recipe: AdamW learning rate")
+    epochs: int = option(10, "clip_benchmark recipe: passes over the training features")
+    probe_batch_size: int = option(64, "clip_benchmark recipe: batch size")
 
 
 @dataclass
@@ -36,6 +44,8 @@ class LinearProbeResult(Result):
     n_val: int
     metrics: dict[str, Any] = field(default_factory=dict)
     search: list[dict[str, float]] = field(default_factory=list)
+    recipe: str = "openai"
+    weight_decay: float | None = None  # the clip_benchmark recipe's
 
     @property
     def top1(self) -> float:
@@ -52,8 +62,11 @@ class LinearProbeResult(Result):
         return {"top1": self.top1, "zero_shot_top1": self.zero_shot_top1}
 
     def summary(self) -> str:
+        how = f"C={self.C:.3g}" if self.recipe == "openai" else (
+            f"CLIP_benchmark's AdamW probe, weight decay {self.weight_decay:.3g}"
+        )  # fmt: skip
         return (
-            f"linear probe {self.dataset}: top-1 {pct(self.top1)}% (C={self.C:.3g}); "
+            f"linear probe {self.dataset}: top-1 {pct(self.top1)}% ({how}); "
             f"zero-shot on the same images {pct(self.zero_shot_top1)}%"
         )
 
@@ -70,10 +83,16 @@ class LinearProbeResult(Result):
             if self.search
             else f"C = {self.C:.3g} fixed, fitted on {self.n_train} images"
         )
+        method = f"L-BFGS logistic regression ({self.backend}), {how}"
+        if self.recipe == "clip_benchmark":
+            method = (
+                f"CLIP_benchmark's probe: a linear layer trained with AdamW on {self.n_train} "
+                f"images, weight decay {self.weight_decay:.3g}"
+            )
         lines = [
             f"### Linear probe: {self.dataset}",
             "",
-            f"{self.setup}. L-BFGS logistic regression ({self.backend}), {how}.",
+            f"{self.setup}. {method}.",
             "",
             markdown_table(
                 ["", "top-1 (%)", "top-5 (%)", "mean per-class recall (%)"],
@@ -101,6 +120,8 @@ def run(
     """A full linear probe (C searched on a validation split of the training features) with
     zero-shot accuracy on the same test images for comparison."""
     data = probe_data(store, dataset, train, seed=options.seed)
+    if options.recipe == "clip_benchmark":
+        return _clip_benchmark(store, options, dataset, data)
     result = linear_probe(
         data.train_x,
         data.train_y,
@@ -126,6 +147,34 @@ def run(
         n_val=result.n_val,
         metrics=result.metrics,
         search=result.search,
+    )
+
+
+def _clip_benchmark(
+    store: FeatureStore, options: Options, dataset: ClassificationSet, data: Any
+) -> LinearProbeResult:
+    """CLIP_benchmark's probe (:mod:`cliplab.evaluation.adamw_probe`) on the same features."""
+    from cliplab.evaluation.adamw_probe import adamw_probe
+
+    probe = adamw_probe(
+        data.train_x, data.train_y, data.test_x, data.test_y, lr=options.lr,
+        epochs=options.epochs, batch_size=options.probe_batch_size, seed=options.seed,
+    )  # fmt: skip
+    metrics = classification_metrics(probe.logits, probe.targets, dataset.classnames, ties="topk")
+    logits, _ = zero_shot_features(store, dataset, options.templates, data.test_x)
+    return LinearProbeResult(
+        dataset=dataset.name,
+        backend="AdamW (CLIP_benchmark)",
+        setup=data.note,
+        zero_shot_top1=classification_metrics(logits, data.test_y)["top1"],
+        C=float("nan"),
+        val_accuracy=None,
+        n_train=probe.n_train,
+        n_val=0,
+        metrics=metrics,
+        search=probe.search,
+        recipe="clip_benchmark",
+        weight_decay=probe.weight_decay,
     )
 
 
