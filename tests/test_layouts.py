@@ -110,6 +110,29 @@ def test_bundled_names_fill_what_a_set_lacks(tmp_path: Path) -> None:
         )
 
 
+def test_the_cli_names_the_dataset_and_the_split(tmp_path: Path, capsys) -> None:
+    """``cliplab eval zeroshot --dataset-name`` gives a bare tree its bundled names and
+    templates; ``--split`` picks the split folder of a CLIP_benchmark set."""
+    import json
+
+    folders = [f"n{i:08d}" for i in range(10)]
+    tree = write_imagefolder(tmp_path / "tree", samples(20), folders)
+    run = ["eval", "zeroshot", "--model", "random:tiny-vit", "--quiet", "--no-cache"]
+    out = tmp_path / "out"
+    assert main([*run, "--dataset", str(tree), "--dataset-name", "cifar10", "--out", str(out)]) == 0
+    (found,) = out.glob("zeroshot-*.json")
+    result = json.loads(found.read_text())
+    assert result["templates"] == 18 and result["num_classes"] == 10, result
+    assert main([*run, "--dataset", str(tree), "--dataset-name", "cifar11"]) == 2
+    assert "unknown dataset name" in capsys.readouterr().err
+    root = write_wds(tmp_path / "wds_x", samples(6), split="train")
+    assert main([*run, "--dataset", str(root), "--out", str(out)]) == 2  # no test/ split
+    assert "no shards in test/ (it has train: --split)" in capsys.readouterr().err
+    assert main([*run, "--dataset", str(root), "--split", "train", "--out", str(tmp_path / "o2")]) == 0
+    (found,) = (tmp_path / "o2").glob("zeroshot-*.json")
+    assert json.loads(found.read_text())["n"] == 6
+
+
 def test_retrieval_layouts(tmp_path: Path) -> None:
     items = [(picture(i % 10, i), [f"caption {i} a", f"caption {i} b"]) for i in range(12)]
     wds = load_retrieval(write_wds_retrieval(tmp_path / "wds_flickr", items))

@@ -122,11 +122,17 @@ def make_store(args: argparse.Namespace, spec: str) -> FeatureStore:
     )
 
 
-def _load(spec: Input, value: Any) -> Any:
+def _load(spec: Input, value: Any, dataset_name: str | None = None, split: str = "test") -> Any:
+    """An input's set(s); ``dataset_name`` (bundled class names and templates) applies to
+    classification sets, ``split`` to layouts with splits (a split folder names its own)."""
     if value is None:
         return [] if spec.many else None
+    if spec.kind == "classification":
+        kwargs: dict[str, Any] = {"dataset_name": dataset_name, "split": split}
+    else:
+        kwargs = {"split": split}
     load = LOADERS[spec.kind]
-    return [load(v) for v in value] if spec.many else load(value)
+    return [load(v, **kwargs) for v in value] if spec.many else load(value, **kwargs)
 
 
 # --------------------------------------------------------------------------- one protocol
@@ -144,6 +150,17 @@ def add_protocol_parser(subparsers: argparse._SubParsersAction, protocol: Protoc
             required=i.required,
             help=i.help,
         )
+    p.add_argument(
+        "--dataset-name",
+        help="which standard dataset the sets are (cifar10, imagenet1k, ...): its bundled class "
+        "names and templates where a set has none (default: the set's folder name if it names one)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="the split read from layouts with splits (CLIP_benchmark shards, ImageFolder, "
+        "Karpathy JSON); a CLIP_benchmark split folder given itself names its own",
+    )
     add_option_flags(p, protocol.option_fields())
     p.set_defaults(run=run_protocol, protocol_spec=protocol)
 
@@ -188,7 +205,10 @@ def report_problems(problems: list[str]) -> int:
 def run_protocol(args: argparse.Namespace) -> int:
     protocol: Protocol = args.protocol_spec
     options = options_from(args, protocol)
-    inputs = {i.name: _load(i, getattr(args, f"input_{i.name}")) for i in protocol.inputs}
+    inputs = {
+        i.name: _load(i, getattr(args, f"input_{i.name}"), args.dataset_name, args.split)
+        for i in protocol.inputs
+    }
     result, problems = run_despite_bad_images(
         protocol, make_store(args, args.model), options, inputs
     )

@@ -108,6 +108,12 @@ def detect(path: str | os.PathLike[str], split: str = "test") -> str:
         return "clip_benchmark"
     if _class_folders(text, split):
         return "imagefolder"
+    if any(storage.is_file(storage.join(text, m)) for m in _MARKERS):
+        others = [s for s in ("train", "test", "val", "validation") if _shards(text, s, quiet=True)]
+        raise ValueError(
+            f"{text}: a CLIP_benchmark set with no shards in {split}/"
+            + (f" (it has {', '.join(others)}: --split)" if others else "")
+        )
     raise ValueError(
         f"{text}: not an evaluation set cliplab reads (a cliplab set with meta.json, "
         "CLIP_benchmark's WebDataset layout, an ImageFolder tree, a CSV/Parquet of path,label, "
