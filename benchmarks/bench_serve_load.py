@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,9 @@ def main() -> None:
         proc, base = start_server(work / "c", batching, runtime)
         try:
             load(base, 4, 5.0, seed=99)  # warm-up, not counted
-            runs[name] = load(base, args.clients, args.seconds)
+            with urllib.request.urlopen(base + "/health", timeout=30) as response:
+                used = json.loads(response.read())["runtime"]  # auto's choice, concretely
+            runs[name] = {**load(base, args.clients, args.seconds), "runtime": used}
         finally:
             proc.terminate()
             proc.wait(timeout=30)

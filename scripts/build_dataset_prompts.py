@@ -80,8 +80,12 @@ def main() -> None:
         (repo / "notebooks" / "Prompt_Engineering_for_ImageNet.ipynb").read_text(encoding="utf-8")
     )
     cells = ["".join(c["source"]) for c in notebook["cells"]]
-    classes = next(_list(c + "\n", "imagenet_classes") for c in cells if "imagenet_classes = [" in c)
-    templates = next(_list(c + "\n", "imagenet_templates") for c in cells if "imagenet_templates = [" in c)
+    classes = next(
+        _list(c + "\n", "imagenet_classes") for c in cells if "imagenet_classes = [" in c
+    )
+    templates = next(
+        _list(c + "\n", "imagenet_templates") for c in cells if "imagenet_templates = [" in c
+    )
     datasets["imagenet1k"] = {"title": "ImageNet", "aliases": IMAGENET_ALIASES,
                               "classnames": classes, "templates": templates}  # fmt: skip
     assert len(classes) == 1000 and len(templates) == 80

@@ -102,3 +102,19 @@ def test_bad_suites_are_exit_status_2(
         == 2
     )
     assert message in capsys.readouterr().err
+
+
+def test_model_columns_are_short_and_distinct(tmp_path: Path) -> None:
+    """Two runs' models both in ``.../train/model`` get a column each, named by their run."""
+    from cliplab.cli.evaluate import model_labels
+
+    for run in ("demo", "wit"):
+        (tmp_path / "runs" / run / "train" / "model").mkdir(parents=True)
+    demo, wit = (str(tmp_path / "runs" / r / "train" / "model") for r in ("demo", "wit"))
+    assert model_labels([demo, wit, "random:tiny-vit"]) == ["demo", "wit", "random:tiny-vit"]
+    assert model_labels([demo, demo]) == ["demo", "demo (2)"]
+    for side in ("a", "b"):
+        (tmp_path / side / "x").mkdir(parents=True)
+        (tmp_path / side / "x" / "m.safetensors").touch()
+    files = [str(tmp_path / side / "x" / "m.safetensors") for side in ("a", "b")]
+    assert model_labels(files) == ["a/x/m", "b/x/m"]

@@ -1,4 +1,5 @@
-"""``cliplab data``: write and survey shards, install the real sources, build datasets, curate.
+"""``cliplab data``: write and survey shards, install the real sources, build datasets, curate,
+measure train/test overlap.
 
     cliplab data write SRC --out DIR     # a folder, CSV, Parquet, shards or "synthetic" -> shards
     cliplab data stats SHARDS            # counts, failures by reason, caption and image sizes
@@ -6,6 +7,7 @@
     cliplab data build [BUILDER ...]     # installed sources -> shard sets and evaluation sets
     cliplab data curate INPUT ... --out DIR
     cliplab data download PAIRS --out DIR  # (URL, caption) tables -> shards (cli/download.py)
+    cliplab data overlap --train SRC... --eval SET... --model M  # the paper's duplicate analysis
 
 The work is done by the library (:mod:`cliplab.data`) and the dataset recipes
 (:mod:`cliplab.recipes`); this module only parses arguments and prints.

@@ -320,10 +320,9 @@ def run_suite(args: argparse.Namespace) -> int:
     tasks = read_suite(args.suite)
     loaded = [(task, task.loaded_inputs()) for task in tasks]  # every set readable first
     records, problems = [], []
-    for spec in args.model:
+    for spec, label in zip(args.model, model_labels(args.model)):
         print(f"evaluating {spec} on {len(tasks)} task(s)", file=sys.stderr)
         store = make_store(args, spec)
-        label = _model_label(spec)
         for task, inputs in loaded:
             protocol = PROTOCOLS[task.protocol]
             start = time.perf_counter()
@@ -342,13 +341,43 @@ def run_suite(args: argparse.Namespace) -> int:
     return report_problems(problems)
 
 
-def _model_label(spec: str) -> str:
-    """A short column name for a model: the checkpoint's folder or file name, or the name."""
-    path = Path(spec)
-    if path.exists():
-        parts = [p for p in path.resolve().parts if p not in ("model", "final", "checkpoints")]
-        return parts[-1] if parts else spec
-    return spec
+#: Folder names that say nothing about which model it is.
+_GENERIC = ("model", "final", "checkpoints", "train", "runs", "out")
+
+
+def model_labels(specs: list[str]) -> list[str]:
+    """Short, distinct column names for models: a checkpoint's most telling folder name
+    (``runs/demo/train/model`` -> ``demo``), with more of its path where two would read
+    alike; a name (``ViT-B/32``, ``random:tiny-vit``) as it is."""
+    parts = []
+    for spec in specs:
+        path = Path(spec)
+        if path.exists():
+            full = path.resolve()
+            found = [p for p in full.parts if p not in _GENERIC and p != full.anchor]
+            stem = Path(found[-1]).stem if found else spec
+            parts.append([*found[:-1], stem] if found else [spec])
+        else:
+            parts.append([spec])
+    depth = [1] * len(specs)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        grow = [
+            i
+            for i, label in enumerate(labels)
+            if depth[i] < len(parts[i])
+            and any(labels[j] == label and parts[j] != parts[i] for j in range(len(labels)))
+        ]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:  # still alike (the same checkpoint twice): numbered
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
 
 
 def model_info(store: FeatureStore) -> dict[str, Any]:

@@ -274,16 +274,18 @@ def _plot(rows: Mapping[tuple[str, str], Mapping[str, float]], models: Sequence[
 
     plt = pyplot()
     labels = [f"{d}\n{m}" for d, m in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(labels) * len(models) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(labels) * len(models) + 1.2))
     height = 0.8 / len(models)
     for i, model in enumerate(models):
         ys = [j + i * height for j in range(len(labels))]
         xs = [100 * rows[key].get(model, float("nan")) for key in rows]
-        ax.barh(ys, xs, height=height, label=model)
+        bars = ax.barh(ys, xs, height=height, label=model)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels=labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("%")
     ax.set_xlim(0, 100)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
+    fig.tight_layout()  # the dataset names stay inside the picture
     return save_figure(fig, path)

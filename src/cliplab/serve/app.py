@@ -295,6 +295,7 @@ def create_app(
             "model": collection.info.get("model"),
             "index": searcher.index.info["plan"]["kind"] if searcher.index else "exact (no index)",
             "captions": collection.has_texts,
+            "runtime": searcher.runtime,
             "sync": {k: state[k] for k in ("generation", "synced_at", "last") if k in state}
             or None,
         }
