@@ -128,7 +128,9 @@ def test_the_cli_names_the_dataset_and_the_split(tmp_path: Path, capsys) -> None
     root = write_wds(tmp_path / "wds_x", samples(6), split="train")
     assert main([*run, "--dataset", str(root), "--out", str(out)]) == 2  # no test/ split
     assert "no shards in test/ (it has train: --split)" in capsys.readouterr().err
-    assert main([*run, "--dataset", str(root), "--split", "train", "--out", str(tmp_path / "o2")]) == 0
+    assert (
+        main([*run, "--dataset", str(root), "--split", "train", "--out", str(tmp_path / "o2")]) == 0
+    )
     (found,) = (tmp_path / "o2").glob("zeroshot-*.json")
     assert json.loads(found.read_text())["n"] == 6
 

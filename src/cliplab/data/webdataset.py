@@ -48,9 +48,11 @@ from cliplab.data.images import probe_image
 from cliplab.data.stream import BadSample, RawSample, stable_seed
 
 __all__ = [
+    "SHARD_SUFFIXES",
     "ShardIndex",
     "WebDatasetSource",
     "expand_urls",
+    "is_shard",
     "iter_tar_records",
     "iter_units",
     "shard_stats",
@@ -203,6 +205,14 @@ class _LastRead(io.RawIOBase):
 
 
 _COMPRESSED = (".gz", ".tgz", ".bz2", ".xz")
+#: Names of tar shards (plain or compressed).
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def is_shard(path: str) -> bool:
+    """Whether ``path`` names a tar shard (or a ``pipe:`` command that streams one) rather
+    than a single file."""
+    return path.startswith("pipe:") or path.lower().endswith(SHARD_SUFFIXES)
 
 
 def iter_tar_records(url: str, source: str = "") -> Iterator[RawSample]:

@@ -62,9 +62,12 @@ def records(
 
         index = 0
         for url in urls:
+            # a local shard is recorded by its absolute path (as files are): a collection is
+            # searched and served from any working directory
+            where = url if is_remote(url) or url.startswith("pipe:") else os.path.abspath(url)
             for record in iter_tar_records(url, getattr(source, "name", "")):
                 if index >= start and keep(index - start):
-                    yield record, url
+                    yield record, where
                 index += 1
         return
     for index, record in enumerate(scan(source)):

@@ -42,7 +42,7 @@ import numpy as np
 
 from cliplab.data import storage
 from cliplab.data.images import IMAGE_EXTS
-from cliplab.data.webdataset import ShardIndex
+from cliplab.data.webdataset import ShardIndex, is_shard
 
 __all__ = [
     "FORMAT",
@@ -254,12 +254,6 @@ class Collection:
         table = self.metadata.take(indices)
         return table.to_pylist()
 
-    @property
-    def from_shards(self) -> bool:
-        """Whether the source was tar shards: then a row's ``path`` is its shard, its ``key``
-        the sample in it; otherwise ``path`` is the image file."""
-        return (self.info.get("source") or {}).get("kind") in ("webdataset", "shards")
-
     def image_bytes(self, index: int) -> bytes | None:
         """The bytes of image ``index`` as its source holds them: the file the row records, or
         its member of the shard the row records (read by key and byte range), local or in
@@ -271,7 +265,7 @@ class Collection:
         if not path:
             return None
         try:
-            if self.from_shards:
+            if is_shard(path):  # a shard and key (a collection may mix shards and files)
                 found = self._shards.read_member(path, row["key"], IMAGE_EXTS)
                 return None if found is None else found[1]
             return storage.read_bytes(path)
