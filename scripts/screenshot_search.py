@@ -85,15 +85,18 @@ def main() -> int:
 
         def loaded(d) -> bool:
             images = d.find_elements(By.CSS_SELECTOR, "#grid img, #dups img")
-            return all(
-                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
-                for i in images
-            )
+            return all(d.execute_script("return arguments[0].complete", i) for i in images)
 
         driver.find_element(By.ID, "show-dups").click()
         wait.until(lambda d: d.find_element(By.ID, "dups").text.strip() != "")
         wait.until(loaded)
         time.sleep(0.5)
+        broken = driver.execute_script(
+            "return [...document.querySelectorAll('img')].filter(i => !i.naturalWidth)"
+            ".map(i => i.src)"
+        )
+        if broken:
+            print(f"{len(broken)} image(s) did not load: {broken[:5]}", file=sys.stderr)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(args.out))
         print(f"wrote {args.out}: {driver.find_element(By.ID, 'summary').text}")
