@@ -20,6 +20,7 @@ from PIL import Image
 
 import cliplab
 from cliplab.data.sources import spec_for_path
+from cliplab.data.webdataset import is_shard
 from cliplab.search.collection import Collection
 from cliplab.search.dedup import find_duplicates
 from cliplab.search.embed import embed
@@ -117,7 +118,7 @@ def test_api_answers(server: str) -> None:
     health = httpx.get(f"{server}/health").json()
     sync = health.pop("sync")
     assert health == {"status": "ok", "images": 18, "model": "random:tiny-vit",
-                      "index": "exact", "captions": True}  # fmt: skip
+                      "index": "exact", "captions": True, "runtime": "torch"}  # fmt: skip
     assert sync["generation"] == 1 and sync["last"] == {"added": 18}
     found = httpx.get(f"{server}/search", params={"q": "a red square", "k": 5}).json()["results"]
     assert len(found) == 5 and all(r["url"] == f"/image/{r['id']}" for r in found)
@@ -291,11 +292,12 @@ def test_images_of_collections_in_object_storage(tmp_path: Path) -> None:
             embed(spec_for_path(source), out, model, preprocess, model_spec="random:tiny-vit",
                   progress=False)  # fmt: skip
             collection = Collection(out)
-            assert len(collection) == 7 and collection.from_shards == (name == "shards")
+            assert len(collection) == 7
             client = TestClient(create_app(Searcher(out, model, preprocess)))
             for i in range(7):
                 row = collection.row(i)
                 assert row["path"].startswith("s3://cliplab/serve/"), row
+                assert is_shard(row["path"]) == (name == "shards"), row
                 response = client.get(f"/image/{i}")
                 assert response.status_code == 200, response.text
                 assert response.content == original(row)

@@ -177,6 +177,24 @@ def test_classifier_is_batch_size_invariant() -> None:
     torch.testing.assert_close(a.norm(dim=1), torch.ones(len(CLASSES)))
 
 
+def test_texts_batched_by_length_come_back_in_order_with_the_same_features() -> None:
+    """encode_texts batches texts of similar length together: each row's feature is the one
+    it gets alone (perturbed weights, so a misplaced row cannot match by accident)."""
+    from cliplab.encode import encode_texts
+
+    torch.manual_seed(0)
+    model = cliplab.create_model("tiny-vit").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    texts = ["a cat", "a very long caption about a dog that runs on a beach at night", "x",
+             "two birds", "a red car parked beside a tall green tree", "sky"] * 3  # fmt: skip
+    texts = [f"{t} {i}" for i, t in enumerate(texts)]
+    alone = torch.cat([encode_texts(model, None, [t], batch_size=1) for t in texts])
+    together = encode_texts(model, None, texts, batch_size=4)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_classifier_cache_is_invalidated_by_names_templates_and_weights(tmp_path) -> None:
     model = OneHotCLIP(CLASSES)
     templates = ["a photo of a {}.", "a {}."]

@@ -302,14 +302,23 @@ def encode_texts(
         from cliplab.tokenizer.files import tokenizer_for
 
         tokenizer = tokenizer_for(model)
-    out = []
+    # texts of similar length go through together (by characters, a proxy for tokens): the
+    # tower cuts each batch to its longest text, so less padding is computed; rows are
+    # independent, so the order changes no feature
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: torch.Tensor | None = None
     starts = range(0, len(texts), batch_size)
     for start in progress_bar(starts, total=len(starts), desc=desc, enabled=progress):
-        tokens = tokenize_texts(tokenizer, texts[start : start + batch_size], context_length)
+        rows = order[start : start + batch_size]
+        tokens = tokenize_texts(tokenizer, [texts[i] for i in rows], context_length)
         with autocast_for(device):
             features = model.encode_text(tokens.to(device))
-        out.append(F.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(out)
+        features = F.normalize(features.float(), dim=-1).cpu()
+        if out is None:
+            out = torch.empty(len(texts), features.shape[1])
+        out[torch.tensor(rows)] = features
+    assert out is not None
+    return out
 
 
 @torch.no_grad()
@@ -336,12 +345,17 @@ def encode_prompts(
     texts = [fill_template(t, c) for c in classnames for t in templates]  # class-major
     owner = torch.arange(len(classnames)).repeat_interleave(len(templates))  # (C*T,)
     sums: torch.Tensor | None = None
-    step = max(1, batch_size)
-    starts = range(0, len(texts), step)
-    for start in progress_bar(starts, total=len(starts), desc="class prompts", enabled=progress):
+    step = max(1, batch_size) * 64  # encode_texts sorts each chunk by length: large chunks
+    for start in range(0, len(texts), step):
         features = encode_texts(
-            model, tokenizer, texts[start : start + step], batch_size=step, device=device
-        )  # (b, D), unit norm
+            model,
+            tokenizer,
+            texts[start : start + step],
+            batch_size=max(1, batch_size),
+            device=device,
+            progress=progress,
+            desc="class prompts",
+        )  # (b, D), unit norm; fmt: skip
         if sums is None:
             sums = torch.zeros(len(classnames), features.shape[1], dtype=torch.float64)
         sums.index_add_(0, owner[start : start + step], features.double())
