@@ -355,7 +355,7 @@ def encode_prompts(
             device=device,
             progress=progress,
             desc="class prompts",
-        )  # (b, D), unit norm; fmt: skip
+        )  # (b, D), unit norm
         if sums is None:
             sums = torch.zeros(len(classnames), features.shape[1], dtype=torch.float64)
         sums.index_add_(0, owner[start : start + step], features.double())

@@ -285,7 +285,7 @@ def shard_stats_path(url: str) -> str | None:
     local or in object storage; None for a ``pipe:`` shard or when there is none."""
     if url.startswith("pipe:"):
         return None
-    for suffix in (".tar.gz", ".tgz", ".tar"):
+    for suffix in SHARD_SUFFIXES:
         if url.endswith(suffix):
             stem = url[: -len(suffix)]
             break

@@ -16,7 +16,7 @@ from typing import Any
 from cliplab.data import storage
 from cliplab.data.decode import ERROR_MEMBER
 from cliplab.data.manifest import iter_rows, table_format
-from cliplab.data.webdataset import expand_urls, iter_tar_records
+from cliplab.data.webdataset import SHARD_SUFFIXES, expand_urls, iter_tar_records
 
 __all__ = [
     "FORMATS",
@@ -67,7 +67,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 def detect_format(path: str) -> str:
     """The input format a file name says."""
     lower = path.lower()
-    if lower.endswith((".tar", ".tar.gz", ".tgz")):
+    if lower.endswith(SHARD_SUFFIXES):
         return "wds"
     fmt = table_format(path)
     if fmt is None:
