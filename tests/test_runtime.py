@@ -197,3 +197,45 @@ def test_auto_measures_once_per_architecture_and_remembers(tmp_path, monkeypatch
     wider = cliplab.create_model("tiny-vit", embed_dim=48).eval()
     runtime.resolve_runtime("auto", "cpu", wider, tmp_path)
     assert calls == [1, 1] and len(json.loads((tmp_path / "runtime-auto.json").read_text())) == 2
+
+
+_FAULTS = """
+import resource, sys, torch
+from cliplab.runtime import reuse_freed_memory
+took = reuse_freed_memory() if sys.argv[1] == "reuse" else False
+x = torch.empty(0)
+for i in range(30):  # 40 MB made, used and freed, as a layer's activation batch after batch
+    if i == 10:  # the heap has grown to its working size
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    del x
+    x = torch.empty(10 * 2**20).fill_(1.0)
+print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_freed_activations_are_reused_instead_of_faulted_in_again(tmp_path) -> None:
+    """``reuse_freed_memory`` (the command line's first step): 40 MB allocated, filled and
+    freed 20 times page-faults its memory in 20 times with glibc's defaults (a fresh ``mmap``
+    each time), hardly at all with freed blocks kept; and the setting stays off where the
+    user tuned malloc."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "faults.py"
+    script.write_text(_FAULTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("CLIPLAB_MALLOC", None)
+
+    def run(setting: str, **extra: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, str(script), setting], env={**env, **extra},
+                             check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+        return out[0], int(out[1])
+
+    took, reused = run("reuse")
+    _, default = run("default")
+    assert took == "True"
+    assert default > 20 * 9000  # ~10,240 pages of 4 KiB per 40 MB allocation
+    assert reused < default / 8
+    assert run("reuse", CLIPLAB_MALLOC="system")[0] == "False"
+    assert run("reuse", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"

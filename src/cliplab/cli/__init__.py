@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 bad input)."""
     args = build_parser().parse_args(argv)
     _show_library_logs()
+    from cliplab.runtime import reuse_freed_memory
+
+    reuse_freed_memory()  # batch after batch of the same large activations: no page faults
     try:
         return int(args.run(args) or 0)
     except FetchError as e:  # the network or a server, not the user's input
