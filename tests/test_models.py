@@ -234,6 +234,41 @@ def test_length_grouped_text_tower_is_exact_with_gradients() -> None:
         assert relative_error(a, b) <= 1e-4
 
 
+def test_a_prompt_prefix_the_batch_shares_is_computed_once_and_exactly() -> None:
+    """Prompts of one template share the positions before the class name: the tower runs
+    them once (a pass of one row) and each row's own positions attend to their keys and
+    values. Same features as the untrimmed tower, on weights moved off their init; a row
+    that ends early bounds the shared part."""
+    model = CLIP(PRESETS["tiny-vit"])
+    refs.perturb_(model, seed=4)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    template = [49406, 320, 1125, 539, 320, 1400, 539]  # <sot> a photo of a ... of
+    rows = []
+    for _ in range(400):
+        name = torch.randint(1, 49000, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
+        rows.append(template + name.tolist() + [49407])
+    tokens = torch.zeros(len(rows), model.context_length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    calls: list[tuple[int, int]] = []
+    model.text.transformer.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[:2]))
+    with torch.no_grad():
+        shared = model.encode_text(tokens)
+        assert (1, 7) in calls  # the prefix, once
+        assert all(n < 7 or b == 1 for b, n in calls)  # no other pass computes it again
+        calls.clear()
+        early = tokens.clone()
+        early[5, 3:] = 0
+        early[5, 3] = 49407  # <sot> a photo <eot>: 3 shared positions at most
+        early_shared = model.encode_text(early)
+        assert (1, 3) in calls
+        model.text.length_groups = 0  # untrimmed, unshared: the plain tower
+        full, early_full = model.encode_text(tokens), model.encode_text(early)
+    assert relative_error(shared, full) <= 1e-5
+    assert relative_error(early_shared, early_full) <= 1e-5
+
+
 @pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_parity_with_open_clip(kind: str, activation: str) -> None:
@@ -372,8 +407,10 @@ BUGS = {
     "swapped ln_1/ln_2": (
         "transformer.py",
         ("ResidualAttentionBlock",),
-        "x = x + self.attn(self.ln_1(x), causal=causal)\n        return x + self.mlp(self.ln_2(x))",
-        "x = x + self.attn(self.ln_2(x), causal=causal)\n        return x + self.mlp(self.ln_1(x))",
+        "x = x + self.attn(self.ln_1(x), causal=causal, prefix=prefix, keep=keep)\n"
+        "        return x + self.mlp(self.ln_2(x))",
+        "x = x + self.attn(self.ln_2(x), causal=causal, prefix=prefix, keep=keep)\n"
+        "        return x + self.mlp(self.ln_1(x))",
     ),
     "dropped attention bias": (
         "transformer.py",

@@ -25,9 +25,15 @@ def trim_padding(text: torch.Tensor) -> torch.Tensor:
 
 # What one more length group costs, in padded token positions: the fixed cost of running the
 # tower's layers once more (a few kernel launches per layer), measured on CPU as about the
-# work of 512 positions for a 96-wide 2-layer tower; wider towers only make it relatively
-# smaller.
+# work of 512 positions for a 96-wide 2-layer tower. A position's work grows with the
+# width squared and the launches do not, so a tower of width w pays GROUP_COST * (96/w)^2
+# (:func:`group_cost`): 18 positions for ViT-B/32's 512-wide text tower.
 GROUP_COST = 512
+
+
+def group_cost(width: int) -> int:
+    """One more pass through a ``width``-wide tower's layers, in token positions."""
+    return max(1, round(GROUP_COST * (96 / width) ** 2))
 
 
 def length_groups(
@@ -140,7 +146,9 @@ class TextTransformer(nn.Module):
         groups = []
         if self.length_groups > 0 and text.shape[0] > 0:
             lengths = (text.argmax(dim=-1) + 1).tolist()
-            groups = length_groups(lengths, max_groups=self.length_groups)
+            groups = length_groups(
+                lengths, max_groups=self.length_groups, group_cost=group_cost(self.config.width)
+            )
         if len(groups) > 1:
             index = [torch.tensor(rows, device=text.device) for rows, _ in groups]
             parts = [self._eot_features(text[i, :n]) for i, (_, n) in zip(index, groups)]
@@ -153,6 +161,23 @@ class TextTransformer(nn.Module):
             return projection(x)  # (B, embed_dim)
         return x if projection is None else x @ projection  # (B, embed_dim)
 
+    def _shared_prefix(self, text: torch.Tensor, eot: torch.Tensor) -> int:
+        """How many leading positions every row of ``text`` shares (before any row's EOT),
+        when computing them once pays; else 0.
+
+        Prompts made from one template share its words before the class name (``a photo of
+        a``): with causal attention those positions' activations are the same in every row,
+        so they are computed once for the batch and the rows attend to their keys and
+        values. Inference only (no autograd graph), on the trimming tower; worth it when
+        the positions saved outweigh one more pass through the layers (:func:`group_cost`)."""
+        B = text.shape[0]
+        if B < 2 or not self.length_groups or torch.is_grad_enabled():
+            return 0
+        same = (text == text[:1]).all(dim=0)[: int(eot.min())]  # (positions before an EOT,)
+        P = int(same.int().cumprod(0).sum())
+        saved = (B - 1) * P  # positions not computed again
+        return P if saved >= group_cost(self.config.width) else 0
+
     def _eot_features(self, text: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L) -> the top layer's activation at each row's EOT (or the position
         ``config.pool`` names), (B, width)."""
@@ -161,7 +186,14 @@ class TextTransformer(nn.Module):
         dtype = self.positional_embedding.dtype
         x = self.token_embedding(text).to(dtype)  # (B, L, width)
         x = x + self.positional_embedding[:L].to(dtype)
-        x = self.transformer(x, causal=self.config.causal)  # (B, L, width)
+        P = self._shared_prefix(text, eot)
+        if P:  # the positions every row shares, once; each row's own positions after them
+            keep: list = []
+            self.transformer(x[:1, :P], causal=True, keep=keep)  # (1, P, width)
+            x = self.transformer(x[:, P:], causal=True, prefix=keep)  # (B, L-P, width)
+            eot = eot - P
+        else:
+            x = self.transformer(x, causal=self.config.causal)  # (B, L, width)
         if self.config.pool == "last":  # SigLIP: the last position, padding or not
             return x[:, -1]
         if self.config.pool == "first":

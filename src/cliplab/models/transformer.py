@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+KeyValues = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values (B, H, L, D/H)
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back, as OpenAI's (safe for fp16 weights)."""
@@ -64,13 +66,34 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        prefix: KeyValues | None = None,
+        keep: list[KeyValues] | None = None,
+    ) -> torch.Tensor:
+        """``prefix``: keys and values (1, H, P, D/H) of P positions that come before every
+        row of ``x`` (a prefix the rows share, computed once); ``keep``: a list this call
+        appends its own keys and values to, to serve as a later call's ``prefix``."""
         B, L, D = x.shape  # (batch, tokens, width)
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
         q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(
             2, 0, 3, 1, 4
         )  # (B, H, L, D/H)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, L, D/H)
+        if keep is not None:
+            keep.append((k, v))
+        if prefix is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, L, D/H)
+        else:
+            P = prefix[0].shape[2]
+            k = torch.cat([prefix[0].expand(B, -1, -1, -1), k], dim=2)  # (B, H, P+L, D/H)
+            v = torch.cat([prefix[1].expand(B, -1, -1, -1), v], dim=2)
+            # row i of x sits at position P+i: it sees the prefix and x's rows up to i
+            mask = (
+                torch.ones(L, P + L, dtype=torch.bool, device=x.device).tril(P) if causal else None
+            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, D/H)
         return self.out_proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
 
@@ -86,8 +109,14 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width, eps=eps)
         self.mlp = mlp(width, mlp_width, activation)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        prefix: KeyValues | None = None,
+        keep: list[KeyValues] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal, prefix=prefix, keep=keep)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -110,9 +139,18 @@ class Transformer(nn.Module):
             ResidualAttentionBlock(width, heads, mlp_width, activation, eps) for _ in range(layers)
         )
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        for block in self.resblocks:  # x: (B, L, width)
-            x = block(x, causal=causal)
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        prefix: list[KeyValues] | None = None,
+        keep: list[KeyValues] | None = None,
+    ) -> torch.Tensor:
+        """``keep``: a list that collects each layer's keys and values; ``prefix``: such a
+        list from an earlier call on positions that precede every row of ``x`` (exact with
+        causal attention: a prefix shared by a batch of prompts is computed once)."""
+        for i, block in enumerate(self.resblocks):  # x: (B, L, width)
+            x = block(x, causal=causal, prefix=None if prefix is None else prefix[i], keep=keep)
         return x
 
     @torch.no_grad()
