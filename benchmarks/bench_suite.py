@@ -106,6 +106,10 @@ def main() -> None:
     ap.add_argument("--runtimes", nargs="*", default=["onnx-int8"],
                     help="also time cliplab uncached with these --runtime values (their ONNX "
                     "export included: a fresh cache); their numbers differ from float32's")  # fmt: skip
+    ap.add_argument("--peer-malloc", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time clip_benchmark with glibc's malloc set as cliplab sets "
+                    "it (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_): how much of the "
+                    "speed-up is that setting")  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-suite-"))
     names = build_sets(work / "sets", args.fmnist, args.templates)
@@ -133,6 +137,13 @@ def main() -> None:
     seconds = {}
     seconds["clip_benchmark"] = timed(theirs_cmd, work)
     print(f"clip_benchmark eval: {seconds['clip_benchmark']:.1f} s", flush=True)
+    if args.peer_malloc:
+        limit = str(2**30)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": limit, "MALLOC_TRIM_THRESHOLD_": limit}
+        start = time.perf_counter()
+        subprocess.run(theirs_cmd, cwd=work, check=True, stdout=subprocess.DEVNULL, env=env)
+        peer = seconds["clip_benchmark, malloc as cliplab's"] = time.perf_counter() - start
+        print(f"clip_benchmark eval, malloc as cliplab's: {peer:.1f} s", flush=True)
     seconds["cliplab (uncached)"] = timed([*ours_cmd, "--out", str(work / "ours1")], work)
     print(f"cliplab eval suite, no cache: {seconds['cliplab (uncached)']:.1f} s", flush=True)
     seconds["cliplab (cached)"] = timed([*ours_cmd, "--out", str(work / "ours2")], work)
@@ -177,6 +188,10 @@ def main() -> None:
         **{f"uncached, --runtime {r}": seconds["clip_benchmark"]
            / seconds[f"cliplab --runtime {r} (uncached)"] for r in args.runtimes},
     }  # fmt: skip
+    if args.peer_malloc:
+        ratios["uncached, against clip_benchmark with cliplab's malloc setting"] = (
+            seconds["clip_benchmark, malloc as cliplab's"] / seconds["cliplab (uncached)"]
+        )
     print(f"speed-up: {ratios['uncached']:.2f}x uncached, {ratios['cached']:.1f}x cached; "
           f"largest metric difference {worst:.2e}")  # fmt: skip
     write("suite.json", {
