@@ -138,7 +138,9 @@ def main() -> None:
     seconds["clip_benchmark"] = timed(theirs_cmd, work)
     print(f"clip_benchmark eval: {seconds['clip_benchmark']:.1f} s", flush=True)
     if args.peer_malloc:
-        limit = str(2**30)
+        from cliplab.runtime import MALLOC_LIMIT
+
+        limit = str(MALLOC_LIMIT)
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": limit, "MALLOC_TRIM_THRESHOLD_": limit}
         start = time.perf_counter()
         subprocess.run(theirs_cmd, cwd=work, check=True, stdout=subprocess.DEVNULL, env=env)

@@ -88,10 +88,13 @@ def cpu_has_bf16() -> bool:
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+#: Freed blocks below this many bytes are kept (both malloc thresholds); benchmarks give a
+#: peer the same setting through ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``.
+MALLOC_LIMIT = 2**30
 
 
 @functools.cache
-def reuse_freed_memory(limit: int = 2**30) -> bool:
+def reuse_freed_memory(limit: int = MALLOC_LIMIT) -> bool:
     """Let glibc's malloc reuse freed blocks below ``limit`` bytes instead of returning
     them to the kernel; True when the setting took.
 
@@ -100,9 +103,9 @@ def reuse_freed_memory(limit: int = 2**30) -> bool:
     32 MB with a fresh ``mmap`` and unmaps it on ``free``, so every batch page-faults the
     memory in again, zeroed by the kernel: for 384 images, 2.2 million page faults and 8 s
     of system time; with this, 8,400 faults and 1.16x the images/s on a 2-core AMD EPYC
-    (``benchmarks/bench_malloc.py``).
-    With both thresholds at ``limit`` the blocks come from the heap and stay mapped, at
-    the price of keeping up to ``limit`` of freed memory in the process. The command line
+    (``benchmarks/bench_malloc.py``). With both thresholds at ``limit`` the blocks come
+    from the heap and stay mapped, at the price of keeping up to ``limit`` of freed memory
+    in the process. The command line
     calls this at start; library users may too. Not applied elsewhere than glibc, when
     the environment already tunes malloc (``MALLOC_*_``, ``GLIBC_TUNABLES``, an
     ``LD_PRELOAD``-ed allocator) or with ``CLIPLAB_MALLOC=system``.
